@@ -1,0 +1,491 @@
+//! Chunk planning: which time windows a fill must request, and in what pieces.
+//!
+//! A gap is filled as a list of consecutive half-open windows ("chunks"), each
+//! fetched and checkpointed on its own so a restart resumes mid-gap. While a
+//! gap is still open the plan grows at its end ("follow mode"); it never
+//! shrinks and never moves its start.
+
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// A half-open time interval `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// What a `--dry-run` prints about a plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanEstimate {
+    /// Number of windows.
+    pub chunks: usize,
+    /// `chunks × pages_per_chunk`.
+    pub requests: u64,
+    /// The least wall time the requests can take under the rate limit.
+    pub min_duration: Duration,
+}
+
+/// The interval a fill of gap `[gap_start, gap_end)` must cover now
+/// (`gap_end = None`: the gap is still open).
+///
+/// Covers `[gap_start − overlap, gap_end + overlap)` because the gap's edges
+/// are only known to the detector's resolution and late events land just
+/// outside them; duplicates from the overlap are cheap, a missed edge is not.
+/// Never extends past `now − settle`: the vendor's API is eventually
+/// consistent, and a window fetched before it settles would be checkpointed
+/// as done while still missing records. `None` when that leaves nothing
+/// (the gap is too recent).
+///
+/// Saturates at chrono's representable range instead of panicking.
+pub fn fill_target(
+    gap_start: DateTime<Utc>,
+    gap_end: Option<DateTime<Utc>>,
+    overlap: Duration,
+    settle: Duration,
+    now: DateTime<Utc>,
+) -> Option<Window> {
+    let start = sub(gap_start, overlap);
+    let settled = sub(now, settle);
+    let end = match gap_end {
+        Some(e) => add(e, overlap).min(settled),
+        None => settled,
+    };
+    (start < end).then_some(Window { start, end })
+}
+
+/// Splits `[from, to)` into consecutive windows of at most `chunk` (the last
+/// may be shorter). The windows cover the interval exactly, never overlap and
+/// are never empty; an empty or inverted interval gives no windows.
+///
+/// A zero `chunk` cannot make progress and is rejected by config validation;
+/// here it means "one window" so a bad value can never loop or allocate
+/// without bound. The number of windows is `(to − from) / chunk`: callers
+/// bound it through the minimum chunk size they accept.
+pub fn split(from: DateTime<Utc>, to: DateTime<Utc>, chunk: Duration) -> Vec<Window> {
+    if from >= to {
+        return Vec::new();
+    }
+    let step = match TimeDelta::from_std(chunk) {
+        Ok(d) if d > TimeDelta::zero() => d,
+        // Zero, or longer than chrono can represent: a single window.
+        _ => {
+            return vec![Window {
+                start: from,
+                end: to,
+            }]
+        }
+    };
+    let mut windows = Vec::new();
+    let mut start = from;
+    while start < to {
+        let end = start.checked_add_signed(step).map_or(to, |e| e.min(to));
+        windows.push(Window { start, end });
+        start = end;
+    }
+    windows
+}
+
+/// Follow mode: the windows already planned cover `[target.start, covered_to)`;
+/// returns the windows to append so coverage reaches `target.end`, or nothing
+/// if the plan should wait.
+///
+/// - `is_final = false` (gap still open): extend only once at least
+///   `min(chunk, follow_step)` is uncovered, then all the way to
+///   `target.end` in pieces of at most `chunk`. Waiting for a whole `chunk`
+///   would leave an open gap unfilled for up to a chunk (often an hour);
+///   waiting for `follow_step` keeps it minutes behind without planning a
+///   sliver on every tick.
+/// - `is_final = true` (gap closed, or a manual backfill): extend all the
+///   way, however small the remainder, so the plan ends exactly at the target.
+///
+/// New windows start exactly at `covered_to`, keeping the plan contiguous.
+/// `target.start` is not consulted: it is fixed for a gap (`gap_start` does
+/// not move, so `gap_start − overlap` does not either). If it ever moved
+/// earlier (the configured overlap grew across a restart), the extra margin
+/// would not be planned, which is harmless: the overlap is slack, not part of
+/// the gap. If the target's end fell behind `covered_to` (the gap closed
+/// earlier than already planned), nothing is added: over-coverage only costs
+/// duplicates.
+pub fn extend(
+    covered_to: DateTime<Utc>,
+    target: Window,
+    chunk: Duration,
+    follow_step: Duration,
+    is_final: bool,
+) -> Vec<Window> {
+    if covered_to >= target.end {
+        return Vec::new();
+    }
+    if !is_final {
+        let threshold = TimeDelta::from_std(chunk.min(follow_step)).unwrap_or(TimeDelta::MAX);
+        if target.end.signed_duration_since(covered_to) < threshold {
+            return Vec::new();
+        }
+    }
+    split(covered_to, target.end, chunk)
+}
+
+/// Sizes a plan for `--dry-run`: `requests = chunks × pages_per_chunk`
+/// (saturating), and the least time those requests take when the source
+/// allows `rate_per_second`: the first request goes at once and each further
+/// one waits `1/rate` (burst allowance ignored, so it is a lower bound only
+/// up to the burst size). A rate that is not a positive finite number means
+/// no limit: zero.
+pub fn estimate(windows: &[Window], pages_per_chunk: u64, rate_per_second: f64) -> PlanEstimate {
+    let chunks = windows.len();
+    let requests = u64::try_from(chunks)
+        .unwrap_or(u64::MAX)
+        .saturating_mul(pages_per_chunk);
+    let min_duration = if rate_per_second.is_finite() && rate_per_second > 0.0 {
+        // u64 → f64 may round for astronomically many requests; this is an estimate.
+        Duration::try_from_secs_f64(requests.saturating_sub(1) as f64 / rate_per_second)
+            .unwrap_or(Duration::MAX)
+    } else {
+        Duration::ZERO
+    };
+    PlanEstimate {
+        chunks,
+        requests,
+        min_duration,
+    }
+}
+
+fn add(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MIN: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn w(a: &str, b: &str) -> Window {
+        Window {
+            start: t(a),
+            end: t(b),
+        }
+    }
+
+    /// Asserts that `ws` tile `[from, to)`: contiguous, non-empty, exact.
+    fn assert_tiles(ws: &[Window], from: DateTime<Utc>, to: DateTime<Utc>) {
+        assert_eq!(ws.first().map(|w| w.start), Some(from));
+        assert_eq!(ws.last().map(|w| w.end), Some(to));
+        for pair in ws.windows(2) {
+            assert_eq!(pair[0].end, pair[1].start);
+        }
+        assert!(ws.iter().all(|w| w.start < w.end));
+    }
+
+    #[test]
+    fn fill_target_closed_gap() {
+        let got = fill_target(
+            t("2024-05-01T10:00:00Z"),
+            Some(t("2024-05-01T11:00:00Z")),
+            5 * MIN,
+            2 * MIN,
+            t("2024-05-01T12:00:00Z"),
+        );
+        assert_eq!(got, Some(w("2024-05-01T09:55:00Z", "2024-05-01T11:05:00Z")));
+        // Closed, but the trailing overlap has not settled yet.
+        let got = fill_target(
+            t("2024-05-01T10:00:00Z"),
+            Some(t("2024-05-01T11:00:00Z")),
+            5 * MIN,
+            2 * MIN,
+            t("2024-05-01T11:04:00Z"),
+        );
+        assert_eq!(got, Some(w("2024-05-01T09:55:00Z", "2024-05-01T11:02:00Z")));
+    }
+
+    #[test]
+    fn fill_target_open_gap_and_too_recent() {
+        let got = fill_target(
+            t("2024-05-01T10:00:00Z"),
+            None,
+            5 * MIN,
+            2 * MIN,
+            t("2024-05-01T10:30:00Z"),
+        );
+        assert_eq!(got, Some(w("2024-05-01T09:55:00Z", "2024-05-01T10:28:00Z")));
+        // now − settle is before the start: nothing to do yet.
+        assert_eq!(
+            fill_target(
+                t("2024-05-01T10:00:00Z"),
+                None,
+                MIN,
+                10 * MIN,
+                t("2024-05-01T10:05:00Z")
+            ),
+            None
+        );
+        assert_eq!(
+            fill_target(
+                t("2024-05-01T10:00:00Z"),
+                None,
+                MIN,
+                2 * MIN,
+                t("2024-05-01T10:01:00Z")
+            ),
+            None
+        );
+        // Huge durations saturate instead of panicking.
+        let got = fill_target(
+            t("2024-05-01T10:00:00Z"),
+            Some(t("2024-05-01T11:00:00Z")),
+            Duration::MAX,
+            Duration::ZERO,
+            t("2024-05-01T12:00:00Z"),
+        );
+        assert_eq!(
+            got,
+            Some(Window {
+                start: DateTime::<Utc>::MIN_UTC,
+                end: t("2024-05-01T12:00:00Z")
+            })
+        );
+    }
+
+    #[test]
+    fn split_examples() {
+        let ws = split(t("2024-05-01T10:00:00Z"), t("2024-05-01T12:30:00Z"), HOUR);
+        assert_eq!(
+            ws,
+            vec![
+                w("2024-05-01T10:00:00Z", "2024-05-01T11:00:00Z"),
+                w("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"),
+                w("2024-05-01T12:00:00Z", "2024-05-01T12:30:00Z"),
+            ]
+        );
+        assert_eq!(
+            split(t("2024-05-01T10:00:00Z"), t("2024-05-01T10:00:00Z"), HOUR),
+            vec![]
+        );
+        assert_eq!(
+            split(t("2024-05-01T11:00:00Z"), t("2024-05-01T10:00:00Z"), HOUR),
+            vec![]
+        );
+        assert_eq!(
+            split(
+                t("2024-05-01T10:00:00Z"),
+                t("2024-05-01T12:00:00Z"),
+                Duration::ZERO
+            ),
+            vec![w("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z")]
+        );
+        assert_eq!(
+            split(
+                t("2024-05-01T10:00:00Z"),
+                t("2024-05-01T12:00:00Z"),
+                Duration::MAX
+            ),
+            vec![w("2024-05-01T10:00:00Z", "2024-05-01T12:00:00Z")]
+        );
+    }
+
+    /// An open gap growing over time, then closing: the plan follows within
+    /// `follow_step`, stays contiguous, and ends exactly at the final target.
+    #[test]
+    fn follow_open_gap_then_close() {
+        let gap_start = t("2024-05-01T10:00:00Z");
+        let (overlap, settle, chunk, step) = (5 * MIN, 2 * MIN, HOUR, 5 * MIN);
+        let mut plan: Vec<Window> = Vec::new();
+        let mut tick = |now: &str, gap_end: Option<&str>| -> Vec<Window> {
+            let Some(target) = fill_target(gap_start, gap_end.map(t), overlap, settle, t(now))
+            else {
+                return Vec::new();
+            };
+            let covered_to = plan.last().map_or(target.start, |w| w.end);
+            let new = extend(covered_to, target, chunk, step, gap_end.is_some());
+            plan.extend(&new);
+            new
+        };
+        // Detected at 10:03: target [09:55, 10:01) is only 6 min; ≥ step, so plan it.
+        assert_eq!(
+            tick("2024-05-01T10:03:00Z", None),
+            vec![w("2024-05-01T09:55:00Z", "2024-05-01T10:01:00Z")]
+        );
+        // One minute later only 1 min is new: wait.
+        assert_eq!(tick("2024-05-01T10:04:00Z", None), vec![]);
+        // Five minutes after the last window end: extend by the 5 min.
+        assert_eq!(
+            tick("2024-05-01T10:08:00Z", None),
+            vec![w("2024-05-01T10:01:00Z", "2024-05-01T10:06:00Z")]
+        );
+        // Daemon was down for 3 hours: catch up in whole chunks plus the tail.
+        assert_eq!(
+            tick("2024-05-01T13:30:00Z", None),
+            vec![
+                w("2024-05-01T10:06:00Z", "2024-05-01T11:06:00Z"),
+                w("2024-05-01T11:06:00Z", "2024-05-01T12:06:00Z"),
+                w("2024-05-01T12:06:00Z", "2024-05-01T13:06:00Z"),
+                w("2024-05-01T13:06:00Z", "2024-05-01T13:28:00Z"),
+            ]
+        );
+        // The gap closes at 13:29; the trailing overlap (to 13:34) settles by 13:36.
+        assert_eq!(
+            tick("2024-05-01T13:31:00Z", Some("2024-05-01T13:29:00Z")),
+            vec![w("2024-05-01T13:28:00Z", "2024-05-01T13:29:00Z")]
+        );
+        assert_eq!(
+            tick("2024-05-01T13:40:00Z", Some("2024-05-01T13:29:00Z")),
+            vec![w("2024-05-01T13:29:00Z", "2024-05-01T13:34:00Z")]
+        );
+        assert_eq!(
+            tick("2024-05-01T14:00:00Z", Some("2024-05-01T13:29:00Z")),
+            vec![]
+        );
+        assert_tiles(&plan, t("2024-05-01T09:55:00Z"), t("2024-05-01T13:34:00Z"));
+    }
+
+    #[test]
+    fn extend_resumes_from_the_middle() {
+        // After a restart the store says chunks cover up to 11:00.
+        let target = w("2024-05-01T09:55:00Z", "2024-05-01T13:05:00Z");
+        let new = extend(t("2024-05-01T11:00:00Z"), target, HOUR, 5 * MIN, true);
+        assert_eq!(
+            new,
+            vec![
+                w("2024-05-01T11:00:00Z", "2024-05-01T12:00:00Z"),
+                w("2024-05-01T12:00:00Z", "2024-05-01T13:00:00Z"),
+                w("2024-05-01T13:00:00Z", "2024-05-01T13:05:00Z"),
+            ]
+        );
+        // Final: even a sliver is planned; open: it waits.
+        let target = w("2024-05-01T09:55:00Z", "2024-05-01T11:00:30Z");
+        assert_eq!(
+            extend(t("2024-05-01T11:00:00Z"), target, HOUR, 5 * MIN, true).len(),
+            1
+        );
+        assert_eq!(
+            extend(t("2024-05-01T11:00:00Z"), target, HOUR, 5 * MIN, false),
+            vec![]
+        );
+        // Already past the target (the gap closed earlier than planned): nothing.
+        assert_eq!(
+            extend(t("2024-05-01T12:00:00Z"), target, HOUR, 5 * MIN, true),
+            vec![]
+        );
+        // The threshold is min(chunk, step): a chunk smaller than the step wins.
+        let target = w("2024-05-01T09:55:00Z", "2024-05-01T11:02:00Z");
+        assert_eq!(
+            extend(t("2024-05-01T11:00:00Z"), target, 2 * MIN, 5 * MIN, false).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn estimate_dry_run() {
+        let ws = split(t("2024-05-01T00:00:00Z"), t("2024-05-02T00:00:00Z"), HOUR);
+        let e = estimate(&ws, 5, 10.0);
+        assert_eq!(
+            e,
+            PlanEstimate {
+                chunks: 24,
+                requests: 120,
+                min_duration: Duration::from_millis(11_900)
+            }
+        );
+        assert_eq!(estimate(&ws, 5, 0.0).min_duration, Duration::ZERO);
+        assert_eq!(estimate(&ws, 5, f64::NAN).min_duration, Duration::ZERO);
+        assert_eq!(
+            estimate(&[], 5, 10.0),
+            PlanEstimate {
+                chunks: 0,
+                requests: 0,
+                min_duration: Duration::ZERO
+            }
+        );
+        assert_eq!(estimate(&ws, u64::MAX, 1e-300).requests, u64::MAX);
+        assert_eq!(estimate(&ws, u64::MAX, 1e-300).min_duration, Duration::MAX);
+    }
+
+    fn instant() -> impl Strategy<Value = DateTime<Utc>> {
+        // 2000-01-01 .. 2100-01-01, nanosecond resolution.
+        (946_684_800_i64..4_102_444_800, 0u32..1_000_000_000)
+            .prop_map(|(s, n)| DateTime::from_timestamp(s, n).unwrap())
+    }
+
+    proptest! {
+        #[test]
+        fn split_tiles_exactly(from in instant(), len_ms in 0i64..10_000_000_000, chunk_ms in 1u64..100_000_000) {
+            let to = from + TimeDelta::milliseconds(len_ms);
+            let chunk = Duration::from_millis(chunk_ms);
+            let ws = split(from, to, chunk);
+            if len_ms == 0 {
+                prop_assert!(ws.is_empty());
+            } else {
+                prop_assert_eq!(ws.first().unwrap().start, from);
+                prop_assert_eq!(ws.last().unwrap().end, to);
+                for pair in ws.windows(2) {
+                    prop_assert_eq!(pair[0].end, pair[1].start);
+                }
+                for w in &ws {
+                    prop_assert!(w.start < w.end);
+                    prop_assert!((w.end - w.start).to_std().unwrap() <= chunk);
+                }
+                // Only the last may be short.
+                for w in &ws[..ws.len() - 1] {
+                    prop_assert_eq!((w.end - w.start).to_std().unwrap(), chunk);
+                }
+            }
+        }
+
+        /// Whatever the sequence of ticks, the plan stays a contiguous tiling
+        /// of [target.start, last end), never passes the target, and a final
+        /// tick completes it.
+        #[test]
+        fn follow_mode_stays_contiguous(
+            gap_start in instant(),
+            ticks in proptest::collection::vec(0u64..7200, 1..30),
+            overlap_s in 0u64..600, settle_s in 0u64..600,
+            chunk_s in 1u64..7200, step_s in 0u64..900,
+        ) {
+            let (overlap, settle) = (Duration::from_secs(overlap_s), Duration::from_secs(settle_s));
+            let (chunk, step) = (Duration::from_secs(chunk_s), Duration::from_secs(step_s));
+            let mut now = gap_start;
+            let mut plan: Vec<Window> = Vec::new();
+            for dt in &ticks {
+                now += TimeDelta::seconds(*dt as i64);
+                if let Some(target) = fill_target(gap_start, None, overlap, settle, now) {
+                    let covered = plan.last().map_or(target.start, |w| w.end);
+                    let new = extend(covered, target, chunk, step, false);
+                    if let Some(first) = new.first() {
+                        prop_assert_eq!(first.start, covered);
+                    }
+                    for w in &new {
+                        prop_assert!(w.end <= target.end);
+                    }
+                    plan.extend(new);
+                    // After an extension the remainder is less than a step (or nothing was pending).
+                    let covered = plan.last().map_or(target.start, |w| w.end);
+                    prop_assert!(target.end - covered < TimeDelta::from_std(chunk.min(step)).unwrap() || covered == target.end);
+                }
+            }
+            let gap_end = now;
+            let later = now + TimeDelta::hours(1);
+            let target = fill_target(gap_start, Some(gap_end), overlap, settle, later).unwrap();
+            let covered = plan.last().map_or(target.start, |w| w.end);
+            plan.extend(extend(covered, target, chunk, step, true));
+            assert_tiles(&plan, target.start, target.end);
+        }
+    }
+}

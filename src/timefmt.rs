@@ -1,0 +1,384 @@
+//! How timestamps are written into source API requests and read back from records.
+//!
+//! Vendors disagree on time encoding (RFC 3339 strings, unix seconds, unix
+//! milliseconds, sometimes numbers sent as strings), so the format is a config
+//! value and both directions live here, next to each other, so they cannot drift.
+
+use std::fmt;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+
+/// A wire encoding of an instant. Config spelling: `rfc3339 | unix_s | unix_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeFormat {
+    /// `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.250Z`.
+    #[default]
+    Rfc3339,
+    /// Seconds since the unix epoch.
+    UnixS,
+    /// Milliseconds since the unix epoch.
+    UnixMs,
+}
+
+/// Why a JSON value could not be read as a timestamp. Messages name the format
+/// and show (a bounded prefix of) the offending value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TimeParseError {
+    /// The JSON type cannot carry this format (e.g. a bool, or a number for rfc3339).
+    #[error("expected {expected} for {format} timestamp, got {got}")]
+    WrongType {
+        format: TimeFormat,
+        expected: &'static str,
+        got: String,
+    },
+    /// The value has the right type but does not parse.
+    #[error("invalid {format} timestamp {value}: {reason}")]
+    Invalid {
+        format: TimeFormat,
+        value: String,
+        reason: String,
+    },
+    /// The value parses but is outside the representable range (or not finite).
+    #[error("{format} timestamp {value} is out of range")]
+    OutOfRange { format: TimeFormat, value: String },
+}
+
+// === impl TimeFormat ===
+
+impl TimeFormat {
+    /// Writes `t` in this format.
+    ///
+    /// - `rfc3339`: UTC with a `Z` suffix and always with seconds; milliseconds
+    ///   only when non-zero (`…:05Z`, `…:05.250Z`). Sub-millisecond digits are
+    ///   truncated: vendors commonly reject more than 3 fraction digits, and
+    ///   because adjacent chunks share the same boundary instant they still
+    ///   line up after truncation.
+    /// - `unix_s`: whole seconds, rounded down (towards the past, so a window
+    ///   start never moves later).
+    /// - `unix_ms`: whole milliseconds, rounded down.
+    pub fn format(self, t: DateTime<Utc>) -> String {
+        match self {
+            TimeFormat::Rfc3339 => {
+                let secs = if t.timestamp_subsec_millis() == 0 {
+                    SecondsFormat::Secs
+                } else {
+                    SecondsFormat::Millis
+                };
+                t.to_rfc3339_opts(secs, true)
+            }
+            TimeFormat::UnixS => t.timestamp().to_string(),
+            TimeFormat::UnixMs => t.timestamp_millis().to_string(),
+        }
+    }
+
+    /// Reads a timestamp out of a JSON value.
+    ///
+    /// - `rfc3339` accepts only strings (any offset; converted to UTC).
+    /// - `unix_s` / `unix_ms` accept JSON numbers (integer or float, fractions
+    ///   kept down to the nanosecond) and numeric strings (`"1714564800"`,
+    ///   `"1714564800.5"`), because many APIs quote large integers.
+    ///
+    /// Never panics: wrong types, garbage, NaN/infinite and out-of-range
+    /// values are errors that say what was wrong.
+    pub fn parse_json(self, v: &Value) -> Result<DateTime<Utc>, TimeParseError> {
+        match (self, v) {
+            (TimeFormat::Rfc3339, Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
+                .map(|t| t.with_timezone(&Utc))
+                .map_err(|e| TimeParseError::Invalid {
+                    format: self,
+                    value: preview(v),
+                    reason: e.to_string(),
+                }),
+            (TimeFormat::Rfc3339, other) => Err(self.wrong_type("a string", other)),
+            (TimeFormat::UnixS | TimeFormat::UnixMs, Value::Number(n)) => {
+                if let Some(i) = n.as_i64() {
+                    self.int_to_time(i, v)
+                } else if n.is_u64() {
+                    // Only u64 values above i64::MAX land here: far outside chrono's range.
+                    Err(self.out_of_range(v))
+                } else {
+                    match n.as_f64() {
+                        Some(f) => self.float_to_time(f, v),
+                        None => Err(self.out_of_range(v)),
+                    }
+                }
+            }
+            (TimeFormat::UnixS | TimeFormat::UnixMs, Value::String(s)) => {
+                let s = s.trim();
+                if let Ok(i) = s.parse::<i64>() {
+                    self.int_to_time(i, v)
+                } else if looks_numeric(s) {
+                    match s.parse::<f64>() {
+                        Ok(f) => self.float_to_time(f, v),
+                        Err(e) => Err(self.invalid(v, e.to_string())),
+                    }
+                } else {
+                    Err(self.invalid(v, "not a number".to_owned()))
+                }
+            }
+            (TimeFormat::UnixS | TimeFormat::UnixMs, other) => {
+                Err(self.wrong_type("a number or numeric string", other))
+            }
+        }
+    }
+
+    fn int_to_time(self, i: i64, v: &Value) -> Result<DateTime<Utc>, TimeParseError> {
+        let t = match self {
+            TimeFormat::UnixMs => DateTime::from_timestamp_millis(i),
+            _ => DateTime::from_timestamp(i, 0),
+        };
+        t.ok_or_else(|| self.out_of_range(v))
+    }
+
+    fn float_to_time(self, f: f64, v: &Value) -> Result<DateTime<Utc>, TimeParseError> {
+        if !f.is_finite() {
+            return Err(self.out_of_range(v));
+        }
+        // Split into whole seconds and nanoseconds before scaling so that the
+        // integer part keeps full precision.
+        let (whole, frac_nanos) = match self {
+            TimeFormat::UnixMs => {
+                let ms = f.floor();
+                let secs = (ms / 1000.0).floor();
+                let rem_ms = ms - secs * 1000.0;
+                (secs, rem_ms * 1e6 + ((f - ms) * 1e6).round())
+            }
+            _ => {
+                let secs = f.floor();
+                (secs, ((f - secs) * 1e9).round())
+            }
+        };
+        // i64 range check first: `as` would saturate silently.
+        if !(-9.2e18..9.2e18).contains(&whole) {
+            return Err(self.out_of_range(v));
+        }
+        let mut secs = whole as i64;
+        let mut nanos = frac_nanos as i64;
+        if nanos >= 1_000_000_000 {
+            // Rounding the fraction carried into the next second.
+            secs = secs.checked_add(1).ok_or_else(|| self.out_of_range(v))?;
+            nanos -= 1_000_000_000;
+        }
+        let nanos = u32::try_from(nanos.max(0)).map_err(|_| self.out_of_range(v))?;
+        DateTime::from_timestamp(secs, nanos).ok_or_else(|| self.out_of_range(v))
+    }
+
+    fn wrong_type(self, expected: &'static str, got: &Value) -> TimeParseError {
+        let kind = match got {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Number(_) => "number",
+            Value::String(_) => "string",
+            Value::Array(_) => "array",
+            Value::Object(_) => "object",
+        };
+        TimeParseError::WrongType {
+            format: self,
+            expected,
+            got: format!("{kind} {}", preview(got)),
+        }
+    }
+
+    fn invalid(self, v: &Value, reason: String) -> TimeParseError {
+        TimeParseError::Invalid {
+            format: self,
+            value: preview(v),
+            reason,
+        }
+    }
+
+    fn out_of_range(self, v: &Value) -> TimeParseError {
+        TimeParseError::OutOfRange {
+            format: self,
+            value: preview(v),
+        }
+    }
+}
+
+impl fmt::Display for TimeFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeFormat::Rfc3339 => "rfc3339",
+            TimeFormat::UnixS => "unix_s",
+            TimeFormat::UnixMs => "unix_ms",
+        })
+    }
+}
+
+/// `f64::from_str` also accepts `inf`, `NaN` and `infinity`; a timestamp field
+/// holding those is garbage, not a number, so only digits, sign, dot and
+/// exponent are let through.
+fn looks_numeric(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+}
+
+/// The value as JSON, bounded so a huge record cannot blow up a log line.
+fn preview(v: &Value) -> String {
+    const MAX: usize = 64;
+    let s = v.to_string();
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn format_rfc3339_seconds_and_millis() {
+        let t = Utc.with_ymd_and_hms(2024, 5, 1, 12, 0, 5).unwrap();
+        assert_eq!(TimeFormat::Rfc3339.format(t), "2024-05-01T12:00:05Z");
+        let t = at("2024-05-01T12:00:05.250Z");
+        assert_eq!(TimeFormat::Rfc3339.format(t), "2024-05-01T12:00:05.250Z");
+        // Sub-millisecond digits are truncated, never rounded up.
+        let t = at("2024-05-01T12:00:05.999999Z");
+        assert_eq!(TimeFormat::Rfc3339.format(t), "2024-05-01T12:00:05.999Z");
+        let t = at("2024-05-01T12:00:05.000400Z");
+        assert_eq!(TimeFormat::Rfc3339.format(t), "2024-05-01T12:00:05Z");
+    }
+
+    #[test]
+    fn format_unix() {
+        let t = at("2024-05-01T12:00:05.250Z");
+        assert_eq!(TimeFormat::UnixS.format(t), "1714564805");
+        assert_eq!(TimeFormat::UnixMs.format(t), "1714564805250");
+        // Before the epoch, seconds round towards the past.
+        let t = at("1969-12-31T23:59:59.500Z");
+        assert_eq!(TimeFormat::UnixS.format(t), "-1");
+        assert_eq!(TimeFormat::UnixMs.format(t), "-500");
+    }
+
+    #[test]
+    fn display_matches_config_spelling() {
+        for (f, s) in [
+            (TimeFormat::Rfc3339, "rfc3339"),
+            (TimeFormat::UnixS, "unix_s"),
+            (TimeFormat::UnixMs, "unix_ms"),
+        ] {
+            assert_eq!(f.to_string(), s);
+            assert_eq!(serde_json::to_value(f).unwrap(), json!(s));
+            assert_eq!(serde_json::from_value::<TimeFormat>(json!(s)).unwrap(), f);
+        }
+        assert_eq!(TimeFormat::default(), TimeFormat::Rfc3339);
+        assert!(serde_json::from_value::<TimeFormat>(json!("unix")).is_err());
+    }
+
+    #[test]
+    fn parse_rfc3339() {
+        let want = at("2024-05-01T12:00:05.250Z");
+        let f = TimeFormat::Rfc3339;
+        assert_eq!(
+            f.parse_json(&json!("2024-05-01T12:00:05.250Z")).unwrap(),
+            want
+        );
+        assert_eq!(
+            f.parse_json(&json!("2024-05-01T14:00:05.25+02:00"))
+                .unwrap(),
+            want
+        );
+        let err = f.parse_json(&json!(1714564805)).unwrap_err();
+        assert!(matches!(err, TimeParseError::WrongType { .. }), "{err}");
+        assert!(err.to_string().contains("expected a string"), "{err}");
+        let err = f.parse_json(&json!("yesterday")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid rfc3339 timestamp \"yesterday\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn parse_unix_numbers_and_strings() {
+        let want = at("2024-05-01T12:00:05.250Z");
+        let s = TimeFormat::UnixS;
+        let ms = TimeFormat::UnixMs;
+        assert_eq!(s.parse_json(&json!(1714564805.25)).unwrap(), want);
+        assert_eq!(s.parse_json(&json!("1714564805.25")).unwrap(), want);
+        assert_eq!(
+            s.parse_json(&json!(1714564805)).unwrap(),
+            at("2024-05-01T12:00:05Z")
+        );
+        assert_eq!(
+            s.parse_json(&json!(" 1714564805 ")).unwrap(),
+            at("2024-05-01T12:00:05Z")
+        );
+        assert_eq!(ms.parse_json(&json!(1714564805250_i64)).unwrap(), want);
+        assert_eq!(ms.parse_json(&json!("1714564805250")).unwrap(), want);
+        assert_eq!(
+            ms.parse_json(&json!(1714564805250.5)).unwrap(),
+            at("2024-05-01T12:00:05.2505Z")
+        );
+        assert_eq!(
+            ms.parse_json(&json!(-500)).unwrap(),
+            at("1969-12-31T23:59:59.500Z")
+        );
+        assert_eq!(
+            s.parse_json(&json!(-0.5)).unwrap(),
+            at("1969-12-31T23:59:59.500Z")
+        );
+    }
+
+    #[test]
+    fn parse_unix_rejects_garbage() {
+        let s = TimeFormat::UnixS;
+        for (v, kind) in [
+            (json!(true), "wrong"),
+            (json!(null), "wrong"),
+            (json!({"t": 1}), "wrong"),
+            (json!("2024-05-01T12:00:05Z"), "invalid"),
+            (json!("NaN"), "invalid"),
+            (json!("inf"), "invalid"),
+            (json!(""), "invalid"),
+            (json!(u64::MAX), "range"),
+            (json!(1e300), "range"),
+            (json!(i64::MAX), "range"),
+        ] {
+            let err = s.parse_json(&v).unwrap_err();
+            let ok = match kind {
+                "wrong" => matches!(err, TimeParseError::WrongType { .. }),
+                "invalid" => matches!(err, TimeParseError::Invalid { .. }),
+                _ => matches!(err, TimeParseError::OutOfRange { .. }),
+            };
+            assert!(ok, "{v}: {err:?}");
+            assert!(err.to_string().contains("unix_s"), "{err}");
+        }
+    }
+
+    #[test]
+    fn error_preview_is_bounded() {
+        let long = "x".repeat(10_000);
+        let err = TimeFormat::Rfc3339.parse_json(&json!(long)).unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn round_trip(secs in -62_000_000_000_i64..250_000_000_000, millis in 0u32..1000) {
+            let t = DateTime::from_timestamp(secs, millis * 1_000_000).unwrap();
+            for f in [TimeFormat::Rfc3339, TimeFormat::UnixMs] {
+                let s = f.format(t);
+                let v = if f == TimeFormat::Rfc3339 { json!(s) } else { json!(s.parse::<i64>().unwrap()) };
+                proptest::prop_assert_eq!(f.parse_json(&v).unwrap(), t);
+            }
+            let whole = DateTime::from_timestamp(secs, 0).unwrap();
+            let s = TimeFormat::UnixS.format(t);
+            proptest::prop_assert_eq!(TimeFormat::UnixS.parse_json(&json!(s)).unwrap(), whole);
+        }
+    }
+}
