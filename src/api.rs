@@ -1,0 +1,452 @@
+//! The HTTP server: `/metrics`, `/healthz`, `/readyz` and the JSON API under
+//! `/api/v1`. Every error is `{"error": "…"}` with a 4xx/5xx status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::config::Secret;
+use crate::feed::FeedHandle;
+use crate::fill::FillControl;
+use crate::metrics::{Metrics, Rejection};
+use crate::observe::Observation;
+use crate::store::{GapFilter, Store};
+
+/// Most observations one report request may carry.
+pub const MAX_OBSERVATIONS: usize = 10_000;
+/// Largest request body accepted.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// What `/readyz` reports besides the store.
+#[derive(Default)]
+pub struct Health {
+    shutting_down: AtomicBool,
+    /// Problems with AWS resources, by resource (queue name, CloudWatch), reported
+    /// once per change.
+    problems: Mutex<BTreeMap<String, String>>,
+}
+
+impl Health {
+    pub fn shutting_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Sets or clears the problem of a resource; returns whether it changed (so
+    /// the caller logs only changes).
+    pub fn set_problem(&self, resource: &str, problem: Option<String>) -> bool {
+        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(msg) => p.insert(resource.to_string(), msg.clone()).as_ref() != Some(&msg),
+            None => p.remove(resource).is_some(),
+        }
+    }
+
+    pub fn problems(&self) -> BTreeMap<String, String> {
+        self.problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub feeds: Arc<HashMap<String, FeedHandle>>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub admin_token: Option<Secret>,
+    pub health: Arc<Health>,
+    pub fills: FillControl,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/feeds", get(feeds))
+        .route("/api/v1/gaps", get(gaps))
+        .route("/api/v1/gaps/{id}", get(gap))
+        .route("/api/v1/gaps/{id}/retry", post(retry_gap))
+        .route("/api/v1/gaps/{id}/ignore", post(ignore_gap))
+        .route("/api/v1/backfills", post(backfill))
+        .route("/api/v1/feeds/{feed}/observations", post(observations))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// An API error: status + `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+    fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "API request failed");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    let store = s.store.ping().await;
+    let problems = s.health.problems();
+    let shutting_down = s.health.is_shutting_down();
+    let ready = store.is_ok() && !shutting_down;
+    s.metrics.up.set(i64::from(ready));
+    let body = json!({
+        "ready": ready,
+        "config": "ok",
+        "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+        "shutting_down": shutting_down,
+        "aws": if problems.is_empty() { json!("ok") } else { json!(problems) },
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn feeds(State(s): State<AppState>) -> Json<serde_json::Value> {
+    let mut list: Vec<_> = s
+        .feeds
+        .values()
+        .map(|h| h.status.borrow().clone())
+        .collect();
+    list.sort_by(|a, b| a.name.cmp(&b.name));
+    Json(json!({ "feeds": list }))
+}
+
+#[derive(Deserialize)]
+struct GapQuery {
+    feed: Option<String>,
+    state: Option<String>,
+    limit: Option<i64>,
+}
+
+const GAP_STATES: &[&str] = &[
+    "open", "closed", "none", "pending", "running", "done", "failed", "ignored",
+];
+
+async fn gaps(
+    State(s): State<AppState>,
+    q: Result<Query<GapQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    if let Some(st) = &q.state {
+        if !GAP_STATES.contains(&st.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown state {st:?}; one of {}",
+                GAP_STATES.join(", ")
+            )));
+        }
+    }
+    if let Some(f) = &q.feed {
+        if !s.feeds.contains_key(f) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("unknown feed {f:?}"),
+            ));
+        }
+    }
+    let gaps = s
+        .store
+        .gaps(&GapFilter {
+            feed: q.feed,
+            state: q.state,
+            limit: Some(q.limit.unwrap_or(100).clamp(1, 10_000)),
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(json!({ "gaps": gaps })))
+}
+
+fn gap_id(raw: &str) -> ApiResult<i64> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("gap id must be an integer, got {raw:?}")))
+}
+
+async fn gap(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = gap_id(&id)?;
+    let gap = s.store.gap(id).await.map_err(ApiError::internal)?;
+    let Some(gap) = gap else {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")));
+    };
+    let chunks = s.store.chunks(id).await.map_err(ApiError::internal)?;
+    let chunks: Vec<_> = chunks
+        .iter()
+        .map(|c| {
+            json!({
+                "idx": c.idx, "from": c.start, "to": c.end, "state": c.state,
+                "attempts": c.attempts, "last_error": c.last_error,
+            })
+        })
+        .collect();
+    let mut v = serde_json::to_value(&gap).map_err(ApiError::internal)?;
+    v["chunks"] = json!(chunks);
+    Ok(Json(v))
+}
+
+fn require_admin(s: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(token) = &s.admin_token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin endpoints are disabled: server.admin_token is not set",
+        ));
+    };
+    check_token(token, headers)
+}
+
+fn check_token(token: &Secret, headers: &HeaderMap) -> ApiResult<()> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(g) if constant_time_eq(g.as_bytes(), token.expose().as_bytes()) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token (Authorization: Bearer …)",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn retry_gap(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_admin(&s, &headers)?;
+    let id = gap_id(&id)?;
+    let gap = s
+        .store
+        .gap(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")))?;
+    if !s
+        .feeds
+        .get(&gap.feed)
+        .is_some_and(|h| h.config.backfill.is_some())
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("feed {:?} has no backfill configured", gap.feed),
+        ));
+    }
+    s.store
+        .retry_gap(id, Utc::now())
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(feed = %gap.feed, gap_id = id, "gap fill retried by hand");
+    s.fills.wake(&gap.feed);
+    Ok(Json(json!({ "gap_id": id, "fill": "pending" })))
+}
+
+async fn ignore_gap(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    require_admin(&s, &headers)?;
+    let id = gap_id(&id)?;
+    let gap = s
+        .store
+        .gap(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")))?;
+    s.store
+        .set_fill(id, crate::store::FillState::Ignored, None, Utc::now())
+        .await
+        .map_err(ApiError::internal)?;
+    tracing::info!(feed = %gap.feed, gap_id = id, "gap ignored by hand");
+    Ok(Json(json!({ "gap_id": id, "fill": "ignored" })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillRequest {
+    feed: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn backfill(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<BackfillRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    require_admin(&s, &headers)?;
+    let Json(req) = body.inspect_err(|_| s.metrics.reject("", Rejection::BadRequest))?;
+    let outcome = s
+        .fills
+        .manual(&req.feed, req.from, req.to, req.dry_run)
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+    let status = if req.dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(outcome)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportedObservation {
+    id: serde_json::Value,
+    event_time: serde_json::Value,
+}
+
+async fn observations(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(feed): Path<String>,
+    body: Result<Json<serde_json::Value>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Some(handle) = s.feeds.get(&feed) else {
+        s.metrics.reject("", Rejection::BadRequest);
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown feed {feed:?}"),
+        ));
+    };
+    if let Some(token) = &s.admin_token {
+        check_token(token, &headers)
+            .inspect_err(|_| s.metrics.reject(&feed, Rejection::BadRequest))?;
+    }
+    let Json(body) = body.inspect_err(|_| s.metrics.reject(&feed, Rejection::BadRequest))?;
+    // Either a bare array or {"observations": [...]}.
+    let items = match body {
+        serde_json::Value::Array(items) => items,
+        serde_json::Value::Object(mut o) => match o.remove("observations") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => {
+                s.metrics.reject(&feed, Rejection::BadRequest);
+                return Err(ApiError::bad_request(
+                    "expected a JSON array of {id, event_time} or {\"observations\": [...]}",
+                ));
+            }
+        },
+        _ => {
+            s.metrics.reject(&feed, Rejection::BadRequest);
+            return Err(ApiError::bad_request(
+                "expected a JSON array of {id, event_time} or {\"observations\": [...]}",
+            ));
+        }
+    };
+    if items.len() > MAX_OBSERVATIONS {
+        s.metrics.reject(&feed, Rejection::BadRequest);
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_OBSERVATIONS} observations per request"),
+        ));
+    }
+    let format = handle.config.watch.event_time_format;
+    let mut accepted = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let parsed = serde_json::from_value::<ReportedObservation>(item)
+            .map_err(|e| e.to_string())
+            .and_then(|o| {
+                let id = crate::observe::id_string(&o.id)
+                    .ok_or_else(|| "id must be a non-empty string or a number".to_string())?;
+                let event_time = match &o.event_time {
+                    // RFC 3339 strings are always understood; numbers follow the feed's format.
+                    serde_json::Value::String(_) => crate::timefmt::TimeFormat::Rfc3339
+                        .parse_json(&o.event_time)
+                        .or_else(|_| format.parse_json(&o.event_time)),
+                    _ => format.parse_json(&o.event_time),
+                }
+                .map_err(|e| format!("event_time: {e}"))?;
+                Ok(Observation { id, event_time })
+            });
+        match parsed {
+            Ok(o) => accepted.push(o),
+            Err(e) => {
+                s.metrics.reject(&feed, Rejection::BadObservation);
+                if errors.len() < 10 {
+                    errors.push(format!("[{i}]: {e}"));
+                }
+            }
+        }
+    }
+    if accepted.is_empty() && !errors.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "no valid observation: {}",
+            errors.join("; ")
+        )));
+    }
+    let n = accepted.len();
+    if n > 0 && handle.observations.send(accepted).await.is_err() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the feed is shutting down",
+        ));
+    }
+    Ok(Json(
+        json!({ "accepted": n, "rejected": errors.len(), "errors": errors }),
+    ))
+}

@@ -1,0 +1,330 @@
+//! The command line: `run`, `check-config`, `gaps`, `backfill`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, DEFAULT_PATH};
+use crate::fill::{FillControl, Filler, GapOutcome};
+use crate::metrics::Metrics;
+use crate::store::{FillState, Gap, GapFilter, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gapwatch",
+    version,
+    about = "Guards real-time data feeds: freshness, gap detection, automatic recovery"
+)]
+pub struct Cli {
+    /// Log format: JSON lines (default) or text for humans.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ConfigArg {
+    /// Config file [env: GAPWATCH_CONFIG] [default: /etc/gapwatch/gapwatch.toml]
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the daemon.
+    Run(ConfigArg),
+    /// Validate the config and print it resolved, secrets redacted.
+    CheckConfig(ConfigArg),
+    /// List gaps with their fill progress.
+    Gaps {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        feed: Option<String>,
+        /// A gap state (open, closed) or fill state (pending, running, done, failed, ignored).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fill an interval by hand (idempotent: what was delivered is not sent again).
+    Backfill {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        feed: String,
+        /// Start of the interval (RFC 3339), inclusive.
+        #[arg(long)]
+        from: DateTime<Utc>,
+        /// End of the interval (RFC 3339), exclusive.
+        #[arg(long)]
+        to: DateTime<Utc>,
+        /// Print the plan (chunks, requests, duration under the rate limit); send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl ConfigArg {
+    fn path(&self, env: &HashMap<String, String>) -> PathBuf {
+        self.config
+            .clone()
+            .or_else(|| env.get("GAPWATCH_CONFIG").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+
+    fn load(&self, env: &HashMap<String, String>) -> anyhow::Result<Config> {
+        let path = self.path(env);
+        Config::load(&path, env)
+            .map_err(|e| anyhow::anyhow!("invalid config {}:\n{e}", path.display()))
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+pub fn main(cli: Cli) -> ExitCode {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command, &env));
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(c) => {
+            let config = c.load(env)?;
+            crate::daemon::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig(c) => {
+            let config = c.load(env)?;
+            println!("# {} is valid", c.path(env).display());
+            print!("{}", config.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gaps {
+            config,
+            feed,
+            state,
+            json,
+        } => {
+            let config = config.load(env)?;
+            let store = Store::open(&config.state.path).await?;
+            let gaps = store
+                .gaps(&GapFilter {
+                    feed,
+                    state,
+                    limit: Some(1000),
+                })
+                .await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({ "gaps": gaps }))?
+                );
+            } else {
+                print!("{}", gaps_table(&gaps));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backfill {
+            config,
+            feed,
+            from,
+            to,
+            dry_run,
+            json,
+        } => backfill(config.load(env)?, &feed, from, to, dry_run, json).await,
+    }
+}
+
+fn fmt_time(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(
+        || "-".to_string(),
+        |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    )
+}
+
+/// The table `gapwatch gaps` prints.
+pub fn gaps_table(gaps: &[Gap]) -> String {
+    let mut out = format!(
+        "{:<6} {:<16} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
+        "ID",
+        "FEED",
+        "KIND",
+        "STATE",
+        "FROM",
+        "TO",
+        "FILL",
+        "CHUNKS",
+        "DELIVERED",
+        "DUPLICATE",
+        "REJECTED",
+        "ERROR"
+    );
+    for g in gaps {
+        out.push_str(&format!(
+            "{:<6} {:<16} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
+            g.id,
+            g.feed,
+            g.kind.as_str(),
+            g.state.as_str(),
+            fmt_time(Some(g.start)),
+            fmt_time(g.end),
+            g.fill.as_str(),
+            format!("{}/{}", g.progress.chunks_done, g.progress.chunks_total),
+            g.progress.records_delivered,
+            g.progress.records_duplicate,
+            g.progress.records_rejected,
+            g.last_error.as_deref().unwrap_or("")
+        ));
+    }
+    if gaps.is_empty() {
+        out.push_str("(no gaps)\n");
+    }
+    out
+}
+
+async fn backfill(
+    config: Config,
+    feed: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let feed_config = Arc::new(
+        config
+            .feed(feed)
+            .with_context(|| format!("unknown feed {feed:?}"))?
+            .clone(),
+    );
+    if dry_run {
+        let plan = crate::fill::dry_run_plan(&feed_config, from, to, Utc::now())?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!(
+                "feed {feed}: [{}, {}) in {} chunk(s); at least {} request(s), at least {:.1}s at {}/s",
+                from.to_rfc3339(),
+                to.to_rfc3339(),
+                plan["chunks"],
+                plan["estimated_requests"],
+                plan["estimated_min_duration_seconds"].as_f64().unwrap_or_default(),
+                plan["rate_limit_per_second"]
+            );
+            for w in plan["windows"].as_array().into_iter().flatten() {
+                println!(
+                    "  chunk {} .. {}",
+                    w["from"].as_str().unwrap_or(""),
+                    w["to"].as_str().unwrap_or("")
+                );
+            }
+            println!("(dry run: nothing was sent)");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let b = feed_config
+        .backfill
+        .as_ref()
+        .with_context(|| format!("feed {feed:?} has no [feeds.backfill] section"))?;
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::open(&config.state.path).await?;
+    let sqs = if crate::daemon::needs_aws(&config) {
+        Some(crate::aws::sqs_client(
+            &crate::aws::sdk_config(&config.aws).await,
+        ))
+    } else {
+        None
+    };
+    let source = crate::fill::source::Source::new(feed, &b.source, metrics.clone())?;
+    let sink = crate::fill::sink::Sink::new(&b.sink, feed, sqs, metrics.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("backfill sink: {e}"))?;
+    let control = FillControl::new(
+        store.clone(),
+        [(feed_config.clone(), Arc::new(tokio::sync::Notify::new()))],
+        "cli",
+    );
+    let created = control.manual(feed, from, to, false).await?;
+    let gap_id = created["gap_id"].as_i64().context("no gap id")?;
+    let filler = Filler::new(
+        feed_config.clone(),
+        store.clone(),
+        metrics,
+        source,
+        Arc::new(sink),
+        "cli",
+    );
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            cancel.cancel();
+        });
+    }
+    let outcome = loop {
+        let gap = store.gap(gap_id).await?.context("the gap vanished")?;
+        let outcome = filler.fill_gap(&gap, &cancel).await?;
+        if outcome != GapOutcome::InProgress || cancel.is_cancelled() {
+            break outcome;
+        }
+        // Chunks waiting for a retry: come back when the first is due.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    let gap = store.gap(gap_id).await?.context("the gap vanished")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&gap)?);
+    } else {
+        print!("{}", gaps_table(std::slice::from_ref(&gap)));
+    }
+    store.close().await;
+    Ok(match outcome {
+        GapOutcome::Done => ExitCode::SUCCESS,
+        _ if gap.fill == FillState::Done => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}

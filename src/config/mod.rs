@@ -1,0 +1,286 @@
+//! Configuration: the TOML file (with `${ENV}` interpolation and `GAPWATCH__A__B`
+//! overrides) is read into [`raw::RawConfig`], then validated into [`Config`], whose
+//! fields are real types. Every error names the key it is about.
+
+mod raw;
+mod secret;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use url::Url;
+
+use crate::detector::ActiveWindow;
+use crate::fill::pagination::Pagination;
+use crate::timefmt::TimeFormat;
+
+pub use secret::Secret;
+
+/// Where the config file is looked for when `--config` is not given.
+pub const DEFAULT_PATH: &str = "/etc/gapwatch/gapwatch.toml";
+
+/// A validated configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub state: StateConfig,
+    pub aws: AwsConfig,
+    pub monitor: MonitorConfig,
+    pub feeds: Vec<FeedConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    #[serde(with = "humantime_serde_compat")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StateConfig {
+    /// The SQLite database file.
+    pub path: PathBuf,
+    /// How many record ids to keep on each side of a gap edge for dedupe.
+    pub edge_ids: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<Url>,
+}
+
+/// Queue metrics read from SQS attributes and CloudWatch (every feed; the only
+/// signal in `passive` mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct MonitorConfig {
+    #[serde(with = "humantime_serde_compat")]
+    pub poll_interval: Duration,
+    pub cloudwatch: bool,
+    #[serde(with = "humantime_serde_compat")]
+    pub cloudwatch_interval: Duration,
+    /// CloudWatch values keep changing for minutes after the fact: minutes newer
+    /// than now − delay are not trusted.
+    #[serde(with = "humantime_serde_compat")]
+    pub cloudwatch_delay: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub cloudwatch_lookback: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchMode {
+    Relay,
+    Report,
+    Passive,
+}
+
+impl WatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchMode::Relay => "relay",
+            WatchMode::Report => "report",
+            WatchMode::Passive => "passive",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FeedConfig {
+    pub name: String,
+    pub queue_url: Option<String>,
+    pub watch: WatchConfig,
+    pub freshness: FreshnessConfig,
+    pub backfill: Option<BackfillConfig>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchConfig {
+    pub mode: WatchMode,
+    pub forward_to: Option<String>,
+    /// JSON pointer to the event time in a message body; None: `SentTimestamp`.
+    pub event_time: Option<String>,
+    pub event_time_format: TimeFormat,
+    /// JSON pointer to the record id in a message body; None: the SQS MessageId.
+    pub record_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshnessConfig {
+    #[serde(with = "humantime_serde_compat")]
+    pub max_silence: Duration,
+    pub active: Vec<String>,
+    pub timezone: String,
+    #[serde(skip)]
+    pub window: ActiveWindow,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillConfig {
+    pub auto: bool,
+    #[serde(with = "humantime_serde_compat")]
+    pub chunk: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub overlap: Duration,
+    #[serde(with = "humantime_serde_compat")]
+    pub settle: Duration,
+    /// While a gap is still open, new chunks are planned once this much more
+    /// time is fetchable (at most `chunk`).
+    #[serde(with = "humantime_serde_compat")]
+    pub follow_step: Duration,
+    pub concurrency: NonZeroUsize,
+    /// A chunk that failed this many times in a row marks its gap `failed`.
+    pub max_chunk_attempts: NonZeroU32,
+    pub source: SourceConfig,
+    pub sink: SinkConfig,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceConfig {
+    pub url: Url,
+    pub query: BTreeMap<String, Secret>,
+    pub time_format: TimeFormat,
+    pub headers: BTreeMap<String, Secret>,
+    pub records: String,
+    pub record_id: String,
+    pub record_time: String,
+    pub record_time_format: TimeFormat,
+    pub rate_limit: RateLimit,
+    #[serde(with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    pub max_retries: u32,
+    pub pagination: Pagination,
+    pub max_pages_per_chunk: u64,
+}
+
+/// `N/s`, `N/m` or `N/h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+impl RateLimit {
+    pub fn per_second(&self) -> f64 {
+        f64::from(self.count.get()) / self.per.as_secs_f64()
+    }
+}
+
+impl Serialize for RateLimit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "m",
+            _ => "h",
+        };
+        s.serialize_str(&format!("{}/{unit}", self.count))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkConfig {
+    Sqs {
+        queue_url: String,
+        message_group_id: Option<String>,
+    },
+    Http {
+        url: Url,
+        headers: BTreeMap<String, Secret>,
+        #[serde(with = "humantime_serde_compat")]
+        timeout: Duration,
+        max_retries: u32,
+    },
+    File {
+        path: PathBuf,
+    },
+}
+
+/// A config that could not be loaded; one line per problem, each naming its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl Config {
+    /// Reads and validates the file at `path`. `env` is the process environment
+    /// (passed in so tests never touch the real one): it feeds `${VAR}`
+    /// interpolation and `GAPWATCH__A__B` overrides.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text, env)
+    }
+
+    pub fn from_toml(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let overrides: HashMap<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("GAPWATCH__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let merged = ::config::Config::builder()
+            .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+            .add_source(
+                ::config::Environment::with_prefix("GAPWATCH")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(overrides)),
+            )
+            .build()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let value: toml::Value = merged
+            .try_deserialize()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            if path == "." {
+                ConfigError::Parse(inner)
+            } else {
+                ConfigError::Parse(format!("{path}: {inner}"))
+            }
+        })?;
+        validate::validate(raw, env).map_err(ConfigError::Invalid)
+    }
+
+    pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
+        self.feeds.iter().find(|f| f.name == name)
+    }
+
+    /// The resolved configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        match toml::to_string_pretty(self) {
+            Ok(s) => s,
+            Err(e) => format!("# cannot render config: {e}\n"),
+        }
+    }
+}
+
+/// Durations written back the way users write them (`5m`, `1h 30m`).
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! The config file as written: plain serde structs with defaults. Nothing here is
+//! validated; `super::validate` turns a `RawConfig` into a `Config` of real types.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::fill::pagination::Pagination;
+use crate::timefmt::TimeFormat;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub state: RawState,
+    #[serde(default)]
+    pub aws: RawAws,
+    #[serde(default)]
+    pub monitor: RawMonitor,
+    #[serde(default)]
+    pub feeds: Vec<RawFeed>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub admin_token: Option<String>,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            admin_token: None,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    #[serde(default = "default_state_url")]
+    pub url: String,
+    #[serde(default = "default_edge_ids")]
+    pub edge_ids: i64,
+}
+
+impl Default for RawState {
+    fn default() -> Self {
+        Self {
+            url: default_state_url(),
+            edge_ids: default_edge_ids(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAws {
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMonitor {
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval: String,
+    #[serde(default = "default_true")]
+    pub cloudwatch: bool,
+    #[serde(default = "default_cloudwatch_interval")]
+    pub cloudwatch_interval: String,
+    #[serde(default = "default_cloudwatch_delay")]
+    pub cloudwatch_delay: String,
+    #[serde(default = "default_cloudwatch_lookback")]
+    pub cloudwatch_lookback: String,
+}
+
+impl Default for RawMonitor {
+    fn default() -> Self {
+        Self {
+            poll_interval: default_poll_interval(),
+            cloudwatch: true,
+            cloudwatch_interval: default_cloudwatch_interval(),
+            cloudwatch_delay: default_cloudwatch_delay(),
+            cloudwatch_lookback: default_cloudwatch_lookback(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    pub name: String,
+    pub queue_url: Option<String>,
+    pub watch: RawWatch,
+    #[serde(default)]
+    pub freshness: RawFreshness,
+    #[serde(default)]
+    pub backfill: Option<RawBackfill>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RawMode {
+    Relay,
+    Report,
+    Passive,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWatch {
+    pub mode: RawMode,
+    #[serde(default)]
+    pub forward_to: Option<String>,
+    #[serde(default)]
+    pub event_time: Option<String>,
+    #[serde(default)]
+    pub event_time_format: TimeFormat,
+    #[serde(default)]
+    pub record_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFreshness {
+    #[serde(default = "default_max_silence")]
+    pub max_silence: String,
+    #[serde(default)]
+    pub active: Vec<String>,
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+}
+
+impl Default for RawFreshness {
+    fn default() -> Self {
+        Self {
+            max_silence: default_max_silence(),
+            active: Vec::new(),
+            timezone: default_timezone(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackfill {
+    #[serde(default = "default_true")]
+    pub auto: bool,
+    #[serde(default = "default_chunk")]
+    pub chunk: String,
+    #[serde(default = "default_overlap")]
+    pub overlap: String,
+    #[serde(default = "default_settle")]
+    pub settle: String,
+    #[serde(default = "default_follow_step")]
+    pub follow_step: String,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: i64,
+    #[serde(default = "default_chunk_attempts")]
+    pub max_chunk_attempts: i64,
+    pub source: RawSource,
+    #[serde(default)]
+    pub sink: Option<RawSink>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub url: String,
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    #[serde(default)]
+    pub time_format: TimeFormat,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_records")]
+    pub records: String,
+    #[serde(default = "default_record_id")]
+    pub record_id: String,
+    pub record_time: String,
+    #[serde(default)]
+    pub record_time_format: Option<TimeFormat>,
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_max_retries")]
+    pub max_retries: i64,
+    #[serde(default = "default_pagination")]
+    pub pagination: Pagination,
+    #[serde(default = "default_max_pages")]
+    pub max_pages_per_chunk: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawSink {
+    Sqs {
+        #[serde(default)]
+        queue_url: Option<String>,
+        #[serde(default)]
+        message_group_id: Option<String>,
+    },
+    Http {
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default = "default_timeout")]
+        timeout: String,
+        #[serde(default = "default_max_retries")]
+        max_retries: i64,
+    },
+    File {
+        path: String,
+    },
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:9464".into()
+}
+fn default_shutdown_grace() -> String {
+    "25s".into()
+}
+fn default_state_url() -> String {
+    "sqlite:///var/lib/gapwatch/state.db".into()
+}
+const fn default_edge_ids() -> i64 {
+    1000
+}
+fn default_poll_interval() -> String {
+    "60s".into()
+}
+fn default_cloudwatch_interval() -> String {
+    "5m".into()
+}
+fn default_cloudwatch_delay() -> String {
+    "5m".into()
+}
+fn default_cloudwatch_lookback() -> String {
+    "30m".into()
+}
+const fn default_true() -> bool {
+    true
+}
+fn default_max_silence() -> String {
+    "5m".into()
+}
+fn default_timezone() -> String {
+    "UTC".into()
+}
+fn default_chunk() -> String {
+    "1h".into()
+}
+fn default_overlap() -> String {
+    "2m".into()
+}
+fn default_settle() -> String {
+    "1m".into()
+}
+fn default_follow_step() -> String {
+    "5m".into()
+}
+const fn default_concurrency() -> i64 {
+    2
+}
+const fn default_chunk_attempts() -> i64 {
+    10
+}
+fn default_records() -> String {
+    "/data".into()
+}
+fn default_record_id() -> String {
+    "/id".into()
+}
+fn default_rate_limit() -> String {
+    "10/s".into()
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+const fn default_max_retries() -> i64 {
+    8
+}
+const fn default_max_pages() -> i64 {
+    100_000
+}
+fn default_pagination() -> Pagination {
+    Pagination::None
+}

@@ -1,0 +1,186 @@
+use std::collections::HashMap;
+
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:9464"
+admin_token = "${GAPWATCH_ADMIN_TOKEN}"
+
+[state]
+url = "sqlite:///tmp/gapwatch-test/state.db"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:5000"
+
+[[feeds]]
+name = "orders"
+queue_url = "http://127.0.0.1:5000/123456789012/vendor-orders"
+
+  [feeds.watch]
+  mode = "relay"
+  forward_to = "http://127.0.0.1:5000/123456789012/app-orders"
+  event_time = "/created_at"
+  event_time_format = "rfc3339"
+  record_id = "/id"
+
+  [feeds.freshness]
+  max_silence = "5m"
+  active = ["* * 8-21 * * Mon-Fri"]
+  timezone = "America/New_York"
+
+  [feeds.backfill]
+  auto = true
+  chunk = "1h"
+  overlap = "2m"
+  settle = "1m"
+  concurrency = 2
+
+    [feeds.backfill.source]
+    url = "https://api.vendor.example/v1/events"
+    query = { since = "{start}", until = "{end}", limit = "500", api_key = "${VENDOR_KEY}" }
+    time_format = "rfc3339"
+    headers = { Authorization = "Bearer ${VENDOR_TOKEN}" }
+    records = "/data"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "10/s"
+    timeout = "30s"
+    max_retries = 8
+    pagination = { type = "cursor", cursor = "/next_cursor", param = "cursor" }
+"#;
+
+fn env() -> HashMap<String, String> {
+    HashMap::from([
+        (
+            "GAPWATCH_ADMIN_TOKEN".to_string(),
+            "admin-s3cret".to_string(),
+        ),
+        ("VENDOR_TOKEN".to_string(), "vendor-s3cret".to_string()),
+        ("VENDOR_KEY".to_string(), "key-s3cret".to_string()),
+    ])
+}
+
+fn load(text: &str) -> Result<Config, String> {
+    Config::from_toml(text, &env()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn the_design_example_loads_with_real_types() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.server.listen.port(), 9464);
+    assert_eq!(c.state.path, PathBuf::from("/tmp/gapwatch-test/state.db"));
+    let f = &c.feeds[0];
+    assert_eq!(f.watch.mode, WatchMode::Relay);
+    assert_eq!(f.freshness.max_silence, Duration::from_secs(300));
+    assert!(!f.freshness.window.is_always());
+    let b = f.backfill.as_ref().unwrap();
+    assert_eq!(b.chunk, Duration::from_secs(3600));
+    assert_eq!(b.source.rate_limit.per_second(), 10.0);
+    assert_eq!(
+        b.source.headers["Authorization"].expose(),
+        "Bearer vendor-s3cret"
+    );
+    // The sink defaults to the relay's destination.
+    match &b.sink {
+        SinkConfig::Sqs { queue_url, .. } => assert!(queue_url.ends_with("/app-orders")),
+        other => panic!("unexpected sink {other:?}"),
+    }
+}
+
+#[test]
+fn redacted_output_hides_every_secret() {
+    let c = load(GOOD).unwrap();
+    let out = c.to_redacted_toml();
+    for secret in ["admin-s3cret", "vendor-s3cret", "key-s3cret"] {
+        assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+    }
+    assert!(out.contains("<redacted>"));
+    // Plain values stay visible.
+    assert!(out.contains("{start}"));
+    assert!(format!("{c:?}").contains("<redacted>"));
+    assert!(!format!("{c:?}").contains("vendor-s3cret"));
+}
+
+#[test]
+fn env_overrides_use_double_underscores() {
+    let mut e = env();
+    e.insert("GAPWATCH__SERVER__LISTEN".into(), "127.0.0.1:19464".into());
+    e.insert("GAPWATCH__STATE__URL".into(), "sqlite://other.db".into());
+    let c = Config::from_toml(GOOD, &e).unwrap();
+    assert_eq!(c.server.listen.port(), 19464);
+    assert_eq!(c.state.path, PathBuf::from("other.db"));
+}
+
+/// Each bad value must produce an error naming its key.
+#[test]
+fn invalid_values_name_their_key() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("max_silence = \"5m\"", "max_silence = \"5 parsecs\"", "feeds[0].freshness.max_silence"),
+        ("max_silence = \"5m\"", "max_silence = \"0s\"", "feeds[0].freshness.max_silence: must be greater than zero"),
+        ("\"* * 8-21 * * Mon-Fri\"", "\"* * 25 * * Mon-Fri\"", "feeds[0].freshness.active[0]"),
+        ("\"* * 8-21 * * Mon-Fri\"", "\"8-21 * * *\"", "feeds[0].freshness.active[0]: invalid cron expression"),
+        ("mode = \"relay\"", "mode = \"tail\"", "feeds[0].watch.mode"),
+        ("timezone = \"America/New_York\"", "timezone = \"Mars/Olympus\"", "feeds[0].freshness.timezone"),
+        ("chunk = \"1h\"", "chunk = \"soon\"", "feeds[0].backfill.chunk"),
+        ("concurrency = 2", "concurrency = 0", "feeds[0].backfill.concurrency"),
+        ("rate_limit = \"10/s\"", "rate_limit = \"fast\"", "feeds[0].backfill.source.rate_limit"),
+        ("url = \"https://api.vendor.example/v1/events\"", "url = \"not a url\"", "feeds[0].backfill.source.url"),
+        ("queue_url = \"http://127.0.0.1:5000/123456789012/vendor-orders\"", "", "feeds[0].queue_url: is required in relay mode"),
+        ("forward_to = \"http://127.0.0.1:5000/123456789012/app-orders\"", "", "feeds[0].watch.forward_to: is required in relay mode"),
+        ("event_time = \"/created_at\"", "event_time = \"created_at\"", "feeds[0].watch.event_time: invalid JSON pointer"),
+        ("listen = \"127.0.0.1:9464\"", "listen = \"everywhere\"", "server.listen"),
+        ("[server]", "[server]\nlisten_port = 1", "server"),
+        ("url = \"sqlite:///tmp/gapwatch-test/state.db\"", "url = \"mysql://x\"", "state.url: unsupported store"),
+        ("pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }", "pagination = { type = \"scroll\" }", "feeds[0].backfill.source"),
+        ("timeout = \"30s\"", "timeout = \"0s\"", "feeds[0].backfill.source.timeout"),
+        ("Bearer ${VENDOR_TOKEN}", "Bearer ${MISSING_TOKEN}", "feeds[0].backfill.source.headers.Authorization: environment variable MISSING_TOKEN is not set"),
+    ];
+    for (from, to, want) in cases {
+        assert!(GOOD.contains(from), "test case does not apply: {from}");
+        let text = GOOD.replacen(from, to, 1);
+        let err = load(&text).expect_err(&format!("{to} should be refused"));
+        assert!(err.contains(want), "for {to:?}: wanted {want:?} in:\n{err}");
+        for secret in ["admin-s3cret", "vendor-s3cret", "key-s3cret"] {
+            assert!(!err.contains(secret), "{secret} leaked in: {err}");
+        }
+    }
+}
+
+#[test]
+fn duplicate_feed_names_are_refused() {
+    let second = GOOD.split("[[feeds]]").nth(1).unwrap();
+    let text = format!("{GOOD}\n[[feeds]]{second}");
+    let err = load(&text).unwrap_err();
+    assert!(
+        err.contains("feeds[1].name: duplicate feed name \"orders\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = GOOD
+        .replace("max_silence = \"5m\"", "max_silence = \"0s\"")
+        .replace("chunk = \"1h\"", "chunk = \"x\"");
+    let err = load(&text).unwrap_err();
+    assert!(err.contains("max_silence"), "{err}");
+    assert!(err.contains("backfill.chunk"), "{err}");
+}
+
+#[test]
+fn report_mode_needs_no_queue() {
+    let text = r#"
+[state]
+url = "sqlite://x.db"
+[[feeds]]
+name = "clicks"
+[feeds.watch]
+mode = "report"
+"#;
+    let c = load(text).unwrap();
+    assert_eq!(c.feeds[0].watch.mode, WatchMode::Report);
+    assert!(c.feeds[0].freshness.window.is_always());
+    assert!(c.server.admin_token.is_none());
+}

@@ -1,0 +1,654 @@
+//! `RawConfig` → `Config`. Every problem is collected (not just the first) and
+//! reported as `key: what is wrong`. Secret values never enter a message.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+use super::raw::{RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
+use super::{
+    AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig, RateLimit,
+    Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, WatchConfig, WatchMode,
+};
+use crate::detector::ActiveWindow;
+
+struct Checker<'a> {
+    env: &'a HashMap<String, String>,
+    errors: Vec<String>,
+}
+
+pub fn validate(raw: RawConfig, env: &HashMap<String, String>) -> Result<Config, Vec<String>> {
+    let mut c = Checker {
+        env,
+        errors: Vec::new(),
+    };
+    let config = c.config(raw);
+    match config {
+        Some(config) if c.errors.is_empty() => Ok(config),
+        _ => Err(c.errors),
+    }
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, key: &str, msg: impl std::fmt::Display) {
+        self.errors.push(format!("{key}: {msg}"));
+    }
+
+    /// `${VAR}` interpolation; `$$` is a literal `$`. Returns the value and
+    /// whether anything came from the environment.
+    fn interp(&mut self, key: &str, s: &str) -> Option<(String, bool)> {
+        let mut out = String::with_capacity(s.len());
+        let mut from_env = false;
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(r) = after.strip_prefix('$') {
+                out.push('$');
+                rest = r;
+            } else if let Some(r) = after.strip_prefix('{') {
+                let Some(end) = r.find('}') else {
+                    self.fail(key, "unterminated ${...}");
+                    return None;
+                };
+                let name = &r[..end];
+                match self.env.get(name) {
+                    Some(v) => out.push_str(v),
+                    None => {
+                        self.fail(key, format!("environment variable {name} is not set"));
+                        return None;
+                    }
+                }
+                from_env = true;
+                rest = &r[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+        Some((out, from_env))
+    }
+
+    fn string(&mut self, key: &str, s: &str) -> Option<String> {
+        self.interp(key, s).map(|(v, _)| v)
+    }
+
+    fn duration(&mut self, key: &str, s: &str, allow_zero: bool) -> Option<Duration> {
+        let s = self.string(key, s)?;
+        match humantime::parse_duration(s.trim()) {
+            Ok(d) if d.is_zero() && !allow_zero => {
+                self.fail(key, "must be greater than zero");
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.fail(
+                    key,
+                    format!("invalid duration {s:?} ({e}); write e.g. \"30s\", \"5m\", \"1h\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn url(&mut self, key: &str, s: &str) -> Option<Url> {
+        let s = self.string(key, s)?;
+        match Url::parse(&s) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Some(u),
+            Ok(_) => {
+                self.fail(key, "must be an http:// or https:// URL");
+                None
+            }
+            Err(e) => {
+                self.fail(key, format!("invalid URL: {e}"));
+                None
+            }
+        }
+    }
+
+    fn pointer(&mut self, key: &str, s: &str) -> Option<String> {
+        let s = self.string(key, s)?;
+        if s.is_empty() || s.starts_with('/') {
+            Some(s)
+        } else {
+            self.fail(
+                key,
+                format!("invalid JSON pointer {s:?}: it must be empty or start with '/'"),
+            );
+            None
+        }
+    }
+
+    fn positive(&mut self, key: &str, n: i64) -> Option<NonZeroU32> {
+        match u32::try_from(n).ok().and_then(NonZeroU32::new) {
+            Some(v) => Some(v),
+            None => {
+                self.fail(key, format!("must be a positive integer, got {n}"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let server = self.server(&raw);
+        let state = self.state(&raw);
+        let aws = self.aws(&raw);
+        let monitor = self.monitor(&raw);
+        if raw.feeds.is_empty() {
+            self.fail("feeds", "at least one [[feeds]] entry is required");
+        }
+        let mut names = HashSet::new();
+        let mut feeds = Vec::new();
+        for (i, f) in raw.feeds.iter().enumerate() {
+            let key = format!("feeds[{i}]");
+            if !names.insert(f.name.clone()) {
+                self.fail(
+                    &format!("{key}.name"),
+                    format!("duplicate feed name {:?}", f.name),
+                );
+            }
+            if let Some(feed) = self.feed(&key, f) {
+                feeds.push(feed);
+            }
+        }
+        Some(Config {
+            server: server?,
+            state: state?,
+            aws: aws?,
+            monitor: monitor?,
+            feeds,
+        })
+    }
+
+    fn server(&mut self, raw: &RawConfig) -> Option<ServerConfig> {
+        let listen = self
+            .string("server.listen", &raw.server.listen)
+            .and_then(|s| match s.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.fail(
+                        "server.listen",
+                        format!("invalid socket address {s:?}; write e.g. \"0.0.0.0:9464\""),
+                    );
+                    None
+                }
+            });
+        let admin_token = match &raw.server.admin_token {
+            None => Some(None),
+            Some(t) => self.string("server.admin_token", t).and_then(|t| {
+                if t.trim().is_empty() {
+                    self.fail("server.admin_token", "must not be empty when set");
+                    None
+                } else {
+                    Some(Some(Secret::hidden(t)))
+                }
+            }),
+        };
+        let grace = self.duration("server.shutdown_grace", &raw.server.shutdown_grace, false);
+        Some(ServerConfig {
+            listen: listen?,
+            admin_token: admin_token?,
+            shutdown_grace: grace?,
+        })
+    }
+
+    fn state(&mut self, raw: &RawConfig) -> Option<StateConfig> {
+        let url = self.string("state.url", &raw.state.url)?;
+        let path = if let Some(p) = url.strip_prefix("sqlite://") {
+            Some(p)
+        } else if let Some(p) = url.strip_prefix("sqlite:") {
+            Some(p)
+        } else {
+            let scheme = url.split(':').next().unwrap_or_default();
+            self.fail(
+                "state.url",
+                format!(
+                    "unsupported store {scheme:?}: this build supports sqlite://PATH (e.g. sqlite:///var/lib/gapwatch/state.db)"
+                ),
+            );
+            None
+        }?;
+        let path = path.split('?').next().unwrap_or_default();
+        if path.is_empty() {
+            self.fail("state.url", "the sqlite URL has no file path");
+            return None;
+        }
+        let edge_ids = usize::try_from(raw.state.edge_ids)
+            .ok()
+            .and_then(NonZeroUsize::new);
+        if edge_ids.is_none() {
+            self.fail("state.edge_ids", "must be a positive integer");
+        }
+        Some(StateConfig {
+            path: PathBuf::from(path),
+            edge_ids: edge_ids?,
+        })
+    }
+
+    fn aws(&mut self, raw: &RawConfig) -> Option<AwsConfig> {
+        let region = match &raw.aws.region {
+            Some(r) => Some(self.string("aws.region", r)?),
+            None => None,
+        };
+        let endpoint_url = match &raw.aws.endpoint_url {
+            Some(u) => Some(self.url("aws.endpoint_url", u)?),
+            None => None,
+        };
+        Some(AwsConfig {
+            region,
+            endpoint_url,
+        })
+    }
+
+    fn monitor(&mut self, raw: &RawConfig) -> Option<MonitorConfig> {
+        let m = &raw.monitor;
+        let poll_interval = self.duration("monitor.poll_interval", &m.poll_interval, false);
+        let cloudwatch_interval =
+            self.duration("monitor.cloudwatch_interval", &m.cloudwatch_interval, false);
+        let cloudwatch_delay = self.duration("monitor.cloudwatch_delay", &m.cloudwatch_delay, true);
+        let cloudwatch_lookback =
+            self.duration("monitor.cloudwatch_lookback", &m.cloudwatch_lookback, false);
+        Some(MonitorConfig {
+            poll_interval: poll_interval?,
+            cloudwatch: m.cloudwatch,
+            cloudwatch_interval: cloudwatch_interval?,
+            cloudwatch_delay: cloudwatch_delay?,
+            cloudwatch_lookback: cloudwatch_lookback?,
+        })
+    }
+
+    fn feed(&mut self, key: &str, f: &RawFeed) -> Option<FeedConfig> {
+        let name_ok = !f.name.is_empty()
+            && f.name.len() <= 64
+            && f.name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !name_ok {
+            self.fail(
+                &format!("{key}.name"),
+                format!(
+                    "invalid feed name {:?}: use 1-64 letters, digits, '_', '-' or '.'",
+                    f.name
+                ),
+            );
+        }
+        let mode = match f.watch.mode {
+            RawMode::Relay => WatchMode::Relay,
+            RawMode::Report => WatchMode::Report,
+            RawMode::Passive => WatchMode::Passive,
+        };
+        let queue_url = match &f.queue_url {
+            Some(q) => self.queue_url(&format!("{key}.queue_url"), q),
+            None => {
+                if mode != WatchMode::Report {
+                    self.fail(
+                        &format!("{key}.queue_url"),
+                        format!("is required in {} mode", mode.as_str()),
+                    );
+                }
+                None
+            }
+        };
+        let forward_to = match &f.watch.forward_to {
+            Some(q) => self.queue_url(&format!("{key}.watch.forward_to"), q),
+            None => {
+                if mode == WatchMode::Relay {
+                    self.fail(
+                        &format!("{key}.watch.forward_to"),
+                        "is required in relay mode (the queue the app reads)",
+                    );
+                }
+                None
+            }
+        };
+        if mode != WatchMode::Relay && f.watch.forward_to.is_some() {
+            self.fail(
+                &format!("{key}.watch.forward_to"),
+                format!("only applies to relay mode, not {}", mode.as_str()),
+            );
+        }
+        if let (Some(q), Some(fwd)) = (&queue_url, &forward_to) {
+            if q == fwd {
+                self.fail(
+                    &format!("{key}.watch.forward_to"),
+                    "must differ from queue_url (it would relay the queue into itself)",
+                );
+            }
+        }
+        let event_time = match &f.watch.event_time {
+            Some(p) => Some(self.pointer(&format!("{key}.watch.event_time"), p)?),
+            None => None,
+        };
+        let record_id = match &f.watch.record_id {
+            Some(p) => Some(self.pointer(&format!("{key}.watch.record_id"), p)?),
+            None => None,
+        };
+        let freshness = self.freshness(key, f);
+        let backfill = match &f.backfill {
+            Some(b) => {
+                Some(self.backfill(key, b, forward_to.as_deref().or(queue_url.as_deref()))?)
+            }
+            None => None,
+        };
+        Some(FeedConfig {
+            name: f.name.clone(),
+            queue_url,
+            watch: WatchConfig {
+                mode,
+                forward_to,
+                event_time,
+                event_time_format: f.watch.event_time_format,
+                record_id,
+            },
+            freshness: freshness?,
+            backfill,
+        })
+    }
+
+    fn queue_url(&mut self, key: &str, s: &str) -> Option<String> {
+        let u = self.url(key, s)?;
+        if u.path().trim_matches('/').is_empty() {
+            self.fail(
+                key,
+                "is not a queue URL (expected https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)",
+            );
+            return None;
+        }
+        Some(u.to_string())
+    }
+
+    fn freshness(&mut self, key: &str, f: &RawFeed) -> Option<FreshnessConfig> {
+        let max_silence = self.duration(
+            &format!("{key}.freshness.max_silence"),
+            &f.freshness.max_silence,
+            false,
+        );
+        let tz_key = format!("{key}.freshness.timezone");
+        let timezone = self.string(&tz_key, &f.freshness.timezone)?;
+        let tz = match timezone.parse::<chrono_tz::Tz>() {
+            Ok(tz) => Some(tz),
+            Err(_) => {
+                self.fail(
+                    &tz_key,
+                    format!("unknown timezone {timezone:?}; use an IANA name such as \"America/New_York\""),
+                );
+                None
+            }
+        };
+        let mut schedules = Vec::new();
+        let mut active = Vec::new();
+        for (i, expr) in f.freshness.active.iter().enumerate() {
+            let k = format!("{key}.freshness.active[{i}]");
+            let Some(expr) = self.string(&k, expr) else {
+                continue;
+            };
+            let fields = expr.split_whitespace().count();
+            if fields != 6 && fields != 7 {
+                self.fail(&k, format!("invalid cron expression {expr:?}: expected 6 fields (sec min hour day-of-month month day-of-week), got {fields}"));
+                continue;
+            }
+            match cron::Schedule::from_str(&expr) {
+                Ok(s) => {
+                    schedules.push(s);
+                    active.push(expr);
+                }
+                Err(e) => self.fail(&k, format!("invalid cron expression {expr:?}: {e}")),
+            }
+        }
+        let tz = tz?;
+        let window = if schedules.is_empty() {
+            ActiveWindow::always()
+        } else {
+            ActiveWindow::new(schedules, tz)
+        };
+        Some(FreshnessConfig {
+            max_silence: max_silence?,
+            active,
+            timezone,
+            window,
+        })
+    }
+
+    fn backfill(
+        &mut self,
+        feed_key: &str,
+        b: &RawBackfill,
+        default_queue: Option<&str>,
+    ) -> Option<BackfillConfig> {
+        let key = format!("{feed_key}.backfill");
+        let chunk = self.duration(&format!("{key}.chunk"), &b.chunk, false);
+        let overlap = self.duration(&format!("{key}.overlap"), &b.overlap, true);
+        let settle = self.duration(&format!("{key}.settle"), &b.settle, true);
+        let follow_step = self.duration(&format!("{key}.follow_step"), &b.follow_step, false);
+        let concurrency = usize::try_from(b.concurrency)
+            .ok()
+            .and_then(NonZeroUsize::new);
+        if concurrency.is_none() || b.concurrency > 64 {
+            self.fail(
+                &format!("{key}.concurrency"),
+                format!("must be between 1 and 64, got {}", b.concurrency),
+            );
+        }
+        let attempts = self.positive(&format!("{key}.max_chunk_attempts"), b.max_chunk_attempts);
+        let source = self.source(&format!("{key}.source"), &b.source);
+        let sink = self.sink(&format!("{key}.sink"), b.sink.as_ref(), default_queue);
+        Some(BackfillConfig {
+            auto: b.auto,
+            chunk: chunk?,
+            overlap: overlap?,
+            settle: settle?,
+            follow_step: follow_step?,
+            concurrency: concurrency.filter(|c| c.get() <= 64)?,
+            max_chunk_attempts: attempts?,
+            source: source?,
+            sink: sink?,
+        })
+    }
+
+    fn secrets(
+        &mut self,
+        key: &str,
+        map: &BTreeMap<String, String>,
+        always_hidden: bool,
+    ) -> Option<BTreeMap<String, Secret>> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        for (k, v) in map {
+            match self.interp(&format!("{key}.{k}"), v) {
+                Some((v, from_env)) if always_hidden || from_env => {
+                    out.insert(k.clone(), Secret::hidden(v));
+                }
+                Some((v, _)) => {
+                    out.insert(k.clone(), Secret::shown(v));
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn headers(
+        &mut self,
+        key: &str,
+        map: &BTreeMap<String, String>,
+    ) -> Option<BTreeMap<String, Secret>> {
+        let mut ok = true;
+        for name in map.keys() {
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                self.fail(&format!("{key}.{name}"), "invalid HTTP header name");
+                ok = false;
+            }
+        }
+        let out = self.secrets(key, map, true)?;
+        for (name, v) in &out {
+            if reqwest::header::HeaderValue::from_str(v.expose()).is_err() {
+                self.fail(
+                    &format!("{key}.{name}"),
+                    "invalid HTTP header value (control characters or non-ASCII)",
+                );
+                ok = false;
+            }
+        }
+        ok.then_some(out)
+    }
+
+    fn source(&mut self, key: &str, s: &RawSource) -> Option<SourceConfig> {
+        let url = self.url(&format!("{key}.url"), &s.url);
+        let query = self.secrets(&format!("{key}.query"), &s.query, false);
+        let headers = self.headers(&format!("{key}.headers"), &s.headers);
+        let records = self.pointer(&format!("{key}.records"), &s.records);
+        let record_id = self.pointer(&format!("{key}.record_id"), &s.record_id);
+        let record_time = self.pointer(&format!("{key}.record_time"), &s.record_time);
+        let rate_limit = self.rate_limit(&format!("{key}.rate_limit"), &s.rate_limit);
+        let timeout = self.duration(&format!("{key}.timeout"), &s.timeout, false);
+        let max_retries = match u32::try_from(s.max_retries) {
+            Ok(n) if n <= 100 => Some(n),
+            _ => {
+                self.fail(
+                    &format!("{key}.max_retries"),
+                    format!("must be between 0 and 100, got {}", s.max_retries),
+                );
+                None
+            }
+        };
+        let max_pages = self
+            .positive(&format!("{key}.max_pages_per_chunk"), s.max_pages_per_chunk)
+            .map(|n| u64::from(n.get()));
+        if let Err(e) = s.pagination.validate() {
+            self.fail(&format!("{key}.pagination"), e);
+        }
+        if let (Some(u), Some(q)) = (&url, &query) {
+            let has_placeholder = q
+                .values()
+                .any(|v| v.expose().contains("{start}") || v.expose().contains("{end}"))
+                || u.as_str().contains("%7Bstart%7D")
+                || u.as_str().contains("{start}");
+            if !has_placeholder {
+                self.fail(
+                    &format!("{key}.query"),
+                    "no {start}/{end} placeholder: the source could not be asked for an interval",
+                );
+            }
+        }
+        Some(SourceConfig {
+            url: url?,
+            query: query?,
+            time_format: s.time_format,
+            headers: headers?,
+            records: records?,
+            record_id: record_id?,
+            record_time: record_time?,
+            record_time_format: s.record_time_format.unwrap_or(s.time_format),
+            rate_limit: rate_limit?,
+            timeout: timeout?,
+            max_retries: max_retries?,
+            pagination: s.pagination.clone(),
+            max_pages_per_chunk: max_pages?,
+        })
+    }
+
+    fn rate_limit(&mut self, key: &str, s: &str) -> Option<RateLimit> {
+        let s = self.string(key, s)?;
+        let parsed = s.split_once('/').and_then(|(n, unit)| {
+            let count = n.trim().parse::<u32>().ok().and_then(NonZeroU32::new)?;
+            let per = match unit.trim() {
+                "s" | "sec" | "second" => Duration::from_secs(1),
+                "m" | "min" | "minute" => Duration::from_secs(60),
+                "h" | "hour" => Duration::from_secs(3600),
+                _ => return None,
+            };
+            Some(RateLimit { count, per })
+        });
+        if parsed.is_none() {
+            self.fail(
+                key,
+                format!("invalid rate limit {s:?}; write \"N/s\", \"N/m\" or \"N/h\" with N > 0"),
+            );
+        }
+        parsed
+    }
+
+    fn sink(
+        &mut self,
+        key: &str,
+        sink: Option<&RawSink>,
+        default_queue: Option<&str>,
+    ) -> Option<SinkConfig> {
+        match sink {
+            None
+            | Some(RawSink::Sqs {
+                queue_url: None, ..
+            }) => {
+                let group = match sink {
+                    Some(RawSink::Sqs {
+                        message_group_id: Some(g),
+                        ..
+                    }) => Some(self.string(&format!("{key}.message_group_id"), g)?),
+                    _ => None,
+                };
+                match default_queue {
+                    Some(q) => Some(SinkConfig::Sqs {
+                        queue_url: q.to_string(),
+                        message_group_id: group,
+                    }),
+                    None => {
+                        self.fail(
+                            &format!("{key}.queue_url"),
+                            "is required: the feed has neither watch.forward_to nor queue_url",
+                        );
+                        None
+                    }
+                }
+            }
+            Some(RawSink::Sqs {
+                queue_url: Some(q),
+                message_group_id,
+            }) => {
+                let queue_url = self.queue_url(&format!("{key}.queue_url"), q);
+                let group = match message_group_id {
+                    Some(g) => Some(self.string(&format!("{key}.message_group_id"), g)?),
+                    None => None,
+                };
+                Some(SinkConfig::Sqs {
+                    queue_url: queue_url?,
+                    message_group_id: group,
+                })
+            }
+            Some(RawSink::Http {
+                url,
+                headers,
+                timeout,
+                max_retries,
+            }) => {
+                let url = self.url(&format!("{key}.url"), url);
+                let headers = self.headers(&format!("{key}.headers"), headers);
+                let timeout = self.duration(&format!("{key}.timeout"), timeout, false);
+                let retries = u32::try_from(*max_retries).ok();
+                if retries.is_none() {
+                    self.fail(&format!("{key}.max_retries"), "must not be negative");
+                }
+                Some(SinkConfig::Http {
+                    url: url?,
+                    headers: headers?,
+                    timeout: timeout?,
+                    max_retries: retries?,
+                })
+            }
+            Some(RawSink::File { path }) => {
+                let path = self.string(&format!("{key}.path"), path)?;
+                if path.trim().is_empty() {
+                    self.fail(&format!("{key}.path"), "must not be empty");
+                    return None;
+                }
+                Some(SinkConfig::File {
+                    path: PathBuf::from(path),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! One feed's monitor: takes observations (from the relay, the report API or
+//! passive inflow), drives the detector on a clock, persists what it decides,
+//! and publishes the feed's status.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{FeedConfig, WatchMode};
+use crate::detector::{Detector, GapEvent};
+use crate::metrics::Metrics;
+use crate::observe::Observation;
+use crate::store::{FillState, Store};
+
+/// How often the detector is ticked: detection latency is at most this.
+pub const TICK: Duration = Duration::from_millis(200);
+/// How often the newest event time is written to the store.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// Capacity of a feed's observation channel, in batches (backpressure beyond).
+pub const CHANNEL_BATCHES: usize = 64;
+
+/// What `/api/v1/feeds` shows for a feed.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct FeedStatus {
+    pub name: String,
+    pub mode: &'static str,
+    pub last_event: Option<DateTime<Utc>>,
+    pub freshness_seconds: Option<f64>,
+    pub active: bool,
+    pub open_gap: Option<OpenGap>,
+    pub records_observed: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct OpenGap {
+    pub id: i64,
+    pub start: DateTime<Utc>,
+    pub silent_seconds: f64,
+}
+
+/// The parts of a running feed that others talk to.
+#[derive(Clone)]
+pub struct FeedHandle {
+    pub name: String,
+    pub config: Arc<FeedConfig>,
+    pub observations: mpsc::Sender<Vec<Observation>>,
+    pub status: watch::Receiver<FeedStatus>,
+    /// Woken when a gap opens or closes, so fills start at once.
+    pub fill_wakeup: Arc<Notify>,
+}
+
+pub struct FeedMonitor {
+    config: Arc<FeedConfig>,
+    detector: Detector,
+    store: Store,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Vec<Observation>>,
+    status: watch::Sender<FeedStatus>,
+    fill_wakeup: Arc<Notify>,
+    /// The newest live ids, kept to be saved as the "before" edge when a gap opens.
+    recent: VecDeque<(String, DateTime<Utc>)>,
+    edge_ids: usize,
+    /// After a gap closes: its id and how many more live ids to keep as the
+    /// "after" edge.
+    after_edge: Option<(i64, usize)>,
+    after_pending: Vec<(String, DateTime<Utc>)>,
+    open_gap_id: Option<i64>,
+    /// Gap events the store has not taken yet (retried every tick).
+    unsaved: VecDeque<GapEvent>,
+    observed: u64,
+    last_saved: Option<DateTime<Utc>>,
+    last_save_at: Option<std::time::Instant>,
+}
+
+impl FeedMonitor {
+    /// Restores the feed's detector from the store.
+    pub async fn start(
+        config: Arc<FeedConfig>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        edge_ids: usize,
+    ) -> Result<(FeedMonitor, FeedHandle), crate::store::StoreError> {
+        let restored = store.detector_state(&config.name).await?;
+        let open_gap_id = if restored.open_gap_start.is_some() {
+            store
+                .gaps(&crate::store::GapFilter {
+                    feed: Some(config.name.clone()),
+                    state: Some("open".into()),
+                    limit: Some(10),
+                })
+                .await?
+                .into_iter()
+                .find(|g| g.kind == crate::store::GapKind::Detected)
+                .map(|g| g.id)
+        } else {
+            None
+        };
+        let detector = Detector::new(
+            config.freshness.max_silence,
+            config.freshness.window.clone(),
+            restored,
+        );
+        metrics.init_feed(&config.name);
+        let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
+        let now = Utc::now();
+        let initial = FeedStatus {
+            name: config.name.clone(),
+            mode: config.watch.mode.as_str(),
+            last_event: restored.last_event,
+            freshness_seconds: None,
+            active: detector.is_active(now),
+            open_gap: None,
+            records_observed: 0,
+        };
+        let (status_tx, status_rx) = watch::channel(initial);
+        let fill_wakeup = Arc::new(Notify::new());
+        let handle = FeedHandle {
+            name: config.name.clone(),
+            config: config.clone(),
+            observations: tx,
+            status: status_rx,
+            fill_wakeup: fill_wakeup.clone(),
+        };
+        let monitor = FeedMonitor {
+            config,
+            detector,
+            store,
+            metrics,
+            rx,
+            status: status_tx,
+            fill_wakeup,
+            recent: VecDeque::with_capacity(edge_ids),
+            edge_ids,
+            after_edge: None,
+            after_pending: Vec::new(),
+            open_gap_id,
+            unsaved: VecDeque::new(),
+            observed: 0,
+            last_saved: restored.last_event,
+            last_save_at: None,
+        };
+        Ok((monitor, handle))
+    }
+
+    /// Runs until `stop` is cancelled, then takes what is still queued, saves,
+    /// and returns. Cancel `stop` only after the feed's producers finished.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Before any observation: silence that lasted through our own downtime
+        // must be seen first (an observation would otherwise close a gap that
+        // was never opened).
+        self.tick(Utc::now()).await;
+        loop {
+            tokio::select! {
+                biased;
+                batch = self.rx.recv() => match batch {
+                    Some(batch) => self.observe(batch, Utc::now()).await,
+                    None => break,
+                },
+                _ = tick.tick() => self.tick(Utc::now()).await,
+                _ = stop.cancelled() => break,
+            }
+        }
+        while let Ok(batch) = self.rx.try_recv() {
+            self.observe(batch, Utc::now()).await;
+        }
+        self.last_save_at = None;
+        self.tick(Utc::now()).await;
+        tracing::debug!(feed = %self.config.name, "feed monitor stopped");
+    }
+
+    async fn observe(&mut self, batch: Vec<Observation>, now: DateTime<Utc>) {
+        let feed = self.config.name.as_str();
+        self.metrics
+            .feed_records_observed
+            .with_label_values(&[feed])
+            .inc_by(batch.len() as u64);
+        self.observed += batch.len() as u64;
+        for obs in batch {
+            if let Some(event) = self.detector.observe(obs.event_time, now) {
+                self.unsaved.push_back(event);
+            }
+            if self.recent.len() == self.edge_ids {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((obs.id.clone(), obs.event_time));
+            if !self.unsaved.is_empty() || self.after_edge.is_some() {
+                // The "after" edge starts with the record that closed the gap.
+                self.after_pending.push((obs.id, obs.event_time));
+            }
+        }
+        self.save_events(now).await;
+    }
+
+    async fn tick(&mut self, now: DateTime<Utc>) {
+        if let Some(event) = self.detector.tick(now) {
+            self.unsaved.push_back(event);
+        }
+        self.save_events(now).await;
+        self.flush_after_edge().await;
+        self.save_last_event(now).await;
+        self.publish(now);
+    }
+
+    async fn save_events(&mut self, now: DateTime<Utc>) {
+        while let Some(event) = self.unsaved.front().copied() {
+            let feed = self.config.name.clone();
+            let result = match event {
+                GapEvent::Opened { start, detected_at } => {
+                    self.on_opened(&feed, start, detected_at).await
+                }
+                GapEvent::Closed { start, end } => self.on_closed(&feed, start, end, now).await,
+            };
+            match result {
+                Ok(()) => {
+                    self.unsaved.pop_front();
+                }
+                Err(e) => {
+                    tracing::error!(feed = %feed, error = %e, "cannot save gap event; retrying");
+                    break;
+                }
+            }
+        }
+        if self.unsaved.is_empty() && self.after_edge.is_none() {
+            self.after_pending.clear();
+        }
+    }
+
+    async fn on_opened(
+        &mut self,
+        feed: &str,
+        start: DateTime<Utc>,
+        detected_at: DateTime<Utc>,
+    ) -> Result<(), crate::store::StoreError> {
+        let fill = match &self.config.backfill {
+            Some(b) if b.auto => FillState::Pending,
+            _ => FillState::None,
+        };
+        let id = self.store.open_gap(feed, start, detected_at, fill).await?;
+        let edge: Vec<_> = self.recent.iter().cloned().collect();
+        self.store.remember_live(feed, Some(id), &edge).await?;
+        self.open_gap_id = Some(id);
+        self.metrics.gap_open.with_label_values(&[feed]).set(1);
+        self.metrics.gaps_detected.with_label_values(&[feed]).inc();
+        tracing::warn!(
+            feed,
+            gap_id = id,
+            from = %start.to_rfc3339(),
+            detected_at = %detected_at.to_rfc3339(),
+            silent_seconds = (detected_at - start).num_milliseconds() as f64 / 1000.0,
+            fill = fill.as_str(),
+            "gap opened"
+        );
+        self.fill_wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn on_closed(
+        &mut self,
+        feed: &str,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), crate::store::StoreError> {
+        let id = self.store.close_gap(feed, end, now).await?;
+        self.open_gap_id = None;
+        self.metrics.gap_open.with_label_values(&[feed]).set(0);
+        if let Some(id) = id {
+            self.after_edge = Some((id, self.edge_ids));
+        }
+        tracing::info!(
+            feed,
+            gap_id = id,
+            from = %start.to_rfc3339(),
+            to = %end.to_rfc3339(),
+            gap_seconds = (end - start).num_milliseconds() as f64 / 1000.0,
+            "gap closed"
+        );
+        self.fill_wakeup.notify_one();
+        Ok(())
+    }
+
+    async fn flush_after_edge(&mut self) {
+        let Some((gap_id, remaining)) = self.after_edge else {
+            return;
+        };
+        if self.after_pending.is_empty() {
+            return;
+        }
+        let take = remaining.min(self.after_pending.len());
+        let ids: Vec<_> = self.after_pending.drain(..).take(take).collect();
+        match self
+            .store
+            .remember_live(&self.config.name, Some(gap_id), &ids)
+            .await
+        {
+            Ok(()) => {
+                let left = remaining - take;
+                self.after_edge = (left > 0).then_some((gap_id, left));
+            }
+            Err(e) => {
+                tracing::error!(feed = %self.config.name, error = %e, "cannot save edge ids; retrying");
+                self.after_pending.splice(0..0, ids);
+            }
+        }
+    }
+
+    async fn save_last_event(&mut self, now: DateTime<Utc>) {
+        let Some(last) = self.detector.state().last_event else {
+            return;
+        };
+        let due = self
+            .last_save_at
+            .is_none_or(|at| at.elapsed() >= SAVE_EVERY);
+        if self.last_saved == Some(last) || !due {
+            return;
+        }
+        match self
+            .store
+            .save_last_event(&self.config.name, last, now)
+            .await
+        {
+            Ok(()) => {
+                self.last_saved = Some(last);
+                self.last_save_at = Some(std::time::Instant::now());
+            }
+            Err(e) => {
+                tracing::error!(feed = %self.config.name, error = %e, "cannot save last event")
+            }
+        }
+    }
+
+    fn publish(&self, now: DateTime<Utc>) {
+        let feed = self.config.name.as_str();
+        let state = self.detector.state();
+        let freshness = self.detector.freshness(now).map(|d| d.as_secs_f64());
+        let active = self.detector.is_active(now);
+        self.metrics
+            .feed_active
+            .with_label_values(&[feed])
+            .set(i64::from(active));
+        if let (Some(last), Some(fresh)) = (state.last_event, freshness) {
+            self.metrics
+                .feed_last_event
+                .with_label_values(&[feed])
+                .set(last.timestamp_millis() as f64 / 1000.0);
+            self.metrics
+                .feed_freshness
+                .with_label_values(&[feed])
+                .set(fresh);
+        }
+        let open_gap = match (self.open_gap_id, state.open_gap_start) {
+            (Some(id), Some(start)) => Some(OpenGap {
+                id,
+                start,
+                silent_seconds: ((now - start).num_milliseconds().max(0) as f64) / 1000.0,
+            }),
+            _ => None,
+        };
+        self.metrics
+            .gap_open
+            .with_label_values(&[feed])
+            .set(i64::from(open_gap.is_some()));
+        self.status.send_replace(FeedStatus {
+            name: self.config.name.clone(),
+            mode: self.config.watch.mode.as_str(),
+            last_event: state.last_event,
+            freshness_seconds: freshness,
+            active,
+            open_gap,
+            records_observed: self.observed,
+        });
+    }
+}
+
+/// Whether a feed's records reach gapwatch one by one (relay, report) or only as
+/// per-minute inflow (passive).
+pub fn is_precise(mode: WatchMode) -> bool {
+    mode != WatchMode::Passive
+}

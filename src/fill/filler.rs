@@ -1,0 +1,461 @@
+//! The filler of one feed: plans chunks for its gaps, fetches them page by page
+//! under the source's rate limit, drops records already seen or delivered,
+//! sends the rest to the sink, and checkpoints after every delivered page.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::pagination::PageCursor;
+use super::plan::{self, Window};
+use super::sink::Sink;
+use super::source::{Record, Source};
+use crate::config::{BackfillConfig, FeedConfig};
+use crate::metrics::{ChunkState, Metrics, RecordOutcome};
+use crate::store::{Chunk, FillState, Gap, GapKind, GapState, PageCounts, Store, StoreError};
+
+/// How often a feed's gaps are looked at without a wake-up (an open gap's fill
+/// follows it at this pace).
+const PASS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// What a pass did to a gap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GapOutcome {
+    /// Work remains (open gap, chunks waiting for a retry).
+    InProgress,
+    Done,
+    Failed(String),
+}
+
+pub struct Filler {
+    feed: Arc<FeedConfig>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    source: Source,
+    sink: Arc<Sink>,
+    /// Whose gaps this filler takes (`daemon`, or `cli` for a one-off run).
+    owner: String,
+}
+
+impl Filler {
+    pub fn new(
+        feed: Arc<FeedConfig>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        source: Source,
+        sink: Arc<Sink>,
+        owner: &str,
+    ) -> Self {
+        Self {
+            feed,
+            store,
+            metrics,
+            source,
+            sink,
+            owner: owner.to_string(),
+        }
+    }
+
+    fn backfill(&self) -> &BackfillConfig {
+        // A filler is only built for feeds with a backfill section.
+        self.feed
+            .backfill
+            .as_ref()
+            .expect("filler built for a feed with backfill")
+    }
+
+    /// The daemon loop: a pass on every wake-up and every few seconds.
+    pub async fn run(self, wakeup: Arc<Notify>, cancel: CancellationToken) {
+        let feed = self.feed.name.clone();
+        match self.store.reset_running(&feed, Utc::now()).await {
+            Ok(n) if n > 0 => {
+                tracing::info!(feed = %feed, chunks = n, "resuming chunks interrupted by a restart")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(feed = %feed, error = %e, "cannot reset interrupted chunks"),
+        }
+        while !cancel.is_cancelled() {
+            if let Err(e) = self.pass(&cancel).await {
+                tracing::error!(feed = %feed, error = %e, "fill pass failed");
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = wakeup.notified() => {}
+                _ = tokio::time::sleep(PASS_INTERVAL) => {}
+            }
+        }
+        tracing::debug!(feed = %feed, "filler stopped");
+    }
+
+    /// One pass over every gap of the feed that still has work.
+    pub async fn pass(&self, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let gaps = self
+            .store
+            .gaps_to_fill(&self.feed.name, &self.owner)
+            .await?;
+        for gap in gaps {
+            if cancel.is_cancelled() {
+                break;
+            }
+            self.fill_gap(&gap, cancel).await?;
+        }
+        self.update_chunk_gauges().await;
+        Ok(())
+    }
+
+    /// The interval the gap's fill must cover now (None: nothing fetchable yet).
+    pub fn target(&self, gap: &Gap, now: DateTime<Utc>) -> Option<Window> {
+        let b = self.backfill();
+        match gap.kind {
+            GapKind::Manual => plan::fill_target(gap.start, gap.end, Duration::ZERO, b.settle, now),
+            GapKind::Detected => plan::fill_target(gap.start, gap.end, b.overlap, b.settle, now),
+        }
+    }
+
+    /// Plans what is new, runs the chunks that are due, and settles the gap's
+    /// fill state.
+    pub async fn fill_gap(
+        &self,
+        gap: &Gap,
+        cancel: &CancellationToken,
+    ) -> Result<GapOutcome, StoreError> {
+        let b = self.backfill();
+        let now = Utc::now();
+        let feed = self.feed.name.as_str();
+        let is_final = gap.state == GapState::Closed;
+        let chunks = self.store.chunks(gap.id).await?;
+        let target = self.target(gap, now);
+        if let Some(target) = target {
+            let covered_to = chunks.last().map_or(target.start, |c| c.end);
+            let new = plan::extend(covered_to, target, b.chunk, b.follow_step, is_final);
+            if !new.is_empty() {
+                let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
+                self.store.add_chunks(gap.id, &windows, now).await?;
+                tracing::info!(
+                    feed,
+                    gap_id = gap.id,
+                    from = %new[0].start.to_rfc3339(),
+                    to = %new[new.len() - 1].end.to_rfc3339(),
+                    chunks = new.len(),
+                    following = !is_final,
+                    "fill planned"
+                );
+            }
+        }
+        if gap.fill == FillState::Pending {
+            self.store
+                .set_fill(gap.id, FillState::Running, None, now)
+                .await?;
+        }
+        let chunks = self.store.chunks(gap.id).await?;
+        let due: Vec<Chunk> = chunks
+            .iter()
+            .filter(|c| c.state == "pending" && c.next_attempt <= now)
+            .cloned()
+            .collect();
+        let concurrency = b.concurrency.get();
+        futures::stream::iter(due)
+            .for_each_concurrent(concurrency, |chunk| async move {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                self.run_chunk(gap.id, chunk, cancel).await;
+            })
+            .await;
+
+        let chunks = self.store.chunks(gap.id).await?;
+        if let Some(failed) = chunks.iter().find(|c| c.state == "failed") {
+            let reason = format!(
+                "chunk {} [{}, {}) failed {} times: {}",
+                failed.idx,
+                failed.start.to_rfc3339(),
+                failed.end.to_rfc3339(),
+                failed.attempts,
+                failed.last_error.as_deref().unwrap_or("unknown error")
+            );
+            self.store
+                .set_fill(gap.id, FillState::Failed, Some(&reason), Utc::now())
+                .await?;
+            tracing::error!(feed, gap_id = gap.id, error = %reason, "fill failed");
+            return Ok(GapOutcome::Failed(reason));
+        }
+        let end = target.map(|t| t.end);
+        let complete = is_final
+            && chunks.iter().all(|c| c.state == "done")
+            && match (chunks.last(), end) {
+                (Some(last), Some(end)) => last.end >= end,
+                (None, None) => true,
+                _ => false,
+            }
+            && gap.end.is_some_and(|e| {
+                // The whole interval (plus overlap) must be older than now − settle.
+                let overlap = if gap.kind == GapKind::Manual {
+                    Duration::ZERO
+                } else {
+                    b.overlap
+                };
+                let wanted = e + chrono::Duration::from_std(overlap).unwrap_or_default();
+                end.is_some_and(|end| end >= wanted)
+            });
+        if complete {
+            self.store
+                .set_fill(gap.id, FillState::Done, None, Utc::now())
+                .await?;
+            let g = self.store.gap(gap.id).await?;
+            let p = g.map(|g| g.progress).unwrap_or_default();
+            tracing::info!(
+                feed,
+                gap_id = gap.id,
+                from = %gap.start.to_rfc3339(),
+                to = %gap.end.map(|e| e.to_rfc3339()).unwrap_or_default(),
+                chunks = p.chunks_total,
+                delivered = p.records_delivered,
+                duplicate = p.records_duplicate,
+                rejected = p.records_rejected,
+                "fill finished"
+            );
+            return Ok(GapOutcome::Done);
+        }
+        Ok(GapOutcome::InProgress)
+    }
+
+    /// Runs one chunk from its checkpoint to its end (or to an error, which
+    /// schedules a retry or fails it for good).
+    async fn run_chunk(&self, gap_id: i64, chunk: Chunk, cancel: &CancellationToken) {
+        let feed = self.feed.name.as_str();
+        let b = self.backfill();
+        if let Err(e) = self.store.start_chunk(chunk.id, Utc::now()).await {
+            tracing::error!(feed, gap_id, error = %e, "cannot start chunk");
+            return;
+        }
+        let result = self.fetch_chunk(gap_id, &chunk, cancel).await;
+        match result {
+            Ok(true) => {
+                let now = Utc::now();
+                self.metrics
+                    .backfill_last_success
+                    .with_label_values(&[feed])
+                    .set(now.timestamp_millis() as f64 / 1000.0);
+                tracing::info!(
+                    feed,
+                    gap_id,
+                    chunk = chunk.idx,
+                    from = %chunk.start.to_rfc3339(),
+                    to = %chunk.end.to_rfc3339(),
+                    "chunk done"
+                );
+            }
+            Ok(false) => {
+                // Cancelled between pages: the checkpoint is in place.
+                if let Err(e) = self
+                    .store
+                    .fail_chunk(
+                        chunk.id,
+                        "interrupted by shutdown",
+                        Utc::now(),
+                        false,
+                        Utc::now(),
+                    )
+                    .await
+                {
+                    tracing::error!(feed, gap_id, error = %e, "cannot park chunk");
+                }
+            }
+            Err(error) => {
+                let attempts = chunk.attempts + 1;
+                let give_up = attempts >= i64::from(b.max_chunk_attempts.get());
+                // 5 s, 10 s, 20 s … up to 10 min between tries of a failing chunk.
+                let backoff = Duration::from_secs(5)
+                    .saturating_mul(1 << attempts.clamp(0, 7) as u32)
+                    .min(Duration::from_secs(600));
+                let now = Utc::now();
+                let next = now + chrono::Duration::from_std(backoff).unwrap_or_default();
+                if let Err(e) = self
+                    .store
+                    .fail_chunk(chunk.id, &error, next, give_up, now)
+                    .await
+                {
+                    tracing::error!(feed, gap_id, error = %e, "cannot record chunk failure");
+                }
+                tracing::warn!(
+                    feed,
+                    gap_id,
+                    chunk = chunk.idx,
+                    from = %chunk.start.to_rfc3339(),
+                    to = %chunk.end.to_rfc3339(),
+                    attempts,
+                    give_up,
+                    retry_in_s = backoff.as_secs(),
+                    %error,
+                    "chunk failed"
+                );
+            }
+        }
+    }
+
+    /// Pages through a chunk. Ok(true): done; Ok(false): cancelled; Err: why it failed.
+    async fn fetch_chunk(
+        &self,
+        gap_id: i64,
+        chunk: &Chunk,
+        cancel: &CancellationToken,
+    ) -> Result<bool, String> {
+        let feed = self.feed.name.as_str();
+        let source = &self.source;
+        let pagination = &source.config().pagination;
+        let mut at: PageCursor = chunk
+            .cursor
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok())
+            .filter(|c| pagination.accepts(c))
+            .unwrap_or_else(|| pagination.first());
+        let max_pages = source.config().max_pages_per_chunk;
+        let mut pages = 0u64;
+        let mut warned_rejection = false;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(false);
+            }
+            pages += 1;
+            if pages > max_pages {
+                return Err(format!(
+                    "more than {max_pages} pages in one chunk: lower backfill.chunk or raise source.max_pages_per_chunk"
+                ));
+            }
+            let page = tokio::select! {
+                _ = cancel.cancelled() => return Ok(false),
+                page = source.page(chunk.start, chunk.end, &at) => page,
+            };
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    if matches!(
+                        e,
+                        super::source::SourceError::NotJson(_)
+                            | super::source::SourceError::NoRecords { .. }
+                            | super::source::SourceError::Pagination(_)
+                    ) {
+                        self.metrics
+                            .reject(feed, crate::metrics::Rejection::BadPage);
+                    }
+                    return Err(e.to_string());
+                }
+            };
+            if page.rejected > 0 && !warned_rejection {
+                warned_rejection = true;
+                tracing::warn!(
+                    feed,
+                    gap_id,
+                    chunk = chunk.idx,
+                    rejected = page.rejected,
+                    reason = page.first_rejection.as_deref().unwrap_or(""),
+                    "records without a usable id or time were skipped"
+                );
+            }
+            // Vendors round their windows: keep only what belongs to this chunk.
+            let mut seen = HashSet::new();
+            let in_window: Vec<Record> = page
+                .records
+                .into_iter()
+                .filter(|r| r.time >= chunk.start && r.time < chunk.end)
+                .collect();
+            let ids: Vec<&str> = in_window.iter().map(|r| r.id.as_str()).collect();
+            let known = self
+                .store
+                .known_ids(feed, &ids)
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut duplicate = 0i64;
+            let fresh: Vec<Record> = in_window
+                .into_iter()
+                .filter(|r| {
+                    let dup = known.contains(&r.id) || !seen.insert(r.id.clone());
+                    duplicate += i64::from(dup);
+                    !dup
+                })
+                .collect();
+            let delivery = if fresh.is_empty() {
+                super::sink::Delivery::default()
+            } else {
+                self.sink.deliver(&fresh, gap_id).await
+            };
+            for (i, why) in delivery.rejected.iter().take(1) {
+                tracing::warn!(feed, gap_id, record_id = %fresh[*i].id, reason = %why, "sink refused a record");
+            }
+            let delivered: Vec<(String, DateTime<Utc>)> = delivery
+                .delivered
+                .iter()
+                .map(|&i| (fresh[i].id.clone(), fresh[i].time))
+                .collect();
+            let counts = PageCounts {
+                delivered: delivered.len() as i64,
+                duplicate,
+                rejected: page.rejected as i64 + delivery.rejected.len() as i64,
+            };
+            let now = Utc::now();
+            if let Some(error) = delivery.error {
+                self.store
+                    .commit_partial(feed, chunk.id, gap_id, &delivered, counts, now)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.count(counts);
+                return Err(error);
+            }
+            let next = page
+                .next
+                .as_ref()
+                .map(|c| serde_json::to_string(c).unwrap_or_default());
+            self.store
+                .commit_page(
+                    feed,
+                    chunk.id,
+                    gap_id,
+                    &delivered,
+                    counts,
+                    next.as_deref(),
+                    now,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            self.count(counts);
+            match page.next {
+                Some(n) => at = n,
+                None => return Ok(true),
+            }
+        }
+    }
+
+    fn count(&self, c: PageCounts) {
+        let feed = self.feed.name.as_str();
+        self.metrics
+            .record(feed, RecordOutcome::Delivered, c.delivered as u64);
+        self.metrics
+            .record(feed, RecordOutcome::Duplicate, c.duplicate as u64);
+        self.metrics
+            .record(feed, RecordOutcome::Rejected, c.rejected as u64);
+    }
+
+    async fn update_chunk_gauges(&self) {
+        let feed = self.feed.name.as_str();
+        match self.store.chunk_states(feed).await {
+            Ok(states) => {
+                for s in ChunkState::ALL {
+                    let n = states
+                        .iter()
+                        .find(|(name, _)| name == s.as_str())
+                        .map_or(0, |(_, n)| *n);
+                    self.metrics
+                        .backfill_chunks
+                        .with_label_values(&[feed, s.as_str()])
+                        .set(n);
+                }
+            }
+            Err(e) => tracing::warn!(feed, error = %e, "cannot read chunk states"),
+        }
+    }
+}

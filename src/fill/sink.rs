@@ -1,0 +1,430 @@
+//! Where recovered records go: an SQS queue, an HTTP endpoint, or an NDJSON file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{MessageAttributeValue, SendMessageBatchRequestEntry};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Mutex;
+
+use super::source::Record;
+use crate::aws::classify;
+use crate::config::SinkConfig;
+use crate::metrics::{AwsOutcome, Metrics};
+use crate::retry::RetryPolicy;
+
+/// What happened to a page handed to a sink.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Indexes (into the page's records) that reached the sink.
+    pub delivered: Vec<usize>,
+    /// Indexes the sink refused for good (e.g. too large), with why.
+    pub rejected: Vec<(usize, String)>,
+    /// Set when some records could not be delivered now (the page is retried;
+    /// what was delivered is recorded so it is not sent again).
+    pub error: Option<String>,
+}
+
+/// SQS refuses messages (and batches) above 256 KiB.
+pub const SQS_MAX_BYTES: usize = 256 * 1024;
+const SQS_ATTEMPTS: u32 = 6;
+
+pub enum Sink {
+    Sqs(SqsSink),
+    Http(HttpSink),
+    File(FileSink),
+}
+
+impl Sink {
+    pub async fn new(
+        config: &SinkConfig,
+        feed: &str,
+        sqs: Option<aws_sdk_sqs::Client>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Sink, String> {
+        Ok(match config {
+            SinkConfig::Sqs {
+                queue_url,
+                message_group_id,
+            } => Sink::Sqs(SqsSink {
+                client: sqs.ok_or("the sqs sink needs AWS")?,
+                queue_url: queue_url.clone(),
+                fifo: queue_url.ends_with(".fifo"),
+                group_id: message_group_id.clone().unwrap_or_else(|| feed.to_string()),
+                metrics,
+            }),
+            SinkConfig::Http {
+                url,
+                headers,
+                timeout,
+                max_retries,
+            } => {
+                let mut h = HeaderMap::new();
+                for (k, v) in headers {
+                    let name = HeaderName::from_bytes(k.as_bytes())
+                        .map_err(|_| format!("invalid header name {k:?}"))?;
+                    let mut value = HeaderValue::from_str(v.expose())
+                        .map_err(|_| format!("invalid value for header {k:?}"))?;
+                    value.set_sensitive(true);
+                    h.insert(name, value);
+                }
+                Sink::Http(HttpSink {
+                    client: reqwest::Client::builder()
+                        .default_headers(h)
+                        .timeout(*timeout)
+                        .build()
+                        .map_err(|e| e.to_string())?,
+                    url: url.clone(),
+                    policy: RetryPolicy {
+                        base: Duration::from_millis(200),
+                        cap: Duration::from_secs(30),
+                        max_retries: *max_retries,
+                    },
+                })
+            }
+            SinkConfig::File { path } => Sink::File(FileSink::open(path.clone()).await?),
+        })
+    }
+
+    /// Delivers one page of records (already deduplicated) for gap `gap_id`.
+    pub async fn deliver(&self, records: &[Record], gap_id: i64) -> Delivery {
+        match self {
+            Sink::Sqs(s) => s.deliver(records, gap_id).await,
+            Sink::Http(s) => s.deliver(records).await,
+            Sink::File(s) => s.deliver(records).await,
+        }
+    }
+}
+
+// === impl SqsSink ===
+
+pub struct SqsSink {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    fifo: bool,
+    group_id: String,
+    metrics: Arc<Metrics>,
+}
+
+/// A FIFO deduplication id derived from the record id alone, so a record sent
+/// twice within SQS's 5-minute window is dropped by SQS too.
+pub fn dedup_id(record_id: &str) -> String {
+    let ok = !record_id.is_empty()
+        && record_id.len() <= 128
+        && record_id.bytes().all(|b| (0x21..=0x7e).contains(&b));
+    if ok {
+        return record_id.to_string();
+    }
+    // Two independent 64-bit FNV-1a hashes: deterministic across runs and builds.
+    let fnv = |seed: u64| {
+        record_id.bytes().fold(seed, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
+    };
+    format!(
+        "h-{:016x}{:016x}",
+        fnv(0xcbf2_9ce4_8422_2325),
+        fnv(0x8422_2325_cbf2_9ce4)
+    )
+}
+
+impl SqsSink {
+    async fn deliver(&self, records: &[Record], gap_id: i64) -> Delivery {
+        let mut d = Delivery::default();
+        let mut bodies = Vec::with_capacity(records.len());
+        for (i, r) in records.iter().enumerate() {
+            let body = r.raw.to_string();
+            // Attributes add a few dozen bytes; keep a margin under the limit.
+            if body.len() + 64 > SQS_MAX_BYTES {
+                d.rejected.push((
+                    i,
+                    format!("record is {} bytes, over SQS's 256 KiB limit", body.len()),
+                ));
+            } else {
+                bodies.push((i, body));
+            }
+        }
+        let mut batch: Vec<(usize, String)> = Vec::new();
+        let mut size = 0;
+        let mut batches = Vec::new();
+        for (i, body) in bodies {
+            if !batch.is_empty() && (batch.len() == 10 || size + body.len() + 64 > SQS_MAX_BYTES) {
+                batches.push(std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += body.len() + 64;
+            batch.push((i, body));
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for batch in batches {
+            if let Err(e) = self.send_batch(&batch, records, gap_id, &mut d).await {
+                d.error = Some(e);
+                break;
+            }
+        }
+        d
+    }
+
+    async fn send_batch(
+        &self,
+        batch: &[(usize, String)],
+        records: &[Record],
+        gap_id: i64,
+        d: &mut Delivery,
+    ) -> Result<(), String> {
+        let policy = RetryPolicy {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(20),
+            max_retries: SQS_ATTEMPTS,
+        };
+        let mut pending: Vec<&(usize, String)> = batch.iter().collect();
+        for attempt in 1..=SQS_ATTEMPTS + 1 {
+            let mut req = self.client.send_message_batch().queue_url(&self.queue_url);
+            for (i, body) in &pending {
+                let mut e = SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(body)
+                    .message_attributes(
+                        "gapwatch-gap-id",
+                        MessageAttributeValue::builder()
+                            .data_type("Number")
+                            .string_value(gap_id.to_string())
+                            .build()
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .message_attributes(
+                        "gapwatch-backfill",
+                        MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value("true")
+                            .build()
+                            .map_err(|e| e.to_string())?,
+                    );
+                if self.fifo {
+                    e = e
+                        .message_group_id(&self.group_id)
+                        .message_deduplication_id(dedup_id(&records[*i].id));
+                }
+                req = req.entries(e.build().map_err(|e| e.to_string())?);
+            }
+            let last = match req.send().await {
+                Ok(out) => {
+                    self.metrics.aws("sqs", "SendMessageBatch", AwsOutcome::Ok);
+                    let mut retry = Vec::new();
+                    let failed: std::collections::HashMap<String, _> =
+                        out.failed.into_iter().map(|f| (f.id.clone(), f)).collect();
+                    for p in pending {
+                        match failed.get(&p.0.to_string()) {
+                            None => d.delivered.push(p.0),
+                            Some(f) if f.sender_fault => d.rejected.push((
+                                p.0,
+                                format!("{}: {}", f.code, f.message.clone().unwrap_or_default()),
+                            )),
+                            Some(_) => retry.push(p),
+                        }
+                    }
+                    pending = retry;
+                    if pending.is_empty() {
+                        return Ok(());
+                    }
+                    "some entries failed".to_string()
+                }
+                Err(e) => {
+                    let f = classify(&e);
+                    self.metrics.aws("sqs", "SendMessageBatch", f.outcome);
+                    if !f.retryable {
+                        return Err(format!("sqs sink: {f}"));
+                    }
+                    f.to_string()
+                }
+            };
+            let delay = policy.delay(attempt, None, &mut rand::rng());
+            match delay {
+                Some(delay) => tokio::time::sleep(delay).await,
+                None => return Err(format!("sqs sink: {last}")),
+            }
+        }
+        Err("sqs sink: retries exhausted".into())
+    }
+}
+
+// === impl HttpSink ===
+
+pub struct HttpSink {
+    client: reqwest::Client,
+    url: url::Url,
+    policy: RetryPolicy,
+}
+
+/// Records per POST.
+const HTTP_BATCH: usize = 500;
+
+impl HttpSink {
+    async fn deliver(&self, records: &[Record]) -> Delivery {
+        let mut d = Delivery::default();
+        let indexes: Vec<usize> = (0..records.len()).collect();
+        for part in indexes.chunks(HTTP_BATCH) {
+            if let Err(e) = self.post(part, records, &mut d).await {
+                d.error = Some(e);
+                break;
+            }
+        }
+        d
+    }
+
+    /// Posts `part`; a 413 splits it in halves, down to single records, which
+    /// are then rejected as too large.
+    async fn post(
+        &self,
+        part: &[usize],
+        records: &[Record],
+        d: &mut Delivery,
+    ) -> Result<(), String> {
+        let mut stack = vec![part.to_vec()];
+        while let Some(part) = stack.pop() {
+            let body =
+                serde_json::Value::Array(part.iter().map(|&i| records[i].raw.clone()).collect());
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let (retry_after, err) =
+                    match self.client.post(self.url.clone()).json(&body).send().await {
+                        Ok(resp) if resp.status().is_success() => {
+                            d.delivered.extend(&part);
+                            break;
+                        }
+                        Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                            if part.len() == 1 {
+                                d.rejected.push((
+                                    part[0],
+                                    "the http sink answered 413 (too large)".into(),
+                                ));
+                            } else {
+                                let (a, b) = part.split_at(part.len() / 2);
+                                stack.push(b.to_vec());
+                                stack.push(a.to_vec());
+                            }
+                            break;
+                        }
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let ra = resp
+                                .headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| {
+                                    crate::retry::parse_retry_after(v, std::time::SystemTime::now())
+                                });
+                            if !(status.is_server_error()
+                                || status.as_u16() == 429
+                                || status.as_u16() == 408)
+                            {
+                                return Err(format!("http sink answered {status}"));
+                            }
+                            (ra, format!("http sink answered {status}"))
+                        }
+                        Err(e) => (None, format!("http sink: {}", e.without_url())),
+                    };
+                let delay = self.policy.delay(attempt, retry_after, &mut rand::rng());
+                match delay {
+                    Some(delay) => tokio::time::sleep(delay).await,
+                    None => return Err(err),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// === impl FileSink ===
+
+/// Appends one JSON record per line; every page is fsynced before its
+/// checkpoint is committed.
+pub struct FileSink {
+    path: PathBuf,
+    file: Mutex<tokio::fs::File>,
+}
+
+impl FileSink {
+    pub async fn open(path: PathBuf) -> Result<Self, String> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .await
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(Self {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    async fn deliver(&self, records: &[Record]) -> Delivery {
+        let mut buf = Vec::with_capacity(records.len() * 128);
+        for r in records {
+            // Serializing a serde_json::Value cannot fail.
+            let _ = serde_json::to_writer(&mut buf, &r.raw);
+            buf.push(b'\n');
+        }
+        let mut f = self.file.lock().await;
+        let result = async {
+            f.write_all(&buf).await?;
+            f.flush().await?;
+            f.sync_data().await
+        }
+        .await;
+        match result {
+            Ok(()) => Delivery {
+                delivered: (0..records.len()).collect(),
+                ..Delivery::default()
+            },
+            Err(e) => Delivery {
+                error: Some(format!("file sink {}: {e}", self.path.display())),
+                ..Delivery::default()
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_ids_are_deterministic_and_valid() {
+        assert_eq!(dedup_id("ord-1"), "ord-1");
+        let long = "x".repeat(200);
+        let a = dedup_id(&long);
+        assert_eq!(a, dedup_id(&long));
+        assert!(a.len() <= 128);
+        assert_ne!(dedup_id("a b"), dedup_id("a  b"));
+        assert!(dedup_id("a b").bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+
+    #[tokio::test]
+    async fn file_sink_appends_one_line_per_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out/recovered.ndjson");
+        let sink = FileSink::open(path.clone()).await.unwrap();
+        let rec = |i: i32| Record {
+            id: i.to_string(),
+            time: chrono::Utc::now(),
+            raw: serde_json::json!({ "id": i }),
+        };
+        let d = sink.deliver(&[rec(1), rec(2)]).await;
+        assert_eq!(d.delivered, vec![0, 1]);
+        let d = sink.deliver(&[rec(3)]).await;
+        assert_eq!(d.delivered, vec![0]);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n");
+    }
+}

@@ -1,0 +1,306 @@
+//! The source API: one page request, with the feed's rate limit, retries with
+//! backoff (honouring `Retry-After`), and the page decoded into records.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use chrono::{DateTime, Utc};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+use url::Url;
+
+use super::pagination::{resolve_url, PageCursor, PageRequest, PageView, PaginationError};
+use crate::config::SourceConfig;
+use crate::metrics::Metrics;
+use crate::retry::{parse_retry_after, RetryPolicy};
+
+/// One record from the source, with the id and event time read from it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub time: DateTime<Utc>,
+    pub raw: Value,
+}
+
+/// A decoded page.
+#[derive(Debug)]
+pub struct Page {
+    pub records: Vec<Record>,
+    /// Records without a usable id or time (skipped), with the first reason.
+    pub rejected: usize,
+    pub first_rejection: Option<String>,
+    /// Where the next page starts; None: this was the last page.
+    pub next: Option<PageCursor>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("source answered {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("source request failed after {attempts} attempts: {last}")]
+    Exhausted { attempts: u32, last: String },
+    #[error("page is not JSON: {0}")]
+    NotJson(String),
+    #[error("page has no records array at {pointer:?}")]
+    NoRecords { pointer: String },
+    #[error("{0}")]
+    Pagination(#[from] PaginationError),
+    #[error("cannot build the request: {0}")]
+    Request(String),
+}
+
+/// The source API of one feed. Cheap to clone; all clones share the rate limit.
+#[derive(Clone)]
+pub struct Source {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    feed: String,
+    config: SourceConfig,
+    client: reqwest::Client,
+    limiter: DefaultDirectRateLimiter,
+    metrics: Arc<Metrics>,
+    policy: RetryPolicy,
+}
+
+impl Source {
+    pub fn new(
+        feed: &str,
+        config: &SourceConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SourceError> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in &config.headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|_| SourceError::Request(format!("invalid header name {k:?}")))?;
+            let mut value = HeaderValue::from_str(v.expose())
+                .map_err(|_| SourceError::Request(format!("invalid value for header {k:?}")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("gapwatch/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SourceError::Request(e.to_string()))?;
+        let limit = config.rate_limit;
+        let period = limit.per / limit.count.get();
+        let quota = Quota::with_period(period.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            // Start without a burst: the vendor's limit is usually a sliding window.
+            .allow_burst(NonZeroU32::MIN);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                feed: feed.to_string(),
+                config: config.clone(),
+                client,
+                limiter: RateLimiter::direct(quota),
+                metrics,
+                policy: RetryPolicy {
+                    base: Duration::from_millis(500),
+                    cap: Duration::from_secs(60),
+                    max_retries: config.max_retries,
+                },
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &SourceConfig {
+        &self.inner.config
+    }
+
+    /// The URL of the page at `at` for the window `[start, end)`.
+    pub fn url(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        at: &PageCursor,
+    ) -> Result<Url, SourceError> {
+        let c = &self.inner.config;
+        match c.pagination.request(at) {
+            PageRequest::Url(u) => Ok(resolve_url(&c.url, &u)?),
+            PageRequest::Params(extra) => {
+                let fmt = c.time_format;
+                let (s, e) = (fmt.format(start), fmt.format(end));
+                let mut url = c.url.clone();
+                {
+                    let mut q = url.query_pairs_mut();
+                    for (k, v) in &c.query {
+                        q.append_pair(k, &v.expose().replace("{start}", &s).replace("{end}", &e));
+                    }
+                    for (k, v) in &extra {
+                        q.append_pair(k, v);
+                    }
+                }
+                Ok(url)
+            }
+        }
+    }
+
+    /// Fetches and decodes one page, retrying what can be retried.
+    pub async fn page(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        at: &PageCursor,
+    ) -> Result<Page, SourceError> {
+        let url = self.url(start, end, at)?;
+        let (body, link) = self.fetch(url).await?;
+        self.decode(&body, link.as_deref(), at)
+    }
+
+    async fn fetch(&self, url: Url) -> Result<(Vec<u8>, Option<String>), SourceError> {
+        let i = &self.inner;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            i.limiter.until_ready().await;
+            let started = Instant::now();
+            let result = i.client.get(url.clone()).send().await;
+            let (retryable, retry_after, last) = match result {
+                Ok(resp) => {
+                    let status = resp.status();
+                    i.metrics
+                        .backfill_requests
+                        .with_label_values(&[&i.feed, status.as_str()])
+                        .inc();
+                    if status.is_success() {
+                        let link = resp
+                            .headers()
+                            .get(reqwest::header::LINK)
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_string);
+                        match resp.bytes().await {
+                            Ok(b) => {
+                                self.observe_duration(started);
+                                return Ok((b.to_vec(), link));
+                            }
+                            Err(e) => {
+                                (true, None, format!("reading the body: {}", e.without_url()))
+                            }
+                        }
+                    } else {
+                        self.observe_duration(started);
+                        let retry_after = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                        let body = snippet(&resp.text().await.unwrap_or_default());
+                        let code = status.as_u16();
+                        if code == 429 || status.is_server_error() || code == 408 {
+                            (true, retry_after, format!("status {code}: {body}"))
+                        } else {
+                            return Err(SourceError::Status { status: code, body });
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.observe_duration(started);
+                    i.metrics
+                        .backfill_requests
+                        .with_label_values(&[&i.feed, "error"])
+                        .inc();
+                    // Without the URL: its query may carry a secret.
+                    (true, None, e.without_url().to_string())
+                }
+            };
+            debug_assert!(retryable);
+            let delay = i.policy.delay(attempt, retry_after, &mut rand::rng());
+            match delay {
+                Some(d) => {
+                    tracing::debug!(feed = %i.feed, attempt, delay_ms = d.as_millis() as u64, error = %last, "source request failed; retrying");
+                    tokio::time::sleep(d).await;
+                }
+                None => {
+                    return Err(SourceError::Exhausted {
+                        attempts: attempt,
+                        last,
+                    })
+                }
+            }
+        }
+    }
+
+    fn observe_duration(&self, started: Instant) {
+        self.inner
+            .metrics
+            .backfill_request_duration
+            .with_label_values(&[&self.inner.feed])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Decodes a page body: records, their ids and times, and the next cursor.
+    pub fn decode(
+        &self,
+        body: &[u8],
+        link: Option<&str>,
+        at: &PageCursor,
+    ) -> Result<Page, SourceError> {
+        let c = &self.inner.config;
+        let json: Value =
+            serde_json::from_slice(body).map_err(|e| SourceError::NotJson(e.to_string()))?;
+        let records = match json.pointer(&c.records) {
+            Some(Value::Array(a)) => a.as_slice(),
+            _ => {
+                return Err(SourceError::NoRecords {
+                    pointer: c.records.clone(),
+                })
+            }
+        };
+        let next = c.pagination.next(
+            at,
+            &PageView {
+                body: &json,
+                link_header: link,
+                records,
+            },
+        )?;
+        let mut out = Vec::with_capacity(records.len());
+        let mut rejected = 0;
+        let mut first_rejection = None;
+        for (n, r) in records.iter().enumerate() {
+            let id = r.pointer(&c.record_id).and_then(crate::observe::id_string);
+            let time = r
+                .pointer(&c.record_time)
+                .map(|t| c.record_time_format.parse_json(t));
+            match (id, time) {
+                (Some(id), Some(Ok(time))) => out.push(Record {
+                    id,
+                    time,
+                    raw: r.clone(),
+                }),
+                (id, time) => {
+                    rejected += 1;
+                    if first_rejection.is_none() {
+                        first_rejection = Some(match (id, time) {
+                            (None, _) => format!("record {n}: no usable id at {:?}", c.record_id),
+                            (_, None) => format!("record {n}: no time at {:?}", c.record_time),
+                            (_, Some(Err(e))) => format!("record {n}: {e}"),
+                            _ => format!("record {n}: unusable"),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(Page {
+            records: out,
+            rejected,
+            first_rejection,
+            next,
+        })
+    }
+}
+
+fn snippet(s: &str) -> String {
+    let s = s.trim();
+    match s.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}

@@ -1,0 +1,401 @@
+//! Every metric gapwatch exports, owned by one [`Metrics`] value with its own
+//! registry (never the global one). Label values come from enums so a typo
+//! cannot create a new series.
+
+use std::fmt;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelayOutcome {
+    Forwarded,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordOutcome {
+    Delivered,
+    Duplicate,
+    Rejected,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueState {
+    Visible,
+    InFlight,
+    Delayed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwsOutcome {
+    Ok,
+    Throttled,
+    Error,
+}
+
+/// Why a piece of input was not taken as it was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    /// A relayed message body that is not JSON (forwarded, observed by SentTimestamp).
+    BodyNotJson,
+    /// A relayed message without a usable event time field.
+    NoEventTime,
+    /// A relayed message without a usable record id field.
+    NoRecordId,
+    /// A report-mode observation with a bad id or time.
+    BadObservation,
+    /// An HTTP API request that was refused (bad JSON, unknown feed, auth).
+    BadRequest,
+    /// A vendor page that could not be used.
+    BadPage,
+}
+
+macro_rules! label_enum {
+    ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub const ALL: &'static [$t] = &[$(<$t>::$v),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$t>::$v => $s),+ }
+            }
+        }
+        impl fmt::Display for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_enum!(RelayOutcome { Forwarded => "forwarded", Failed => "failed" });
+label_enum!(RecordOutcome { Delivered => "delivered", Duplicate => "duplicate", Rejected => "rejected" });
+label_enum!(ChunkState { Pending => "pending", Running => "running", Done => "done", Failed => "failed" });
+label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
+label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
+label_enum!(Rejection {
+    BodyNotJson => "body_not_json",
+    NoEventTime => "no_event_time",
+    NoRecordId => "no_record_id",
+    BadObservation => "bad_observation",
+    BadRequest => "bad_request",
+    BadPage => "bad_page",
+});
+
+pub struct Metrics {
+    registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub feed_last_event: GaugeVec,
+    pub feed_freshness: GaugeVec,
+    pub feed_active: IntGaugeVec,
+    pub feed_records_observed: IntCounterVec,
+    pub queue_messages: IntGaugeVec,
+    pub queue_oldest_age: GaugeVec,
+    pub gap_open: IntGaugeVec,
+    pub gaps_detected: IntCounterVec,
+    pub gap_unfilled: GaugeVec,
+    pub backfill_records: IntCounterVec,
+    pub backfill_requests: IntCounterVec,
+    pub backfill_request_duration: HistogramVec,
+    pub backfill_chunks: IntGaugeVec,
+    pub backfill_last_success: GaugeVec,
+    pub relay_messages: IntCounterVec,
+    pub aws_requests: IntCounterVec,
+    pub rejected_input: IntCounterVec,
+    pub up: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let m = Metrics {
+            build_info: gauge_vec_int(
+                "gapwatch_build_info",
+                "Always 1; the version label says which build runs.",
+                &["version"],
+            ),
+            feed_last_event: gauge_vec(
+                "gapwatch_feed_last_event_timestamp_seconds",
+                "Event time of the newest record observed, as a Unix timestamp.",
+                &["feed"],
+            ),
+            feed_freshness: gauge_vec(
+                "gapwatch_feed_freshness_seconds",
+                "Now minus the event time of the newest record observed.",
+                &["feed"],
+            ),
+            feed_active: gauge_vec_int(
+                "gapwatch_feed_active",
+                "1 while the feed is inside its active window (data expected), else 0.",
+                &["feed"],
+            ),
+            feed_records_observed: counter_vec(
+                "gapwatch_feed_records_observed_total",
+                "Records observed live (relayed, reported or counted from inflow).",
+                &["feed"],
+            ),
+            queue_messages: gauge_vec_int(
+                "gapwatch_queue_messages",
+                "Approximate messages in the queue, by state (SQS GetQueueAttributes).",
+                &["queue", "state"],
+            ),
+            queue_oldest_age: gauge_vec(
+                "gapwatch_queue_oldest_message_age_seconds",
+                "Age of the oldest message in the queue (CloudWatch ApproximateAgeOfOldestMessage).",
+                &["queue"],
+            ),
+            gap_open: gauge_vec_int(
+                "gapwatch_gap_open",
+                "1 while the feed has an open gap (silent inside its active window).",
+                &["feed"],
+            ),
+            gaps_detected: counter_vec(
+                "gapwatch_gaps_detected_total",
+                "Gaps opened by the detector.",
+                &["feed"],
+            ),
+            gap_unfilled: gauge_vec(
+                "gapwatch_gap_unfilled_seconds",
+                "Seconds of gap time (open or closed gaps) not yet recovered.",
+                &["feed"],
+            ),
+            backfill_records: counter_vec(
+                "gapwatch_backfill_records_total",
+                "Records handled by fills, by outcome.",
+                &["feed", "outcome"],
+            ),
+            backfill_requests: counter_vec(
+                "gapwatch_backfill_requests_total",
+                "Requests to the source API, by HTTP status code or \"error\".",
+                &["feed", "status"],
+            ),
+            backfill_request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "gapwatch_backfill_request_duration_seconds",
+                    "Duration of requests to the source API.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                ]),
+                &["feed"],
+            )
+            .expect("valid histogram definition"),
+            backfill_chunks: gauge_vec_int(
+                "gapwatch_backfill_chunks",
+                "Fill chunks of gaps not yet finished, by state.",
+                &["feed", "state"],
+            ),
+            backfill_last_success: gauge_vec(
+                "gapwatch_backfill_last_success_timestamp_seconds",
+                "When a fill chunk of the feed last finished, as a Unix timestamp.",
+                &["feed"],
+            ),
+            relay_messages: counter_vec(
+                "gapwatch_relay_messages_total",
+                "Messages relayed from the vendor queue to the destination queue, by outcome.",
+                &["feed", "outcome"],
+            ),
+            aws_requests: counter_vec(
+                "gapwatch_aws_requests_total",
+                "AWS API calls, by service, operation and outcome.",
+                &["service", "operation", "outcome"],
+            ),
+            rejected_input: counter_vec(
+                "gapwatch_rejected_input_total",
+                "Input that was refused or could not be used as it was, by reason.",
+                &["feed", "reason"],
+            ),
+            up: IntGauge::new(
+                "gapwatch_ready",
+                "1 when the daemon is ready (config loaded, store reachable), else 0.",
+            )
+            .expect("valid gauge definition"),
+            registry,
+        };
+        m.register_all();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(self.build_info.clone()),
+            Box::new(self.feed_last_event.clone()),
+            Box::new(self.feed_freshness.clone()),
+            Box::new(self.feed_active.clone()),
+            Box::new(self.feed_records_observed.clone()),
+            Box::new(self.queue_messages.clone()),
+            Box::new(self.queue_oldest_age.clone()),
+            Box::new(self.gap_open.clone()),
+            Box::new(self.gaps_detected.clone()),
+            Box::new(self.gap_unfilled.clone()),
+            Box::new(self.backfill_records.clone()),
+            Box::new(self.backfill_requests.clone()),
+            Box::new(self.backfill_request_duration.clone()),
+            Box::new(self.backfill_chunks.clone()),
+            Box::new(self.backfill_last_success.clone()),
+            Box::new(self.relay_messages.clone()),
+            Box::new(self.aws_requests.clone()),
+            Box::new(self.rejected_input.clone()),
+            Box::new(self.up.clone()),
+        ];
+        for c in collectors {
+            // Names are fixed above and distinct; a clash is a programming error.
+            self.registry
+                .register(c)
+                .expect("metric families are distinct");
+        }
+    }
+
+    /// Creates every series a feed will have, at zero, so dashboards and alert
+    /// rules see them before the first event (freshness stays absent until then).
+    pub fn init_feed(&self, feed: &str) {
+        self.feed_records_observed.with_label_values(&[feed]);
+        self.feed_active.with_label_values(&[feed]);
+        self.gap_open.with_label_values(&[feed]).set(0);
+        self.gaps_detected.with_label_values(&[feed]);
+        self.gap_unfilled.with_label_values(&[feed]).set(0.0);
+        for o in RelayOutcome::ALL {
+            self.relay_messages.with_label_values(&[feed, o.as_str()]);
+        }
+        for o in RecordOutcome::ALL {
+            self.backfill_records.with_label_values(&[feed, o.as_str()]);
+        }
+        for s in ChunkState::ALL {
+            self.backfill_chunks.with_label_values(&[feed, s.as_str()]);
+        }
+    }
+
+    pub fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
+        self.relay_messages
+            .with_label_values(&[feed, outcome.as_str()])
+            .inc_by(n);
+    }
+
+    pub fn record(&self, feed: &str, outcome: RecordOutcome, n: u64) {
+        if n > 0 {
+            self.backfill_records
+                .with_label_values(&[feed, outcome.as_str()])
+                .inc_by(n);
+        }
+    }
+
+    pub fn aws(&self, service: &str, operation: &str, outcome: AwsOutcome) {
+        self.aws_requests
+            .with_label_values(&[service, operation, outcome.as_str()])
+            .inc();
+    }
+
+    pub fn reject(&self, feed: &str, reason: Rejection) {
+        self.rejected_input
+            .with_label_values(&[feed, reason.as_str()])
+            .inc();
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition")
+}
+
+fn gauge_vec_int(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge definition")
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter definition")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_every_contract_family_with_build_info() {
+        let m = Metrics::new();
+        m.init_feed("orders");
+        m.queue_messages
+            .with_label_values(&["vendor-orders", QueueState::Visible.as_str()])
+            .set(3);
+        m.queue_oldest_age
+            .with_label_values(&["vendor-orders"])
+            .set(1.0);
+        m.feed_freshness.with_label_values(&["orders"]).set(2.0);
+        m.feed_last_event.with_label_values(&["orders"]).set(1.0);
+        m.backfill_request_duration
+            .with_label_values(&["orders"])
+            .observe(0.1);
+        m.backfill_requests
+            .with_label_values(&["orders", "200"])
+            .inc();
+        m.backfill_last_success
+            .with_label_values(&["orders"])
+            .set(1.0);
+        m.aws("sqs", "ReceiveMessage", AwsOutcome::Ok);
+        let text = m.render();
+        for family in [
+            "gapwatch_build_info",
+            "gapwatch_feed_last_event_timestamp_seconds",
+            "gapwatch_feed_freshness_seconds",
+            "gapwatch_feed_active",
+            "gapwatch_feed_records_observed_total",
+            "gapwatch_queue_messages",
+            "gapwatch_queue_oldest_message_age_seconds",
+            "gapwatch_gap_open",
+            "gapwatch_gaps_detected_total",
+            "gapwatch_gap_unfilled_seconds",
+            "gapwatch_backfill_records_total",
+            "gapwatch_backfill_requests_total",
+            "gapwatch_backfill_request_duration_seconds",
+            "gapwatch_backfill_chunks",
+            "gapwatch_backfill_last_success_timestamp_seconds",
+            "gapwatch_relay_messages_total",
+            "gapwatch_aws_requests_total",
+        ] {
+            assert!(
+                text.contains(&format!("# TYPE {family} ")),
+                "{family} missing from:\n{text}"
+            );
+        }
+        assert!(text.contains(&format!(
+            "gapwatch_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(!text.contains("NaN"));
+    }
+
+    #[test]
+    fn a_feed_without_events_has_no_freshness_sample() {
+        let m = Metrics::new();
+        m.init_feed("orders");
+        let text = m.render();
+        assert!(!text.contains("gapwatch_feed_freshness_seconds{"));
+        assert!(text.contains("gapwatch_gap_open{feed=\"orders\"} 0"));
+    }
+}

@@ -1,0 +1,164 @@
+//! Turning a live record into an observation: its id and event time.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::WatchConfig;
+use crate::metrics::Rejection;
+use crate::timefmt::TimeFormat;
+
+/// One record seen live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observation {
+    pub id: String,
+    pub event_time: DateTime<Utc>,
+}
+
+/// Reads ids and event times out of message bodies as `[feeds.watch]` says.
+#[derive(Clone, Debug)]
+pub struct Extractor {
+    event_time: Option<String>,
+    format: TimeFormat,
+    record_id: Option<String>,
+}
+
+/// The observation of a message, and what could not be read from its body (the
+/// message is forwarded and observed all the same).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extracted {
+    pub observation: Observation,
+    pub problems: Vec<Rejection>,
+}
+
+impl Extractor {
+    pub fn new(watch: &WatchConfig) -> Self {
+        Self {
+            event_time: watch.event_time.clone(),
+            format: watch.event_time_format,
+            record_id: watch.record_id.clone(),
+        }
+    }
+
+    /// `message_id` and `sent` (SQS `SentTimestamp`) are the fallbacks when the
+    /// body does not say.
+    pub fn extract(&self, body: &str, message_id: &str, sent: DateTime<Utc>) -> Extracted {
+        let mut problems = Vec::new();
+        if self.event_time.is_none() && self.record_id.is_none() {
+            return Extracted {
+                observation: Observation {
+                    id: message_id.to_string(),
+                    event_time: sent,
+                },
+                problems,
+            };
+        }
+        let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
+        if json.is_none() {
+            problems.push(Rejection::BodyNotJson);
+        }
+        let event_time = match (&self.event_time, &json) {
+            (None, _) => sent,
+            (Some(ptr), Some(v)) => match v.pointer(ptr).map(|t| self.format.parse_json(t)) {
+                Some(Ok(t)) => t,
+                _ => {
+                    problems.push(Rejection::NoEventTime);
+                    sent
+                }
+            },
+            (Some(_), None) => sent,
+        };
+        let id = match (&self.record_id, &json) {
+            (None, _) => message_id.to_string(),
+            (Some(ptr), Some(v)) => match v.pointer(ptr).and_then(id_string) {
+                Some(id) => id,
+                None => {
+                    problems.push(Rejection::NoRecordId);
+                    message_id.to_string()
+                }
+            },
+            (Some(_), None) => message_id.to_string(),
+        };
+        Extracted {
+            observation: Observation { id, event_time },
+            problems,
+        }
+    }
+}
+
+/// A record id as a string: JSON strings as they are, numbers in their JSON
+/// spelling; anything else (or an empty string) is no id.
+pub fn id_string(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WatchMode;
+    use chrono::TimeZone;
+
+    fn extractor(event_time: Option<&str>, record_id: Option<&str>, f: TimeFormat) -> Extractor {
+        Extractor::new(&WatchConfig {
+            mode: WatchMode::Relay,
+            forward_to: None,
+            event_time: event_time.map(str::to_string),
+            event_time_format: f,
+            record_id: record_id.map(str::to_string),
+        })
+    }
+
+    #[test]
+    fn reads_id_and_time_from_the_body() {
+        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 9).unwrap();
+        let e = extractor(Some("/created_at"), Some("/id"), TimeFormat::Rfc3339);
+        let got = e.extract(
+            r#"{"id":"o-1","created_at":"2026-01-01T00:00:05Z"}"#,
+            "mid",
+            sent,
+        );
+        assert_eq!(got.observation.id, "o-1");
+        assert_eq!(
+            got.observation.event_time,
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 5).unwrap()
+        );
+        assert!(got.problems.is_empty());
+    }
+
+    #[test]
+    fn falls_back_to_message_id_and_sent_timestamp() {
+        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 9).unwrap();
+        let e = extractor(Some("/ts"), Some("/id"), TimeFormat::UnixMs);
+        let not_json = e.extract("not json", "mid-1", sent);
+        assert_eq!(not_json.observation.id, "mid-1");
+        assert_eq!(not_json.observation.event_time, sent);
+        assert_eq!(not_json.problems, vec![Rejection::BodyNotJson]);
+
+        let missing = e.extract(r#"{"other":1}"#, "mid-2", sent);
+        assert_eq!(missing.observation.id, "mid-2");
+        assert_eq!(
+            missing.problems,
+            vec![Rejection::NoEventTime, Rejection::NoRecordId]
+        );
+
+        let numeric = e.extract(r#"{"id":42,"ts":1767225600000}"#, "mid-3", sent);
+        assert_eq!(numeric.observation.id, "42");
+        assert_eq!(
+            numeric.observation.event_time,
+            Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
+        );
+    }
+
+    #[test]
+    fn without_pointers_the_body_is_not_parsed() {
+        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 9).unwrap();
+        let e = extractor(None, None, TimeFormat::Rfc3339);
+        let got = e.extract("anything", "mid", sent);
+        assert_eq!(got.observation.id, "mid");
+        assert_eq!(got.observation.event_time, sent);
+        assert!(got.problems.is_empty());
+    }
+}

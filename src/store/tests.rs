@@ -1,0 +1,194 @@
+use chrono::{Duration, TimeZone, Utc};
+
+use super::*;
+
+fn t(min: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).unwrap() + Duration::minutes(min)
+}
+
+#[tokio::test]
+async fn gaps_open_close_and_survive_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/gapwatch.db");
+    let store = Store::open(&path).await.unwrap();
+    store.save_last_event("orders", t(0), t(0)).await.unwrap();
+    // Never backwards.
+    store.save_last_event("orders", t(-5), t(1)).await.unwrap();
+    let id = store
+        .open_gap("orders", t(0), t(5), FillState::Pending)
+        .await
+        .unwrap();
+    // Opening again returns the same open gap.
+    assert_eq!(
+        store
+            .open_gap("orders", t(0), t(6), FillState::Pending)
+            .await
+            .unwrap(),
+        id
+    );
+    store.close().await;
+
+    let store = Store::open(&path).await.unwrap();
+    let state = store.detector_state("orders").await.unwrap();
+    assert_eq!(state.last_event, Some(t(0)));
+    assert_eq!(state.open_gap_start, Some(t(0)));
+    assert_eq!(
+        store.close_gap("orders", t(30), t(31)).await.unwrap(),
+        Some(id)
+    );
+    let gap = store.gap(id).await.unwrap().unwrap();
+    assert_eq!(gap.state, GapState::Closed);
+    assert_eq!((gap.start, gap.end), (t(0), Some(t(30))));
+    assert_eq!(
+        store.detector_state("orders").await.unwrap().open_gap_start,
+        None
+    );
+    let open = store
+        .gaps(&GapFilter {
+            state: Some("open".into()),
+            ..GapFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(open.is_empty());
+}
+
+#[tokio::test]
+async fn page_checkpoints_and_known_ids() {
+    let store = Store::memory().await.unwrap();
+    let gap = store
+        .manual_gap("orders", t(0), t(120), "daemon", t(200))
+        .await
+        .unwrap();
+    store
+        .add_chunks(gap, &[(t(0), t(60)), (t(60), t(120))], t(200))
+        .await
+        .unwrap();
+    let chunks = store.chunks(gap).await.unwrap();
+    assert_eq!(chunks.iter().map(|c| c.idx).collect::<Vec<_>>(), vec![0, 1]);
+    let ids: Vec<(String, DateTime<Utc>)> = (0..450).map(|i| (format!("r{i}"), t(1))).collect();
+    store
+        .commit_page(
+            "orders",
+            chunks[0].id,
+            gap,
+            &ids,
+            PageCounts {
+                delivered: 450,
+                duplicate: 2,
+                rejected: 1,
+            },
+            Some("{\"kind\":\"page\",\"page\":2}"),
+            t(201),
+        )
+        .await
+        .unwrap();
+    let c = &store.chunks(gap).await.unwrap()[0];
+    assert_eq!(c.state, "running");
+    assert_eq!(c.cursor.as_deref(), Some("{\"kind\":\"page\",\"page\":2}"));
+    store
+        .commit_page(
+            "orders",
+            chunks[0].id,
+            gap,
+            &[],
+            PageCounts::default(),
+            None,
+            t(202),
+        )
+        .await
+        .unwrap();
+    let g = store.gap(gap).await.unwrap().unwrap();
+    assert_eq!(g.progress.chunks_done, 1);
+    assert_eq!(g.progress.records_delivered, 450);
+    assert_eq!(g.progress.records_duplicate, 2);
+    assert_eq!(g.progress.pages, 2);
+
+    let asked: Vec<&str> = vec!["r0", "r449", "r450", "zzz"];
+    let known = store.known_ids("orders", &asked).await.unwrap();
+    assert_eq!(known.len(), 2);
+    assert!(known.contains("r0") && known.contains("r449"));
+    // Ids are per feed.
+    assert!(store.known_ids("other", &asked).await.unwrap().is_empty());
+
+    store
+        .remember_live("orders", Some(gap), &[("live-1".into(), t(0))])
+        .await
+        .unwrap();
+    assert_eq!(store.count_ids("orders", "live").await.unwrap(), 1);
+    assert_eq!(store.count_ids("orders", "delivered").await.unwrap(), 450);
+}
+
+#[tokio::test]
+async fn unfilled_seconds_subtract_done_chunks() {
+    let store = Store::memory().await.unwrap();
+    let gap = store
+        .manual_gap("orders", t(0), t(60), "daemon", t(100))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.unfilled_seconds("orders", t(100)).await.unwrap(),
+        3600.0
+    );
+    // Chunks reach past the gap (overlap): only the part inside counts.
+    store
+        .add_chunks(gap, &[(t(-2), t(30)), (t(30), t(62))], t(100))
+        .await
+        .unwrap();
+    let first = store.chunks(gap).await.unwrap()[0].id;
+    store
+        .commit_page(
+            "orders",
+            first,
+            gap,
+            &[],
+            PageCounts::default(),
+            None,
+            t(100),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.unfilled_seconds("orders", t(100)).await.unwrap(),
+        1800.0
+    );
+    store
+        .set_fill(gap, FillState::Done, None, t(101))
+        .await
+        .unwrap();
+    assert_eq!(store.unfilled_seconds("orders", t(101)).await.unwrap(), 0.0);
+}
+
+#[tokio::test]
+async fn failed_chunks_come_back_on_retry() {
+    let store = Store::memory().await.unwrap();
+    let gap = store
+        .manual_gap("orders", t(0), t(60), "cli", t(100))
+        .await
+        .unwrap();
+    store
+        .add_chunks(gap, &[(t(0), t(60))], t(100))
+        .await
+        .unwrap();
+    let c = store.chunks(gap).await.unwrap()[0].id;
+    let attempts = store
+        .fail_chunk(c, "status 500", t(101), true, t(100))
+        .await
+        .unwrap();
+    assert_eq!(attempts, 1);
+    store
+        .set_fill(gap, FillState::Failed, Some("chunk 0 failed"), t(100))
+        .await
+        .unwrap();
+    assert!(store
+        .gaps_to_fill("orders", "daemon")
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.retry_gap(gap, t(102)).await.unwrap());
+    // A retried gap is the daemon's.
+    let todo = store.gaps_to_fill("orders", "daemon").await.unwrap();
+    assert_eq!(todo.len(), 1);
+    assert_eq!(todo[0].fill, FillState::Pending);
+    assert_eq!(store.chunks(gap).await.unwrap()[0].state, "pending");
+}
