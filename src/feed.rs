@@ -21,6 +21,8 @@ use crate::store::{FillState, Store};
 pub const TICK: Duration = Duration::from_millis(200);
 /// How often the newest event time is written to the store.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often `gapwatch_gap_unfilled_seconds` is recomputed.
+const UNFILLED_EVERY: Duration = Duration::from_secs(5);
 /// Capacity of a feed's observation channel, in batches (backpressure beyond).
 pub const CHANNEL_BATCHES: usize = 64;
 
@@ -75,6 +77,7 @@ pub struct FeedMonitor {
     observed: u64,
     last_saved: Option<DateTime<Utc>>,
     last_save_at: Option<std::time::Instant>,
+    last_unfilled_at: Option<std::time::Instant>,
 }
 
 impl FeedMonitor {
@@ -143,6 +146,7 @@ impl FeedMonitor {
             observed: 0,
             last_saved: restored.last_event,
             last_save_at: None,
+            last_unfilled_at: None,
         };
         Ok((monitor, handle))
     }
@@ -205,7 +209,27 @@ impl FeedMonitor {
         self.save_events(now).await;
         self.flush_after_edge().await;
         self.save_last_event(now).await;
+        self.update_unfilled(now).await;
         self.publish(now);
+    }
+
+    /// `gapwatch_gap_unfilled_seconds`, from the store every few seconds.
+    async fn update_unfilled(&mut self, now: DateTime<Utc>) {
+        if self
+            .last_unfilled_at
+            .is_some_and(|at| at.elapsed() < UNFILLED_EVERY)
+        {
+            return;
+        }
+        self.last_unfilled_at = Some(std::time::Instant::now());
+        match self.store.unfilled_seconds(&self.config.name, now).await {
+            Ok(s) => self
+                .metrics
+                .gap_unfilled
+                .with_label_values(&[&self.config.name])
+                .set(s),
+            Err(e) => tracing::warn!(feed = %self.config.name, error = %e, "cannot compute unfilled seconds"),
+        }
     }
 
     async fn save_events(&mut self, now: DateTime<Utc>) {
