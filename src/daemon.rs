@@ -84,6 +84,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
 
         if let Some(b) = &feed.backfill {
+            metrics.init_backfill(&feed.name);
             let source = Source::new(&feed.name, &b.source, metrics.clone())
                 .with_context(|| format!("feeds {}: backfill source", feed.name))?;
             let sink = Sink::new(&b.sink, &feed.name, sqs.clone(), metrics.clone())

@@ -228,7 +228,9 @@ impl FeedMonitor {
                 .gap_unfilled
                 .with_label_values(&[&self.config.name])
                 .set(s),
-            Err(e) => tracing::warn!(feed = %self.config.name, error = %e, "cannot compute unfilled seconds"),
+            Err(e) => {
+                tracing::warn!(feed = %self.config.name, error = %e, "cannot compute unfilled seconds")
+            }
         }
     }
 

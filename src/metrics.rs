@@ -277,6 +277,12 @@ impl Metrics {
         }
     }
 
+    /// Series of a feed that has a backfill source, at zero.
+    pub fn init_backfill(&self, feed: &str) {
+        self.backfill_requests.with_label_values(&[feed, "error"]);
+        self.backfill_request_duration.with_label_values(&[feed]);
+    }
+
     pub fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
         self.relay_messages
             .with_label_values(&[feed, outcome.as_str()])

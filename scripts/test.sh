@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs gapwatch's whole test suite on a fresh machine: installs the peers the
+# integration tests start (moto's server for SQS/CloudWatch, Prometheus' promtool
+# and server), then unit + integration tests, lint, and the ops checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
+command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v kubectl >/dev/null 2>&1 || need_apt+=(kubectl)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "== installing ${need_apt[*]} (apt)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+if ! command -v moto_server >/dev/null 2>&1; then
+  echo "== installing moto's server (pip)"
+  python3 -m pip install --quiet 'moto[server]'
+  hash -r
+fi
+# Prometheus' Debian package starts a server on :9090 we don't want in tests.
+if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== cargo test (unit + integration against moto, the vendor simulator, SQLite, promtool)"
+cargo build --workspace --quiet
+cargo test --workspace -- --test-threads 2
+
+if [ "${SKIP_OPS:-0}" != 1 ]; then
+  echo "== ops checks (alert rules, dashboard queries, manifests)"
+  bash scripts/check-ops.sh
+fi

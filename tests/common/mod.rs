@@ -1,0 +1,431 @@
+//! Real peers for integration tests: moto's server (SQS, CloudWatch), the vendor
+//! simulator, and the gapwatch binary itself, each on a free loopback port and
+//! stopped when the test ends.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_for_port(port: u16, what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not listen on port {port} within {timeout:?}");
+}
+
+/// Environment for anything talking to moto.
+pub fn aws_env() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ]
+}
+
+// === Moto ===
+
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    pub endpoint: String,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = free_port();
+        let bin = std::env::var("MOTO_SERVER").unwrap_or_else(|_| "moto_server".into());
+        let child = Command::new(bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (pip install 'moto[server]')");
+        wait_for_port(port, "moto_server", Duration::from_secs(30));
+        Moto {
+            child,
+            port,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        let conf = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(&self.endpoint)
+            .build();
+        aws_sdk_sqs::Client::from_conf(conf)
+    }
+
+    pub async fn create_queue(&self, name: &str) -> String {
+        self.sqs()
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .expect("create queue")
+            .queue_url
+            .expect("queue url")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Receives and deletes everything that arrives until `idle` passes without a message.
+pub async fn drain(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    idle: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let mut out = Vec::new();
+    let mut last = Instant::now();
+    while last.elapsed() < idle {
+        let r = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .expect("receive");
+        let msgs = r.messages.unwrap_or_default();
+        if msgs.is_empty() {
+            continue;
+        }
+        last = Instant::now();
+        let mut del = sqs.delete_message_batch().queue_url(queue);
+        for (i, m) in msgs.iter().enumerate() {
+            del = del.entries(
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        del.send().await.expect("delete");
+        out.extend(msgs);
+    }
+    out
+}
+
+pub async fn queue_count(sqs: &aws_sdk_sqs::Client, queue: &str) -> (i64, i64) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let r = sqs
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("attributes");
+    let attrs = r.attributes.unwrap_or_default();
+    let get = |k: A| attrs.get(&k).and_then(|v| v.parse().ok()).unwrap_or(-1);
+    (
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+// === gapwatch ===
+
+pub struct Gapwatch {
+    child: Option<Child>,
+    pub port: u16,
+    pub base: String,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gapwatch")
+}
+
+impl Gapwatch {
+    /// Writes `config` (with `{port}` replaced by a free port) into `dir` and starts `gapwatch run`.
+    pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gapwatch {
+        let port = free_port();
+        let path = dir.join("gapwatch.toml");
+        std::fs::write(&path, config.replace("{port}", &port.to_string())).unwrap();
+        let mut g = Gapwatch {
+            child: None,
+            port,
+            base: format!("http://127.0.0.1:{port}"),
+            config: path,
+            log: dir.join(format!("gapwatch-{port}.log")),
+            env: env
+                .iter()
+                .chain(aws_env().iter())
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        g.spawn();
+        g
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info,gapwatch=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start gapwatch");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = reqwest::blocking_get(&format!("{}/healthz", self.base)) {
+                if r == 200 {
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("gapwatch exited with {status}; log:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("gapwatch did not become healthy; log:\n{}", self.logs());
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = c.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = reqwest::get(format!("{}{path}", self.base))
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, serde_json::Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().await.expect("POST");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Runs another gapwatch command with the same config.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run gapwatch")
+    }
+}
+
+impl Drop for Gapwatch {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// The value of a sample in Prometheus text, e.g. `gapwatch_gap_open{feed="orders"}`.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls `f` until it returns Some or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// === vendor simulator ===
+
+pub struct VendorSim {
+    child: Child,
+    pub base: String,
+}
+
+impl VendorSim {
+    /// Starts `vendor-sim` with extra args; it prints `{"listening": "ADDR"}` when ready.
+    pub fn start(args: &[&str]) -> VendorSim {
+        let bin = vendor_sim_bin();
+        let mut child = Command::new(&bin)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .envs(aws_env())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let v: serde_json::Value = serde_json::from_str(line.trim()).expect("listening line");
+        let addr = v["listening"]
+            .as_str()
+            .expect("listening address")
+            .to_string();
+        VendorSim {
+            child,
+            base: format!("http://{addr}"),
+        }
+    }
+
+    pub async fn control(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("control");
+        assert!(r.status().is_success(), "control {path}: {}", r.status());
+        r.json().await.unwrap_or(serde_json::Value::Null)
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        reqwest::get(format!("{}{path}", self.base))
+            .await
+            .expect("GET")
+            .json()
+            .await
+            .expect("json")
+    }
+}
+
+impl Drop for VendorSim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The simulator is a workspace member built next to gapwatch.
+pub fn vendor_sim_bin() -> PathBuf {
+    let gapwatch = PathBuf::from(bin());
+    let dir = gapwatch.parent().unwrap().to_path_buf();
+    dir.join("vendor-sim")
+}
+
+pub mod reqwest {
+    pub use ::reqwest::*;
+
+    /// Status of a blocking GET to a loopback URL (plain HTTP/1.0).
+    pub fn blocking_get(url: &str) -> std::io::Result<u16> {
+        use std::io::{Read, Write};
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut s = std::net::TcpStream::connect(host)?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        write!(s, "GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf)?;
+        buf.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other("bad response"))
+    }
+}
