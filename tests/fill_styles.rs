@@ -1,0 +1,485 @@
+//! Recovery through every pagination style, resumption after kill -9, idempotent
+//! re-runs, and broken pages — against the vendor simulator over real HTTP, with
+//! the file sink and a real SQLite file.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::*;
+
+const TOKEN: &str = "vendor-t0ken";
+const ADMIN: &str = "adm1n";
+
+/// One report-mode feed per pagination style, each with its own file sink.
+fn config(vendor: &str, dir: &Path, extra: &str) -> String {
+    let styles: &[(&str, &str, &str)] = &[
+        ("none", "/data", r#"{ type = "none" }"#),
+        (
+            "cursor",
+            "/data",
+            r#"{ type = "cursor", cursor = "/next_cursor", param = "cursor" }"#,
+        ),
+        (
+            "cursor_last",
+            "/data",
+            r#"{ type = "cursor", cursor_from_last_record = "/id", param = "starting_after", has_more = "/has_more" }"#,
+        ),
+        (
+            "next_url",
+            "/data",
+            r#"{ type = "next_url", next = "/links/next" }"#,
+        ),
+        ("link_header", "", r#"{ type = "link_header" }"#),
+        (
+            "page",
+            "/data",
+            r#"{ type = "page", param = "page", start = 1, size_param = "per_page", size = 40 }"#,
+        ),
+        (
+            "offset",
+            "/data",
+            r#"{ type = "offset", param = "offset", limit_param = "limit", limit = 40 }"#,
+        ),
+    ];
+    let mut out = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "{ADMIN}"
+
+[state]
+url = "sqlite://{state}"
+"#,
+        state = dir.join("state.db").display()
+    );
+    for (style, records, pagination) in styles {
+        out.push_str(&format!(
+            r#"
+[[feeds]]
+name = "{style}"
+  [feeds.watch]
+  mode = "report"
+  [feeds.backfill]
+  auto = true
+  chunk = "2m"
+  settle = "1s"
+  concurrency = 2
+  {extra}
+    [feeds.backfill.source]
+    url = "{vendor}/v1/events"
+    query = {{ since = "{{start}}", until = "{{end}}", limit = "40", style = "{style}" }}
+    headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
+    records = "{records}"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "200/s"
+    timeout = "10s"
+    max_retries = 6
+    pagination = {pagination}
+    [feeds.backfill.sink]
+    type = "file"
+    path = "{file}"
+"#,
+            file = dir.join(format!("{style}.ndjson")).display(),
+        ));
+    }
+    out
+}
+
+fn file_ids(path: &Path) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).expect("each line is one JSON record");
+        *ids.entry(v["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    ids
+}
+
+async fn vendor_ids(sim: &VendorSim, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
+    let v = sim
+        .get(&format!(
+            "/control/records?from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ))
+        .await;
+    v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn backfill(gw: &Gapwatch, feed: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
+    let body = serde_json::json!({ "feed": feed, "from": from, "to": to }).to_string();
+    let (status, v) = gw.post("/api/v1/backfills", Some(ADMIN), &body).await;
+    assert_eq!(status, 202, "{v}");
+    v["gap_id"].as_i64().unwrap()
+}
+
+async fn wait_fill(gw: &Gapwatch, id: i64, want: &str, timeout: Duration) -> serde_json::Value {
+    eventually(timeout, &format!("gap {id} fill {want}"), || async {
+        let (_, v) = gw.get(&format!("/api/v1/gaps/{id}")).await;
+        (v["fill"] == want).then_some(v)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_pagination_style_recovers_each_record_once() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "600",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), ""),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(7);
+    let want = vendor_ids(&sim, from, to).await;
+    assert!(want.len() > 350, "history too small: {}", want.len());
+
+    let styles = [
+        "none",
+        "cursor",
+        "cursor_last",
+        "next_url",
+        "link_header",
+        "page",
+        "offset",
+    ];
+    let mut gaps = Vec::new();
+    for style in styles {
+        gaps.push((style, backfill(&gw, style, from, to).await));
+    }
+    for (style, id) in gaps {
+        let gap = wait_fill(&gw, id, "done", Duration::from_secs(60)).await;
+        let got = file_ids(&dir.path().join(format!("{style}.ndjson")));
+        let dupes: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(dupes.is_empty(), "{style}: duplicates {dupes:?}");
+        let missing: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{style}: {} missing, e.g. {:?}",
+            missing.len(),
+            missing.first()
+        );
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{style}: records outside the interval were delivered"
+        );
+        assert_eq!(
+            gap["progress"]["records_delivered"],
+            want.len() as i64,
+            "{style}"
+        );
+        assert_eq!(
+            gap["progress"]["chunks_total"], 4,
+            "{style}: 7 min in 2 min chunks"
+        );
+    }
+
+    // Re-running a filled interval delivers nothing new.
+    let id = backfill(&gw, "cursor", from, to).await;
+    let gap = wait_fill(&gw, id, "done", Duration::from_secs(30)).await;
+    assert_eq!(gap["progress"]["records_delivered"], 0);
+    assert_eq!(gap["progress"]["records_duplicate"], want.len() as i64);
+    assert_eq!(
+        file_ids(&dir.path().join("cursor.ndjson")).len(),
+        want.len()
+    );
+
+    // The same from the command line.
+    let out = gw.cli(&[
+        "backfill",
+        "--feed",
+        "page",
+        "--from",
+        &from.to_rfc3339(),
+        "--to",
+        &to.to_rfc3339(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["progress"]["records_delivered"], 0);
+    assert_eq!(v["progress"]["records_duplicate"], want.len() as i64);
+
+    // A dry run plans and sends nothing.
+    let out = gw.cli(&[
+        "backfill",
+        "--feed",
+        "offset",
+        "--from",
+        &from.to_rfc3339(),
+        "--to",
+        &to.to_rfc3339(),
+        "--dry-run",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("4 chunk(s)") && text.contains("dry run"),
+        "{text}"
+    );
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"gapwatch_backfill_records_total{feed="none",outcome="delivered"}"#
+        ),
+        Some(want.len() as f64)
+    );
+    // At least one page of 40 per 40 records, plus each chunk's short last page.
+    let pages = sample(
+        &m,
+        r#"gapwatch_backfill_requests_total{feed="page",status="200"}"#,
+    )
+    .unwrap();
+    assert!(
+        pages >= (want.len() / 40) as f64 + 1.0,
+        "{pages} page requests"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_killed_mid_way_resumes_and_delivers_each_record_once() {
+    // Slow pages so the kill lands in the middle of the fill.
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "2000",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+        "--latency-ms",
+        "60",
+        "--error-rate",
+        "0.2",
+        "--error-statuses",
+        "429,500",
+        "--retry-after",
+        "0",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), ""),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(9);
+    let want = vendor_ids(&sim, from, to).await;
+    let id = backfill(&gw, "page", from, to).await;
+    eventually(Duration::from_secs(60), "some progress", || async {
+        let (_, v) = gw.get(&format!("/api/v1/gaps/{id}")).await;
+        (v["progress"]["records_delivered"].as_i64().unwrap_or(0) >= 300).then_some(())
+    })
+    .await;
+    gw.kill9();
+    let partial = file_ids(&dir.path().join("page.ndjson")).len();
+    assert!(partial < want.len(), "the fill finished before the kill");
+    gw.restart();
+    let gap = wait_fill(&gw, id, "done", Duration::from_secs(120)).await;
+    let got = file_ids(&dir.path().join("page.ndjson"));
+    let dupes: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicates after kill -9: {dupes:?}");
+    assert_eq!(got.len(), want.len());
+    assert!(want.iter().all(|id| got.contains_key(id)));
+    assert_eq!(gap["progress"]["records_delivered"], want.len() as i64);
+    // 429/500 answers were retried, not fatal.
+    let m = gw.metrics().await;
+    let errors = sample(
+        &m,
+        r#"gapwatch_backfill_requests_total{feed="page",status="429"}"#,
+    )
+    .unwrap_or(0.0)
+        + sample(
+            &m,
+            r#"gapwatch_backfill_requests_total{feed="page",status="500"}"#,
+        )
+        .unwrap_or(0.0);
+    assert!(errors > 0.0, "no injected error was seen:\n{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_pages_and_cursor_loops_fail_the_fill_saying_why() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "300",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), "max_chunk_attempts = 1"),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(1);
+
+    sim.control(
+        "/control/faults",
+        serde_json::json!({ "malformed_every": 1 }),
+    )
+    .await;
+    let id = backfill(&gw, "cursor", from, to).await;
+    let gap = wait_fill(&gw, id, "failed", Duration::from_secs(30)).await;
+    let err = gap["last_error"].as_str().unwrap();
+    assert!(err.contains("page is not JSON"), "{err}");
+
+    sim.control(
+        "/control/faults",
+        serde_json::json!({ "malformed_every": 0, "cursor_loop": true }),
+    )
+    .await;
+    let id = backfill(&gw, "cursor", from, to).await;
+    let gap = wait_fill(&gw, id, "failed", Duration::from_secs(30)).await;
+    let err = gap["last_error"].as_str().unwrap();
+    assert!(err.contains("cursor loop"), "{err}");
+
+    // Fixed at the source: a retry finishes the fill.
+    sim.control(
+        "/control/faults",
+        serde_json::json!({ "cursor_loop": false }),
+    )
+    .await;
+    let (status, _) = gw.post(&format!("/api/v1/gaps/{id}/retry"), None, "").await;
+    assert_eq!(status, 401, "retry needs the admin token");
+    let (status, _) = gw
+        .post(&format!("/api/v1/gaps/{id}/retry"), Some(ADMIN), "")
+        .await;
+    assert_eq!(status, 200);
+    wait_fill(&gw, id, "done", Duration::from_secs(30)).await;
+    let m = gw.metrics().await;
+    assert!(
+        sample(
+            &m,
+            r#"gapwatch_rejected_input_total{feed="cursor",reason="bad_page"}"#
+        )
+        .unwrap()
+            >= 2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mode_and_api_errors() {
+    let sim = VendorSim::start(&["--rate", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), ""),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let now = Utc::now().to_rfc3339();
+    let body =
+        serde_json::json!([{ "id": "a-1", "event_time": now }, { "id": 7, "event_time": now }])
+            .to_string();
+    let (status, v) = gw
+        .post("/api/v1/feeds/cursor/observations", Some(ADMIN), &body)
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["accepted"], 2);
+    let (status, v) = gw
+        .post(
+            "/api/v1/feeds/cursor/observations",
+            Some(ADMIN),
+            "{not json",
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["error"].is_string());
+    let (status, v) = gw
+        .post("/api/v1/feeds/nope/observations", Some(ADMIN), "[]")
+        .await;
+    assert_eq!(status, 404);
+    assert!(v["error"].as_str().unwrap().contains("unknown feed"));
+    let bad = serde_json::json!([{ "id": "x", "event_time": "yesterday" }]).to_string();
+    let (status, v) = gw
+        .post("/api/v1/feeds/cursor/observations", Some(ADMIN), &bad)
+        .await;
+    assert_eq!(status, 400);
+    assert!(v["error"].as_str().unwrap().contains("event_time"), "{v}");
+    let (status, _) = gw
+        .post("/api/v1/feeds/cursor/observations", None, &body)
+        .await;
+    assert_eq!(status, 401);
+    let (status, v) = gw.get("/api/v1/gaps/abc").await;
+    assert_eq!(status, 400);
+    assert!(v["error"].is_string());
+    let (status, _) = gw.get("/api/v1/gaps/999").await;
+    assert_eq!(status, 404);
+    let (status, _) = gw.get("/api/v1/gaps?state=weird").await;
+    assert_eq!(status, 400);
+    let (status, v) = gw
+        .post(
+            "/api/v1/backfills",
+            Some(ADMIN),
+            r#"{"feed":"cursor","from":"2026-01-02T00:00:00Z","to":"2026-01-01T00:00:00Z"}"#,
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = gw.get("/api/v1/feeds").await;
+    assert_eq!(status, 200);
+    let cursor = v["feeds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "cursor")
+        .unwrap()
+        .clone();
+    eventually(Duration::from_secs(3), "observations counted", || {
+        let gw = &gw;
+        async move {
+            let (_, v) = gw.get("/api/v1/feeds").await;
+            let f = v["feeds"]
+                .as_array()?
+                .iter()
+                .find(|f| f["name"] == "cursor")?
+                .clone();
+            (f["records_observed"] == 2).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(cursor["mode"], "report");
+    let (status, v) = gw.get("/readyz").await;
+    assert_eq!(status, 200, "{v}");
+    let m = gw.metrics().await;
+    assert!(
+        sample(
+            &m,
+            r#"gapwatch_rejected_input_total{feed="cursor",reason="bad_observation"}"#
+        )
+        .unwrap()
+            >= 1.0
+    );
+}
