@@ -203,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
     {
         tracing::warn!("shutdown grace period elapsed");
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

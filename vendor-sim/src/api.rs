@@ -1,0 +1,314 @@
+//! `GET /v1/events`: the vendor's REST API over the history.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rand::Rng;
+use serde::Serialize;
+
+use crate::history::{
+    decode_cursor, encode_cursor, Page, PageQuery, Position, RecordView, DEFAULT_LIMIT, MAX_LIMIT,
+};
+use crate::sim::{Pagination, Sim, Stats};
+use crate::timefmt::parse_time;
+
+type Params = Vec<(String, String)>;
+
+pub async fn events(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    Stats::bump(&sim.stats.served_requests, 1);
+    let faults = sim.controls().faults.clone();
+    if faults.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
+    }
+
+    if let Some(token) = &sim.settings.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            Stats::bump(&sim.stats.unauthorized, 1);
+            return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
+        }
+    }
+
+    if faults.error_rate > 0.0 && !faults.statuses.is_empty() {
+        let mut rng = rand::rng();
+        if rng.random_bool(faults.error_rate.clamp(0.0, 1.0)) {
+            Stats::bump(&sim.stats.errors_injected, 1);
+            let code = faults.statuses[rng.random_range(0..faults.statuses.len())];
+            let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = error(status, "injected fault");
+            if let (Some(after), 429 | 503) = (&faults.retry_after, code) {
+                if let Ok(v) = HeaderValue::from_str(after) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            return resp;
+        }
+    }
+
+    let request = match parse_request(&sim, &params) {
+        Ok(r) => r,
+        Err(msg) => {
+            Stats::bump(&sim.stats.bad_requests, 1);
+            return error(StatusCode::BAD_REQUEST, &msg);
+        }
+    };
+
+    let page_no = sim.stats.served_pages.fetch_add(1, Ordering::Relaxed) + 1;
+    if faults.malformed_every > 0 && page_no % faults.malformed_every == 0 {
+        Stats::bump(&sim.stats.malformed_served, 1);
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"data\": [{\"id\": \"trunc",
+        )
+            .into_response();
+    }
+
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost")
+        .to_owned();
+    let (prefix, views, page) = {
+        let history = sim.history();
+        let page = history.page(&request.query);
+        (
+            history.prefix().to_owned(),
+            history.views(page.start, page.end),
+            page,
+        )
+    };
+    Stats::bump(&sim.stats.served_records, views.len() as u64);
+    let records: Vec<RecordView<'_>> = views.iter().map(|v| v.with_prefix(&prefix)).collect();
+
+    let next_cursor = next_cursor(&request, &page, faults.cursor_loop);
+    match request.style {
+        Pagination::None | Pagination::Page | Pagination::Offset => json(&Body {
+            data: &records,
+            rest: serde_json::json!({}),
+        }),
+        Pagination::Cursor => json(&Body {
+            data: &records,
+            rest: serde_json::json!({ "next_cursor": next_cursor.unwrap_or_default() }),
+        }),
+        Pagination::CursorLast => json(&Body {
+            data: &records,
+            rest: serde_json::json!({ "has_more": page.more }),
+        }),
+        Pagination::NextUrl => {
+            let next = next_cursor.map(|c| next_url(&host, &params, &c));
+            json(&Body {
+                data: &records,
+                rest: serde_json::json!({ "links": { "next": next } }),
+            })
+        }
+        Pagination::LinkHeader => {
+            let mut resp = json(&records);
+            if let Some(c) = next_cursor {
+                let link = format!("<{}>; rel=\"next\"", next_url(&host, &params, &c));
+                if let Ok(v) = HeaderValue::from_str(&link) {
+                    resp.headers_mut().insert(header::LINK, v);
+                }
+            }
+            resp
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a, 'b> {
+    data: &'a [RecordView<'b>],
+    #[serde(flatten)]
+    rest: serde_json::Value,
+}
+
+#[derive(Debug, PartialEq)]
+struct Request {
+    style: Pagination,
+    query: PageQuery,
+    /// The `cursor` the request came with, if any.
+    cursor: Option<String>,
+}
+
+fn param<'a>(params: &'a Params, name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+fn number(params: &Params, name: &str) -> Result<Option<usize>, String> {
+    param(params, name)
+        .map(|v| {
+            v.parse::<usize>()
+                .map_err(|_| format!("{name}: not a non-negative integer: {v:?}"))
+        })
+        .transpose()
+}
+
+fn page_size(params: &Params, name: &str) -> Result<usize, String> {
+    match number(params, name)? {
+        Some(0) => Err(format!("{name}: must be at least 1")),
+        Some(n) => Ok(n.min(MAX_LIMIT)),
+        None => Ok(DEFAULT_LIMIT),
+    }
+}
+
+fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
+    let style = match param(params, "style") {
+        Some(s) => Pagination::parse(s).ok_or_else(|| format!("style: unknown style {s:?}"))?,
+        None => sim.settings.pagination,
+    };
+    let time = |name: &str| {
+        param(params, name)
+            .map(|v| parse_time(v, sim.settings.time_format).map_err(|e| format!("{name}: {e}")))
+            .transpose()
+    };
+    let (since, until) = (time("since")?, time("until")?);
+    let cursor = param(params, "cursor").map(str::to_owned);
+    let (position, limit) = match style {
+        Pagination::None => (Position::Start, None),
+        Pagination::Cursor | Pagination::NextUrl | Pagination::LinkHeader => {
+            let position = match &cursor {
+                Some(c) => Position::Index(
+                    decode_cursor(c).ok_or_else(|| format!("cursor: invalid cursor {c:?}"))?,
+                ),
+                None => Position::Start,
+            };
+            (position, Some(page_size(params, "limit")?))
+        }
+        Pagination::CursorLast => {
+            let position = match param(params, "starting_after") {
+                Some(id) => Position::AfterSeq(
+                    sim.history()
+                        .seq_of_id(id)
+                        .ok_or_else(|| format!("starting_after: no such record {id:?}"))?,
+                ),
+                None => Position::Start,
+            };
+            (position, Some(page_size(params, "limit")?))
+        }
+        Pagination::Page => {
+            let per_page = page_size(params, "per_page")?;
+            let page = number(params, "page")?.unwrap_or(1);
+            if page == 0 {
+                return Err("page: pages start at 1".to_owned());
+            }
+            (
+                Position::Skip((page - 1).saturating_mul(per_page)),
+                Some(per_page),
+            )
+        }
+        Pagination::Offset => {
+            let offset = number(params, "offset")?.unwrap_or(0);
+            (Position::Skip(offset), Some(page_size(params, "limit")?))
+        }
+    };
+    Ok(Request {
+        style,
+        query: PageQuery {
+            since,
+            until,
+            position,
+            limit,
+        },
+        cursor,
+    })
+}
+
+/// The cursor of the next page, `None` at the end.
+fn next_cursor(request: &Request, page: &Page, cursor_loop: bool) -> Option<String> {
+    if cursor_loop {
+        return Some(
+            request
+                .cursor
+                .clone()
+                .unwrap_or_else(|| encode_cursor(page.end)),
+        );
+    }
+    page.more.then(|| encode_cursor(page.end))
+}
+
+/// The request's own URL with `cursor` replaced.
+fn next_url(host: &str, params: &Params, cursor: &str) -> String {
+    let mut query: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k != "cursor")
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect();
+    query.push(format!("cursor={}", encode(cursor)));
+    format!("http://{host}/v1/events?{}", query.join("&"))
+}
+
+fn encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for b in raw.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn json<T: Serialize>(body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+pub fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_url_keeps_params_and_replaces_cursor() {
+        let params = vec![
+            ("since".to_owned(), "2024-01-01T00:00:00+01:00".to_owned()),
+            ("cursor".to_owned(), "old".to_owned()),
+            ("limit".to_owned(), "5".to_owned()),
+        ];
+        assert_eq!(
+            next_url("127.0.0.1:9", &params, "abc"),
+            "http://127.0.0.1:9/v1/events?since=2024-01-01T00%3A00%3A00%2B01%3A00&limit=5&cursor=abc"
+        );
+    }
+
+    #[test]
+    fn cursor_loop_repeats_the_given_cursor() {
+        let request = Request {
+            style: Pagination::Cursor,
+            query: PageQuery {
+                since: None,
+                until: None,
+                position: Position::Index(3),
+                limit: Some(3),
+            },
+            cursor: Some(encode_cursor(3)),
+        };
+        let end = Page {
+            start: 3,
+            end: 5,
+            more: false,
+        };
+        assert_eq!(next_cursor(&request, &end, false), None);
+        assert_eq!(next_cursor(&request, &end, true), Some(encode_cursor(3)));
+    }
+}
