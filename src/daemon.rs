@@ -62,6 +62,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store.clone(),
             metrics.clone(),
             config.state.edge_ids.get(),
+            crate::watch::inflow::clock_lag(&config.monitor, feed.watch.mode),
         )
         .await
         .with_context(|| format!("restoring feed {}", feed.name))?;

@@ -78,16 +78,25 @@ pub struct FeedMonitor {
     last_saved: Option<DateTime<Utc>>,
     last_save_at: Option<std::time::Instant>,
     last_unfilled_at: Option<std::time::Instant>,
+    /// How far behind the wall clock the detector runs (see [`FeedMonitor::start`]).
+    clock_lag: chrono::TimeDelta,
 }
 
 impl FeedMonitor {
     /// Restores the feed's detector from the store.
+    ///
+    /// `clock_lag`: the detector (and everything it stamps: detection and
+    /// closing times, freshness) runs this far behind the wall clock. Zero for
+    /// feeds seen live; for passive feeds, whose inflow is known only minutes
+    /// late, see [`crate::watch::inflow::clock_lag`].
     pub async fn start(
         config: Arc<FeedConfig>,
         store: Store,
         metrics: Arc<Metrics>,
         edge_ids: usize,
+        clock_lag: Duration,
     ) -> Result<(FeedMonitor, FeedHandle), crate::store::StoreError> {
+        let clock_lag = chrono::TimeDelta::from_std(clock_lag).unwrap_or(chrono::TimeDelta::zero());
         let restored = store.detector_state(&config.name).await?;
         let open_gap_id = if restored.open_gap_start.is_some() {
             store
@@ -110,7 +119,7 @@ impl FeedMonitor {
         );
         metrics.init_feed(&config.name);
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let now = Utc::now();
+        let now = Utc::now() - clock_lag;
         let initial = FeedStatus {
             name: config.name.clone(),
             mode: config.watch.mode.as_str(),
@@ -147,6 +156,7 @@ impl FeedMonitor {
             last_saved: restored.last_event,
             last_save_at: None,
             last_unfilled_at: None,
+            clock_lag,
         };
         Ok((monitor, handle))
     }
@@ -159,24 +169,29 @@ impl FeedMonitor {
         // Before any observation: silence that lasted through our own downtime
         // must be seen first (an observation would otherwise close a gap that
         // was never opened).
-        self.tick(Utc::now()).await;
+        self.tick(self.now()).await;
         loop {
             tokio::select! {
                 biased;
                 batch = self.rx.recv() => match batch {
-                    Some(batch) => self.observe(batch, Utc::now()).await,
+                    Some(batch) => self.observe(batch, self.now()).await,
                     None => break,
                 },
-                _ = tick.tick() => self.tick(Utc::now()).await,
+                _ = tick.tick() => self.tick(self.now()).await,
                 _ = stop.cancelled() => break,
             }
         }
         while let Ok(batch) = self.rx.try_recv() {
-            self.observe(batch, Utc::now()).await;
+            self.observe(batch, self.now()).await;
         }
         self.last_save_at = None;
-        self.tick(Utc::now()).await;
+        self.tick(self.now()).await;
         tracing::debug!(feed = %self.config.name, "feed monitor stopped");
+    }
+
+    /// The detector's clock.
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now() - self.clock_lag
     }
 
     async fn observe(&mut self, batch: Vec<Observation>, now: DateTime<Utc>) {

@@ -2,6 +2,7 @@
 //! it; `report` takes observations over HTTP (see `api`); `queues` reads queue
 //! attributes and CloudWatch numbers without touching messages.
 
+pub mod inflow;
 pub mod queue;
 pub mod queues;
 pub mod relay;
