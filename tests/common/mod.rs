@@ -100,9 +100,28 @@ pub async fn drain(
     queue: &str,
     idle: Duration,
 ) -> Vec<aws_sdk_sqs::types::Message> {
+    drain_until(sqs, queue, idle, Duration::from_secs(120)).await
+}
+
+/// Receives and deletes for `span` at most, whatever keeps arriving.
+pub async fn drain_for(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    span: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    drain_until(sqs, queue, span, span).await
+}
+
+async fn drain_until(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    idle: Duration,
+    max: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
     let mut out = Vec::new();
+    let started = Instant::now();
     let mut last = Instant::now();
-    while last.elapsed() < idle {
+    while last.elapsed() < idle && started.elapsed() < max {
         let r = sqs
             .receive_message()
             .queue_url(queue)

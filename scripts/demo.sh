@@ -1,0 +1,155 @@
+#!/usr/bin/env bash
+# gapwatch's whole job on one machine: moto's server plays SQS, vendor-sim plays the
+# vendor (its queue and its REST API), gapwatch relays the feed to the app's queue,
+# and a small consumer plays the app. The vendor goes silent; gapwatch notices,
+# recovers the missing records from the vendor's API while the outage goes on, and
+# the final check compares what the vendor produced with what the app received.
+#
+#   ./scripts/demo.sh            # SILENCE=20 RATE=20 to change the outage and the rate
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+SILENCE=${SILENCE:-20}
+RATE=${RATE:-20}
+
+say() { printf '\033[1m[demo %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*"; }
+
+# --- what the demo needs ---
+if ! command -v moto_server >/dev/null 2>&1; then
+  say "installing moto's server (pip install 'moto[server]')"
+  python3 -m pip install --quiet 'moto[server]'
+  hash -r
+fi
+command -v curl >/dev/null 2>&1 || { say "installing curl"; apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
+say "building gapwatch and vendor-sim (cargo build --workspace)"
+cargo build --workspace --quiet
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  say "stopped everything; logs were in $WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+
+# --- moto's server: SQS on loopback ---
+MOTO_PORT=$(free_port)
+moto_server -H 127.0.0.1 -p "$MOTO_PORT" >"$WORK/moto.log" 2>&1 &
+PIDS+=($!)
+export MOTO_ENDPOINT="http://127.0.0.1:$MOTO_PORT"
+for _ in $(seq 100); do curl -s -o /dev/null "$MOTO_ENDPOINT" && break; sleep 0.1; done
+queues=$(python3 - <<'EOF'
+import boto3, os
+sqs = boto3.client("sqs", endpoint_url=os.environ["MOTO_ENDPOINT"], region_name="us-east-1")
+print(sqs.create_queue(QueueName="vendor-orders")["QueueUrl"], sqs.create_queue(QueueName="app-orders")["QueueUrl"])
+EOF
+)
+read -r VENDOR_QUEUE_URL APP_QUEUE_URL <<<"$queues"
+export VENDOR_QUEUE_URL APP_QUEUE_URL
+say "moto's SQS at $MOTO_ENDPOINT: vendor queue vendor-orders, app queue app-orders"
+
+# --- the vendor: publishes $RATE records/s to its queue, serves its history over REST ---
+export VENDOR_TOKEN="demo-vendor-token"
+"$ROOT/target/debug/vendor-sim" --listen 127.0.0.1:0 --rate "$RATE" --queue-url "$VENDOR_QUEUE_URL" \
+  --endpoint-url "$MOTO_ENDPOINT" --token "$VENDOR_TOKEN" --pagination cursor \
+  >"$WORK/vendor.out" 2>"$WORK/vendor.log" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q listening "$WORK/vendor.out" 2>/dev/null && break; sleep 0.1; done
+export VENDOR_URL="http://$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["listening"])' "$WORK/vendor.out")"
+say "vendor-sim publishes $RATE records/s; its REST API is $VENDOR_URL/v1/events"
+
+# --- the app: consumes the app queue, writes every record id it gets ---
+python3 - "$APP_QUEUE_URL" "$WORK/app-ids.txt" >"$WORK/app.log" 2>&1 <<'EOF' &
+import boto3, json, os, sys
+queue, out = sys.argv[1], sys.argv[2]
+sqs = boto3.client("sqs", endpoint_url=os.environ["MOTO_ENDPOINT"], region_name="us-east-1")
+with open(out, "a") as f:
+    while True:
+        r = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                                MessageAttributeNames=["All"])
+        msgs = r.get("Messages", [])
+        for m in msgs:
+            rec = json.loads(m["Body"])
+            recovered = "gapwatch-backfill" in m.get("MessageAttributes", {})
+            f.write(f'{rec["id"]} {"recovered" if recovered else "live"}\n')
+        f.flush()
+        if msgs:
+            sqs.delete_message_batch(QueueUrl=queue, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(msgs)])
+EOF
+PIDS+=($!)
+
+# --- gapwatch ---
+export GAPWATCH_PORT=$(free_port) GAPWATCH_STATE_DIR="$WORK/state" GAPWATCH_ADMIN_TOKEN="demo-admin"
+API="http://127.0.0.1:$GAPWATCH_PORT"
+"$ROOT/target/debug/gapwatch" --log-format text run --config "$ROOT/config/demo.toml" >"$WORK/gapwatch.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do curl -sf "$API/healthz" >/dev/null && break; sleep 0.1; done
+say "gapwatch runs with config/demo.toml (max_silence 5s): metrics $API/metrics, API $API/api/v1/feeds, $API/api/v1/gaps"
+say "log: $WORK/gapwatch.log"
+
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print($1)"; }
+feed() { curl -s "$API/api/v1/feeds" | json "$1"; }
+gap() { curl -s "$API/api/v1/gaps?feed=orders&limit=1" | json "$1"; }
+
+for _ in 1 2 3 4 5; do
+  sleep 1
+  say "feed flowing: $(feed '"freshness %.1fs, %d records relayed" % (d["feeds"][0]["freshness_seconds"] or 0, d["feeds"][0]["records_observed"])')"
+done
+
+say ">>> the vendor goes silent for ${SILENCE}s (it still has the records; its queue gets none)"
+curl -s -X POST -H 'content-type: application/json' -d "{\"for_seconds\": $SILENCE}" "$VENDOR_URL/control/silence" >/dev/null
+silence_end=$(( $(date +%s) + SILENCE ))
+state=""
+while [ "$(date +%s)" -lt $(( silence_end + 120 )) ]; do
+  sleep 1
+  g=$(gap '"%s %s %s %s/%s %d" % (d["gaps"][0]["id"], d["gaps"][0]["state"], d["gaps"][0]["fill"], d["gaps"][0]["progress"]["chunks_done"], d["gaps"][0]["progress"]["chunks_total"], d["gaps"][0]["progress"]["records_delivered"]) if d["gaps"] else "none"')
+  fresh=$(feed '"%.1f" % (d["feeds"][0]["freshness_seconds"] or 0)')
+  read -r id gstate fill chunks delivered <<<"$g" || true
+  if [ "$g" = "none" ]; then
+    say "freshness ${fresh}s and rising; no gap yet (max_silence 5s)"
+  elif [ "$gstate" = "open" ]; then
+    [ "$state" = "" ] && say ">>> gap $id OPENED: the feed is silent inside its active window"
+    state=open
+    say "gap $id open, fill $fill: $delivered records recovered from the vendor's API so far (chunks $chunks) while the outage goes on"
+  elif [ "$gstate" = "closed" ]; then
+    [ "$state" = "open" ] && say ">>> the feed RESUMED: gap $id closed; the fill finishes the interval (settle + overlap)"
+    state=closed
+    say "gap $id closed, fill $fill: $delivered records recovered (chunks $chunks)"
+    [ "$fill" = "done" ] && { say ">>> fill of gap $id FINISHED"; break; }
+  fi
+done
+
+say "stopping the vendor and letting the app drain its queue"
+curl -s -X POST -H 'content-type: application/json' -d '{"rate": 0}' "$VENDOR_URL/control/rate" >/dev/null
+prev=-1
+for _ in $(seq 60); do
+  sleep 2
+  n=$(wc -l <"$WORK/app-ids.txt")
+  [ "$n" = "$prev" ] && break
+  prev=$n
+done
+curl -s "$VENDOR_URL/control/records" | json '"\n".join(d["ids"])' | sort >"$WORK/vendor-ids.txt"
+cut -d' ' -f1 "$WORK/app-ids.txt" | sort >"$WORK/app-sorted.txt"
+produced=$(wc -l <"$WORK/vendor-ids.txt")
+received=$(wc -l <"$WORK/app-sorted.txt")
+unique=$(uniq "$WORK/app-sorted.txt" | wc -l)
+duplicates=$(( received - unique ))
+missing=$(comm -23 "$WORK/vendor-ids.txt" <(uniq "$WORK/app-sorted.txt") | wc -l)
+recovered=$(grep -c ' recovered$' "$WORK/app-ids.txt" || true)
+silenced=$(curl -s "$VENDOR_URL/control/stats" | json 'd["silenced"]')
+say "vendor produced $produced records ($silenced during the silence, never sent to its queue)"
+say "app received $received: $((received - recovered)) live through the relay + $recovered recovered by gapwatch"
+say "duplicates: $duplicates, missing: $missing"
+"$ROOT/target/debug/gapwatch" gaps --config "$ROOT/config/demo.toml"
+if [ "$duplicates" -eq 0 ] && [ "$missing" -eq 0 ] && [ "$produced" -gt 0 ]; then
+  say "CHECK PASSED: every vendor record reached the app exactly once"
+else
+  say "CHECK FAILED"
+  exit 1
+fi

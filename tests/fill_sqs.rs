@@ -1,0 +1,217 @@
+//! The whole job: the vendor publishes to SQS, gapwatch relays it, the vendor goes
+//! silent, the gap is detected and filled from the vendor's API while it is still
+//! open, and the app queue ends with every vendor record exactly once.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+const TOKEN: &str = "vendor-t0ken";
+
+fn config(
+    moto: &Moto,
+    vendor_url: &str,
+    vendor_q: &str,
+    app_q: &str,
+    dir: &std::path::Path,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "adm1n"
+
+[state]
+url = "sqlite://{state}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[monitor]
+cloudwatch = false
+poll_interval = "2s"
+
+[[feeds]]
+name = "orders"
+queue_url = "{vendor_q}"
+  [feeds.watch]
+  mode = "relay"
+  forward_to = "{app_q}"
+  event_time = "/created_at"
+  record_id = "/id"
+  [feeds.freshness]
+  max_silence = "3s"
+  [feeds.backfill]
+  auto = true
+  chunk = "20s"
+  follow_step = "2s"
+  overlap = "2s"
+  settle = "1s"
+  concurrency = 2
+    [feeds.backfill.source]
+    url = "{vendor_url}/v1/events"
+    query = {{ since = "{{start}}", until = "{{end}}", limit = "50" }}
+    headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
+    records = "/data"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "50/s"
+    timeout = "10s"
+    max_retries = 10
+    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
+"#,
+        state = dir.join("state.db").display(),
+        endpoint = moto.endpoint,
+    )
+}
+
+async fn run(error_rate: f64) {
+    let moto = Moto::start();
+    let sqs = moto.sqs();
+    let vendor_q = moto.create_queue("vendor-orders").await;
+    let app_q = moto.create_queue("app-orders").await;
+    let mut args = vec![
+        "--rate".to_string(),
+        "10".into(),
+        "--queue-url".into(),
+        vendor_q.clone(),
+        "--endpoint-url".into(),
+        moto.endpoint.clone(),
+        "--token".into(),
+        TOKEN.into(),
+        "--pagination".into(),
+        "cursor".into(),
+    ];
+    if error_rate > 0.0 {
+        args.extend([
+            "--error-rate".into(),
+            error_rate.to_string(),
+            "--error-statuses".into(),
+            "429,500".into(),
+            "--retry-after".into(),
+            "1".into(),
+        ]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sim = VendorSim::start(&args);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&moto, &sim.base, &vendor_q, &app_q, dir.path()),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+
+    let mut received = Vec::new();
+    received.extend(drain_for(&sqs, &app_q, Duration::from_secs(3)).await);
+    sim.control("/control/silence", serde_json::json!({ "for_seconds": 10 }))
+        .await;
+
+    // The gap opens, and its fill starts while it is still open.
+    let mut saw_filling_while_open = false;
+    let mut gap_id = None;
+    for _ in 0..60 {
+        received.extend(drain_for(&sqs, &app_q, Duration::from_millis(300)).await);
+        let (_, v) = gw.get("/api/v1/gaps").await;
+        if let Some(g) = v["gaps"].as_array().and_then(|g| g.first()) {
+            gap_id = g["id"].as_i64();
+            if g["state"] == "open" && g["progress"]["records_delivered"].as_i64().unwrap_or(0) > 0
+            {
+                saw_filling_while_open = true;
+            }
+            if g["state"] == "closed" {
+                break;
+            }
+        }
+    }
+    let gap_id = gap_id.expect("a gap was detected");
+    assert!(
+        saw_filling_while_open,
+        "the fill did not start while the gap was open"
+    );
+
+    // It finishes after the gap closes.
+    let mut done = None;
+    for _ in 0..120 {
+        received.extend(drain_for(&sqs, &app_q, Duration::from_millis(300)).await);
+        let (_, v) = gw.get(&format!("/api/v1/gaps/{gap_id}")).await;
+        if v["fill"] == "done" {
+            done = Some(v);
+            break;
+        }
+    }
+    let gap = done.unwrap_or_else(|| panic!("fill not done; log:\n{}", gw.logs()));
+
+    // Stop the vendor and let everything in flight arrive.
+    sim.control("/control/rate", serde_json::json!({ "rate": 0.0 }))
+        .await;
+    received.extend(drain(&sqs, &app_q, Duration::from_secs(5)).await);
+
+    let stats = sim.get("/control/stats").await;
+    let history = sim.get("/control/records").await;
+    let want: Vec<String> = history["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let mut recovered = 0;
+    for m in &received {
+        let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+        *got.entry(v["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+        if m.message_attributes()
+            .is_some_and(|a| a.contains_key("gapwatch-backfill"))
+        {
+            recovered += 1;
+        }
+    }
+    let dupes: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dupes.is_empty(), "duplicates at the app queue: {dupes:?}");
+    let missing: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} vendor records missing, e.g. {:?}; stats {stats}",
+        missing.len(),
+        want.len(),
+        missing.first()
+    );
+    assert_eq!(got.len(), want.len());
+    let silenced = stats["silenced"].as_i64().unwrap();
+    assert!(silenced >= 50, "the silence produced {silenced} records");
+    assert_eq!(
+        recovered, silenced,
+        "recovered exactly the silenced records"
+    );
+    assert_eq!(gap["progress"]["records_delivered"], silenced);
+    let m = gw.metrics().await;
+    // (Stopping the vendor above opens a new gap: that is the detector working.)
+    assert!(sample(&m, r#"gapwatch_gaps_detected_total{feed="orders"}"#).unwrap() >= 1.0);
+    assert_eq!(
+        sample(
+            &m,
+            r#"gapwatch_backfill_records_total{feed="orders",outcome="delivered"}"#
+        ),
+        Some(silenced as f64)
+    );
+    assert!(sample(
+        &m,
+        r#"gapwatch_backfill_last_success_timestamp_seconds{feed="orders"}"#
+    )
+    .is_some());
+    assert!(gw.logs().contains("fill finished"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_vendor_is_recovered_into_the_app_queue_exactly_once() {
+    run(0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_with_20_percent_429_and_500_answers() {
+    run(0.2).await;
+}
