@@ -283,10 +283,9 @@ async fn retry_gap(
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")))?;
-    if !s
-        .feeds
+    if s.feeds
         .get(&gap.feed)
-        .is_some_and(|h| h.config.backfill.is_some())
+        .is_none_or(|h| h.config.backfill.is_none())
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

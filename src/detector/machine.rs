@@ -107,7 +107,7 @@ impl Detector {
     /// first `observe`, or silence through the downtime goes unnoticed. Events
     /// in the future (clock skew) are accepted as they are.
     pub fn observe(&mut self, event_time: DateTime<Utc>, now: DateTime<Utc>) -> Option<GapEvent> {
-        let advanced = self.state.last_event.map_or(true, |l| event_time > l);
+        let advanced = self.state.last_event.is_none_or(|l| event_time > l);
         if advanced {
             self.state.last_event = Some(event_time);
             self.newest_observed_at = Some(self.newest_observed_at.map_or(now, |o| o.max(now)));
@@ -687,7 +687,7 @@ mod tests {
 
     impl Model {
         fn observe(&mut self, e: DateTime<Utc>, now: DateTime<Utc>) -> Option<GapEvent> {
-            if self.last.map_or(true, |l| e > l) {
+            if self.last.is_none_or(|l| e > l) {
                 self.last = Some(e);
                 self.observed = Some(self.observed.map_or(now, |o| o.max(now)));
             }

@@ -17,7 +17,9 @@ use super::sink::Sink;
 use super::source::{Record, Source};
 use crate::config::{BackfillConfig, FeedConfig};
 use crate::metrics::{ChunkState, Metrics, RecordOutcome};
-use crate::store::{Chunk, FillState, Gap, GapKind, GapState, PageCounts, Store, StoreError};
+use crate::store::{
+    Checkpoint, Chunk, FillState, Gap, GapKind, GapState, PageCommit, PageCounts, Store, StoreError,
+};
 
 /// How often a feed's gaps are looked at without a wake-up (an open gap's fill
 /// follows it at this pace).
@@ -397,32 +399,28 @@ impl Filler {
                 duplicate,
                 rejected: page.rejected as i64 + delivery.rejected.len() as i64,
             };
-            let now = Utc::now();
-            if let Some(error) = delivery.error {
-                self.store
-                    .commit_partial(feed, chunk.id, gap_id, &delivered, counts, now)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                self.count(counts);
-                return Err(error);
-            }
             let next = page
                 .next
                 .as_ref()
                 .map(|c| serde_json::to_string(c).unwrap_or_default());
+            let checkpoint = match (&delivery.error, &next) {
+                (Some(_), _) => Checkpoint::Stay,
+                (None, Some(cursor)) => Checkpoint::Next(cursor),
+                (None, None) => Checkpoint::Done,
+            };
+            let commit = PageCommit {
+                delivered: &delivered,
+                counts,
+                checkpoint,
+            };
             self.store
-                .commit_page(
-                    feed,
-                    chunk.id,
-                    gap_id,
-                    &delivered,
-                    counts,
-                    next.as_deref(),
-                    now,
-                )
+                .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
                 .await
                 .map_err(|e| e.to_string())?;
             self.count(counts);
+            if let Some(error) = delivery.error {
+                return Err(error);
+            }
             match page.next {
                 Some(n) => at = n,
                 None => return Ok(true),

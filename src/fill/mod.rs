@@ -46,11 +46,14 @@ impl FillError {
     }
 }
 
+/// A feed's config and the notifier that wakes its filler.
+type FillFeed = (Arc<FeedConfig>, Arc<Notify>);
+
 /// Starts fills by hand and wakes fillers. Cheap to clone.
 #[derive(Clone)]
 pub struct FillControl {
     store: Store,
-    feeds: Arc<HashMap<String, (Arc<FeedConfig>, Arc<Notify>)>>,
+    feeds: Arc<HashMap<String, FillFeed>>,
     owner: &'static str,
 }
 

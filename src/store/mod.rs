@@ -135,6 +135,26 @@ pub struct PageCounts {
     pub rejected: i64,
 }
 
+/// Where a chunk's paging goes after a page was delivered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoint<'a> {
+    /// The next page starts at this serialized cursor.
+    Next(&'a str),
+    /// That was the chunk's last page.
+    Done,
+    /// The page could not be finished (the sink failed part-way): what was
+    /// delivered counts and is never sent again, the cursor stays.
+    Stay,
+}
+
+/// One page's outcome, committed with its checkpoint in one transaction.
+#[derive(Clone, Copy, Debug)]
+pub struct PageCommit<'a> {
+    pub delivered: &'a [(String, DateTime<Utc>)],
+    pub counts: PageCounts,
+    pub checkpoint: Checkpoint<'a>,
+}
+
 pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }

@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use super::{
-    from_ms, ms, Chunk, FillState, Gap, GapFilter, GapKind, GapState, PageCounts, Progress,
-    StoreError,
+    from_ms, ms, Checkpoint, Chunk, FillState, Gap, GapFilter, GapKind, GapState, PageCommit,
+    Progress, StoreError,
 };
 use crate::detector::DetectorState;
 
@@ -368,63 +368,43 @@ impl Store {
     }
 
     /// The checkpoint of one delivered page, in one transaction: the ids it
-    /// delivered, its counts, and where the next page starts (`next` None: the
-    /// chunk is done).
+    /// delivered, its counts, and where the chunk goes next.
     pub async fn commit_page(
         &self,
         feed: &str,
         chunk_id: i64,
         gap_id: i64,
-        delivered: &[(String, DateTime<Utc>)],
-        counts: PageCounts,
-        next: Option<&str>,
+        page: PageCommit<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        insert_ids(&mut tx, feed, delivered, "delivered", Some(gap_id)).await?;
-        let state = if next.is_some() { "running" } else { "done" };
-        sqlx::query(
-            "UPDATE chunks SET cursor = ?, state = ?, pages = pages + 1, delivered = delivered + ?, \
-             duplicate = duplicate + ?, rejected = rejected + ?, attempts = 0, last_error = NULL, \
-             updated_ms = ? WHERE id = ?",
-        )
-        .bind(next)
-        .bind(state)
-        .bind(counts.delivered)
-        .bind(counts.duplicate)
-        .bind(counts.rejected)
-        .bind(ms(now))
-        .bind(chunk_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// Records delivered from a page that could not be finished: they count, and
-    /// are never sent again, but the checkpoint stays where it was.
-    pub async fn commit_partial(
-        &self,
-        feed: &str,
-        chunk_id: i64,
-        gap_id: i64,
-        delivered: &[(String, DateTime<Utc>)],
-        counts: PageCounts,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        insert_ids(&mut tx, feed, delivered, "delivered", Some(gap_id)).await?;
-        sqlx::query(
-            "UPDATE chunks SET delivered = delivered + ?, duplicate = duplicate + ?, \
-             rejected = rejected + ?, updated_ms = ? WHERE id = ?",
-        )
-        .bind(counts.delivered)
-        .bind(counts.duplicate)
-        .bind(counts.rejected)
-        .bind(ms(now))
-        .bind(chunk_id)
-        .execute(&mut *tx)
-        .await?;
+        insert_ids(&mut tx, feed, page.delivered, "delivered", Some(gap_id)).await?;
+        let c = page.counts;
+        let advance = match page.checkpoint {
+            Checkpoint::Next(cursor) => Some((Some(cursor), "running")),
+            Checkpoint::Done => Some((None, "done")),
+            Checkpoint::Stay => None,
+        };
+        let q = match advance {
+            Some((cursor, state)) => sqlx::query(
+                "UPDATE chunks SET cursor = ?, state = ?, pages = pages + 1, attempts = 0, \
+                 last_error = NULL, delivered = delivered + ?, duplicate = duplicate + ?, \
+                 rejected = rejected + ?, updated_ms = ? WHERE id = ?",
+            )
+            .bind(cursor)
+            .bind(state),
+            None => sqlx::query(
+                "UPDATE chunks SET delivered = delivered + ?, duplicate = duplicate + ?, \
+                 rejected = rejected + ?, updated_ms = ? WHERE id = ?",
+            ),
+        };
+        q.bind(c.delivered)
+            .bind(c.duplicate)
+            .bind(c.rejected)
+            .bind(ms(now))
+            .bind(chunk_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }

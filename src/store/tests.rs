@@ -53,6 +53,14 @@ async fn gaps_open_close_and_survive_reopening_the_file() {
     assert!(open.is_empty());
 }
 
+fn done() -> PageCommit<'static> {
+    PageCommit {
+        delivered: &[],
+        counts: PageCounts::default(),
+        checkpoint: Checkpoint::Done,
+    }
+}
+
 #[tokio::test]
 async fn page_checkpoints_and_known_ids() {
     let store = Store::memory().await.unwrap();
@@ -72,13 +80,15 @@ async fn page_checkpoints_and_known_ids() {
             "orders",
             chunks[0].id,
             gap,
-            &ids,
-            PageCounts {
-                delivered: 450,
-                duplicate: 2,
-                rejected: 1,
+            PageCommit {
+                delivered: &ids,
+                counts: PageCounts {
+                    delivered: 450,
+                    duplicate: 2,
+                    rejected: 1,
+                },
+                checkpoint: Checkpoint::Next("{\"kind\":\"page\",\"page\":2}"),
             },
-            Some("{\"kind\":\"page\",\"page\":2}"),
             t(201),
         )
         .await
@@ -87,22 +97,41 @@ async fn page_checkpoints_and_known_ids() {
     assert_eq!(c.state, "running");
     assert_eq!(c.cursor.as_deref(), Some("{\"kind\":\"page\",\"page\":2}"));
     store
+        .commit_page("orders", chunks[0].id, gap, done(), t(202))
+        .await
+        .unwrap();
+    // A page the sink could not finish: its deliveries count, the cursor stays.
+    let partial = [("r-partial".to_string(), t(2))];
+    store
         .commit_page(
             "orders",
-            chunks[0].id,
+            chunks[1].id,
             gap,
-            &[],
-            PageCounts::default(),
-            None,
-            t(202),
+            PageCommit {
+                delivered: &partial,
+                counts: PageCounts {
+                    delivered: 1,
+                    ..PageCounts::default()
+                },
+                checkpoint: Checkpoint::Stay,
+            },
+            t(203),
         )
         .await
         .unwrap();
+    let c = &store.chunks(gap).await.unwrap()[1];
+    assert_eq!((c.state.as_str(), c.cursor.as_deref()), ("pending", None));
     let g = store.gap(gap).await.unwrap().unwrap();
-    assert_eq!(g.progress.chunks_done, 1);
-    assert_eq!(g.progress.records_delivered, 450);
+    assert_eq!(g.progress.records_delivered, 451);
+    store
+        .commit_page("orders", chunks[1].id, gap, done(), t(204))
+        .await
+        .unwrap();
+    let g = store.gap(gap).await.unwrap().unwrap();
+    assert_eq!(g.progress.chunks_done, 2);
+    assert_eq!(g.progress.records_delivered, 451);
     assert_eq!(g.progress.records_duplicate, 2);
-    assert_eq!(g.progress.pages, 2);
+    assert_eq!(g.progress.pages, 3);
 
     let asked: Vec<&str> = vec!["r0", "r449", "r450", "zzz"];
     let known = store.known_ids("orders", &asked).await.unwrap();
@@ -116,7 +145,7 @@ async fn page_checkpoints_and_known_ids() {
         .await
         .unwrap();
     assert_eq!(store.count_ids("orders", "live").await.unwrap(), 1);
-    assert_eq!(store.count_ids("orders", "delivered").await.unwrap(), 450);
+    assert_eq!(store.count_ids("orders", "delivered").await.unwrap(), 451);
 }
 
 #[tokio::test]
@@ -137,15 +166,7 @@ async fn unfilled_seconds_subtract_done_chunks() {
         .unwrap();
     let first = store.chunks(gap).await.unwrap()[0].id;
     store
-        .commit_page(
-            "orders",
-            first,
-            gap,
-            &[],
-            PageCounts::default(),
-            None,
-            t(100),
-        )
+        .commit_page("orders", first, gap, done(), t(100))
         .await
         .unwrap();
     assert_eq!(

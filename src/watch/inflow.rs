@@ -119,7 +119,7 @@ impl InflowTracker {
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .map(|(t, _)| floor_minute(*t))
             .filter(|m| minute_end(*m) <= settled_before)
-            .filter(|m| self.newest_sent.map_or(true, |n| *m > n))
+            .filter(|m| self.newest_sent.is_none_or(|n| *m > n))
             .collect();
         minutes.sort_unstable();
         minutes.dedup();

@@ -76,10 +76,15 @@ impl Moto {
     }
 
     pub async fn create_queue(&self, name: &str) -> String {
-        self.sqs()
-            .create_queue()
-            .queue_name(name)
-            .send()
+        self.create_queue_with(name, &[]).await
+    }
+
+    pub async fn create_queue_with(&self, name: &str, attributes: &[(&str, &str)]) -> String {
+        let mut req = self.sqs().create_queue().queue_name(name);
+        for (k, v) in attributes {
+            req = req.attributes(aws_sdk_sqs::types::QueueAttributeName::from(*k), *v);
+        }
+        req.send()
             .await
             .expect("create queue")
             .queue_url
