@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Offline checks of the operations kit (deploy/, dashboards/, tests/ops/): everything
 # that needs no running gapwatch. Installs what it needs when missing. CI runs it.
+# The checks against a live gapwatch (families at /metrics, promtool check metrics,
+# a real Prometheus firing the alerts and answering the dashboard) are part of
+# `cargo test`: tests/prometheus_e2e.rs.
 #
 #   scripts/check-ops.sh                   # all offline checks
 #   scripts/check-ops.sh --release-build   # + the Dockerfile's cargo build, on a clean export of HEAD
@@ -18,7 +21,7 @@ RELEASE_BUILD=0
 for arg in "$@"; do
   case "$arg" in
     --release-build) RELEASE_BUILD=1 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done

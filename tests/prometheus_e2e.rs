@@ -1,0 +1,761 @@
+//! The operations kit against a live gapwatch (issue 6): the metric families the
+//! alert rules and the dashboard use are exported by the running daemon, and a
+//! real Prometheus server scraping it fires the gap alert and answers every
+//! dashboard query with data.
+//!
+//! Both tests run one scenario: gapwatch relays a moto queue that the vendor
+//! simulator publishes to, with the simulator's REST API as backfill source and
+//! CloudWatch seeded (moto publishes no SQS metrics) so queue age is known; then
+//! the vendor goes silent, a gap opens and is filled while it is still open.
+//!
+//! Peers: moto's server, `python3` (tests/ops/check_queries.py), and Debian's
+//! `prometheus` package (`promtool`, `prometheus`; scripts/test.sh installs it).
+//! Without that package these tests skip with a message, except under `CI`,
+//! where they fail.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_cloudwatch::primitives::DateTime as AwsTime;
+use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use chrono::{DurationRound, TimeDelta, Utc};
+use common::*;
+
+const TOKEN: &str = "vendor-t0ken";
+const FEED: &str = "orders";
+const VENDOR_QUEUE: &str = "vendor-orders";
+const APP_QUEUE: &str = "app-orders";
+/// What CloudWatch says the oldest message of each queue waited, in seconds.
+const AGE: [(&str, f64); 2] = [(VENDOR_QUEUE, 7.0), (APP_QUEUE, 42.0)];
+/// Every `for:` of the alert rules becomes this (see [`shortened_rules`]).
+const SHORT_FOR: &str = "2s";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `Some(path)` of a Prometheus tool, or `None` after saying that `what` is
+/// skipped. Under `CI` a missing tool fails instead: CI installs the package.
+fn prometheus_tool(name: &str, what: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let why = format!(
+            "`{name}` is not on PATH (Debian package prometheus: apt-get install prometheus; scripts/test.sh installs it)"
+        );
+        if std::env::var_os("CI").is_some() {
+            panic!("{what}: {why}");
+        }
+        // Straight to stderr: the test harness captures eprintln! of passing tests.
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {why}");
+    }
+    found
+}
+
+// === the scenario ===
+
+struct Scenario {
+    gw: Gapwatch,
+    sim: VendorSim,
+    _moto: Moto,
+    _dir: tempfile::TempDir,
+}
+
+fn config(moto: &Moto, vendor_url: &str, vendor_q: &str, app_q: &str, dir: &Path) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+
+[state]
+url = "sqlite://{state}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+# CloudWatch on (the default), read every second and trusted at once, so queue
+# age is exported as soon as the seeded datapoints are read.
+[monitor]
+cloudwatch = true
+poll_interval = "1s"
+cloudwatch_interval = "1s"
+cloudwatch_delay = "0s"
+cloudwatch_lookback = "10m"
+
+[[feeds]]
+name = "{FEED}"
+queue_url = "{vendor_q}"
+  [feeds.watch]
+  mode = "relay"
+  forward_to = "{app_q}"
+  event_time = "/created_at"
+  record_id = "/id"
+  [feeds.freshness]
+  max_silence = "3s"
+  [feeds.backfill]
+  auto = true
+  chunk = "20s"
+  follow_step = "2s"
+  overlap = "2s"
+  settle = "1s"
+  concurrency = 2
+    [feeds.backfill.source]
+    url = "{vendor_url}/v1/events"
+    query = {{ since = "{{start}}", until = "{{end}}", limit = "50" }}
+    headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
+    records = "/data"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "50/s"
+    timeout = "10s"
+    max_retries = 4
+    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
+"#,
+        state = dir.join("state.db").display(),
+        endpoint = moto.endpoint,
+    )
+}
+
+fn cloudwatch(moto: &Moto) -> aws_sdk_cloudwatch::Client {
+    let conf = aws_sdk_cloudwatch::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+        .endpoint_url(&moto.endpoint)
+        .build();
+    aws_sdk_cloudwatch::Client::from_conf(conf)
+}
+
+/// `ApproximateAgeOfOldestMessage` of each queue for the last three whole
+/// minutes, as SQS would publish it.
+async fn seed_queue_age(moto: &Moto) {
+    let now = Utc::now().duration_trunc(TimeDelta::minutes(1)).unwrap();
+    let cw = cloudwatch(moto);
+    for (queue, age) in AGE {
+        let data = (1..=3)
+            .map(|m| {
+                MetricDatum::builder()
+                    .metric_name("ApproximateAgeOfOldestMessage")
+                    .dimensions(Dimension::builder().name("QueueName").value(queue).build())
+                    .timestamp(AwsTime::from_secs(
+                        (now - TimeDelta::minutes(m)).timestamp(),
+                    ))
+                    .value(age)
+                    .unit(StandardUnit::Seconds)
+                    .build()
+            })
+            .collect();
+        cw.put_metric_data()
+            .namespace("AWS/SQS")
+            .set_metric_data(Some(data))
+            .send()
+            .await
+            .expect("put metric data");
+    }
+}
+
+impl Scenario {
+    /// moto with both queues and their CloudWatch age, the vendor publishing 10
+    /// records/s, and gapwatch relaying them.
+    async fn start() -> Scenario {
+        let moto = Moto::start();
+        let vendor_q = moto.create_queue(VENDOR_QUEUE).await;
+        let app_q = moto.create_queue(APP_QUEUE).await;
+        seed_queue_age(&moto).await;
+        let sim = VendorSim::start(&[
+            "--rate",
+            "10",
+            "--queue-url",
+            &vendor_q,
+            "--endpoint-url",
+            &moto.endpoint,
+            "--token",
+            TOKEN,
+            "--pagination",
+            "cursor",
+        ]);
+        let dir = tempfile::tempdir().unwrap();
+        let gw = Gapwatch::start(
+            dir.path(),
+            &config(&moto, &sim.base, &vendor_q, &app_q, dir.path()),
+            &[("VENDOR_TOKEN", TOKEN)],
+        );
+        Scenario {
+            gw,
+            sim,
+            _moto: moto,
+            _dir: dir,
+        }
+    }
+
+    async fn wait_for(&self, what: &str, timeout: Duration, series: &str, ok: fn(f64) -> bool) {
+        let found = eventually_or(timeout, || async {
+            sample(&self.gw.metrics().await, series).filter(|v| ok(*v))
+        })
+        .await;
+        if found.is_none() {
+            panic!(
+                "timed out after {timeout:?} waiting for {what} ({series}); metrics:\n{}\nlog:\n{}",
+                self.gw.metrics().await,
+                self.gw.logs()
+            );
+        }
+    }
+
+    /// Waits until records are relayed.
+    async fn relaying(&self) {
+        let observed = format!(r#"gapwatch_feed_records_observed_total{{feed="{FEED}"}}"#);
+        self.wait_for("records relayed", Duration::from_secs(20), &observed, |v| {
+            v >= 10.0
+        })
+        .await;
+    }
+
+    /// The vendor stops publishing (its API keeps the records): a gap opens and
+    /// is filled while still open. Waits until every family has its samples.
+    async fn go_silent(&self) {
+        self.sim
+            .control("/control/silence", serde_json::json!({}))
+            .await;
+        let t = Duration::from_secs(30);
+        let open = format!(r#"gapwatch_gap_open{{feed="{FEED}"}}"#);
+        self.wait_for("an open gap", t, &open, |v| v == 1.0).await;
+        let delivered =
+            format!(r#"gapwatch_backfill_records_total{{feed="{FEED}",outcome="delivered"}}"#);
+        self.wait_for("records recovered", t, &delivered, |v| v > 0.0)
+            .await;
+        let success =
+            format!(r#"gapwatch_backfill_last_success_timestamp_seconds{{feed="{FEED}"}}"#);
+        self.wait_for("a finished chunk", t, &success, |v| v > 0.0)
+            .await;
+        for (queue, age) in AGE {
+            let series = format!(r#"gapwatch_queue_oldest_message_age_seconds{{queue="{queue}"}}"#);
+            let found =
+                eventually_or(t, || async { sample(&self.gw.metrics().await, &series) }).await;
+            assert_eq!(found, Some(age), "{series}; log:\n{}", self.gw.logs());
+        }
+        // Still open: the vendor is silent until resumed.
+        assert_eq!(sample(&self.gw.metrics().await, &open), Some(1.0));
+    }
+}
+
+/// Like [`eventually`], but `None` on timeout so the caller can say more.
+async fn eventually_or<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+// === 1. every referenced family is exported by the live daemon ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_gapwatch_exports_every_family_the_rules_and_dashboard_use() {
+    let s = Scenario::start().await;
+    s.relaying().await;
+    s.go_silent().await;
+
+    let url = format!("{}/metrics", s.gw.base);
+    let out = Command::new("python3")
+        .arg(repo().join("tests/ops/check_queries.py"))
+        .args(["--quiet", "--metrics-url", &url])
+        .output()
+        .expect("python3 tests/ops/check_queries.py");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{text}");
+    assert!(
+        out.status.success(),
+        "check_queries.py --metrics-url failed ({}):\n{text}\nmetrics:\n{}",
+        out.status,
+        s.gw.metrics().await
+    );
+    // "ok   18/18 referenced families exported by …": all of them, and not none.
+    let line = text
+        .lines()
+        .find(|l| l.contains("referenced families exported by"))
+        .unwrap_or_else(|| panic!("no family count in:\n{text}"));
+    let count = line.split_whitespace().nth(1).unwrap_or_default();
+    let (found, total) = count.split_once('/').expect("N/M families");
+    assert_eq!(found, total, "{line}");
+    assert!(total.parse::<u32>().unwrap_or(0) >= 10, "{line}");
+
+    // The exposition itself passes Prometheus' linter.
+    let metrics = s.gw.metrics().await;
+    assert!(!metrics.contains("NaN"), "{metrics}");
+    let what = "promtool check metrics (the family check above ran)";
+    let Some(promtool) = prometheus_tool("promtool", what) else {
+        return;
+    };
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let lint = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && lint.trim().is_empty(),
+        "promtool check metrics ({}):\n{lint}\nmetrics:\n{metrics}",
+        out.status
+    );
+    let families = metrics.lines().filter(|l| l.starts_with("# TYPE ")).count();
+    eprintln!("promtool check metrics: clean ({families} families)");
+}
+
+// === 2. a real Prometheus: the gap alert fires, the dashboard has data ===
+
+/// Prometheus 2.x on a free loopback port, scraping gapwatch every second;
+/// killed on drop.
+struct Prometheus {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Prometheus {
+    fn start(bin: &Path, dir: &Path, target: &str, rules: &Path) -> Prometheus {
+        let port = free_port();
+        let config = dir.join("prometheus.yml");
+        // scrape_timeout must not exceed the interval (its default is 10s).
+        std::fs::write(
+            &config,
+            format!(
+                r#"global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+  evaluation_interval: 1s
+rule_files:
+  - {rules}
+scrape_configs:
+  - job_name: gapwatch
+    static_configs:
+      - targets: ["{target}"]
+"#,
+                rules = rules.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("prometheus.log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start prometheus");
+        let mut p = Prometheus {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if reqwest::blocking_get(&format!("{}/-/ready", p.base)).ok() == Some(200) {
+                return p;
+            }
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("prometheus exited with {status}; log:\n{}", p.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prometheus did not become ready; log:\n{}", p.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn api(&self, path: &str, params: &[(&str, &str)]) -> serde_json::Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .query(params)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        let status = r.status();
+        let text = r.text().await.unwrap_or_default();
+        serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("GET {path} {params:?}: {status}: {text}"))
+    }
+
+    async fn query(&self, promql: &str) -> serde_json::Value {
+        self.api("/api/v1/query", &[("query", promql)]).await
+    }
+
+    async fn alerts(&self) -> Vec<serde_json::Value> {
+        let v = self.api("/api/v1/alerts", &[]).await;
+        v["data"]["alerts"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// deploy/prometheus/gapwatch-rules.yml with only its `for:` durations
+/// shortened to [`SHORT_FOR`], so alerts fire within seconds; every
+/// expression, label and annotation stays as shipped. Returns the copy and
+/// the number of alert rules.
+fn shortened_rules(dir: &Path) -> (PathBuf, usize) {
+    let shipped =
+        std::fs::read_to_string(repo().join("deploy/prometheus/gapwatch-rules.yml")).unwrap();
+    let mut shortened = 0;
+    let text: Vec<String> = shipped
+        .lines()
+        .map(|line| {
+            let body = line.trim_start();
+            match body.strip_prefix("for:") {
+                Some(was) => {
+                    shortened += 1;
+                    let indent = &line[..line.len() - body.len()];
+                    format!("{indent}for: {SHORT_FOR} # test copy: was{was}")
+                }
+                None => line.to_string(),
+            }
+        })
+        .collect();
+    let alerts = shipped
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert:"))
+        .count();
+    assert!(alerts > 0, "no alert rules in the rules file");
+    assert_eq!(shortened, alerts, "every alert rule has one `for:`");
+    let path = dir.join("gapwatch-rules.yml");
+    std::fs::write(&path, text.join("\n") + "\n").unwrap();
+    (path, alerts)
+}
+
+/// One PromQL query of the dashboard, with Grafana's variables replaced.
+#[derive(Debug)]
+struct DashboardQuery {
+    /// Panel or annotation title, and refId.
+    source: String,
+    promql: String,
+}
+
+/// Values for the dashboard's variables: the feed under test, every queue,
+/// and windows that fit a test of about a minute.
+const VARIABLES: [(&str, &str); 11] = [
+    ("${feed}", FEED),
+    ("${feed:regex}", FEED),
+    ("$feed", FEED),
+    ("${queue}", ".*"),
+    ("${queue:regex}", ".*"),
+    ("$queue", ".*"),
+    ("${__rate_interval}", "1m"),
+    ("$__rate_interval", "1m"),
+    ("${__interval}", "1m"),
+    ("$__interval", "1m"),
+    ("$__range", "15m"),
+];
+
+/// Every `expr` of dashboards/gapwatch.json (panels, rows, annotations), and the
+/// `label_values(metric, label)` variable queries as (metric, label).
+fn dashboard() -> (Vec<DashboardQuery>, Vec<(String, String)>) {
+    let text = std::fs::read_to_string(repo().join("dashboards/gapwatch.json")).unwrap();
+    let dash: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+
+    fn walk(node: &serde_json::Value, title: &str, out: &mut Vec<DashboardQuery>) {
+        match node {
+            serde_json::Value::Object(o) => {
+                let title = o
+                    .get("title")
+                    .or_else(|| o.get("name"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or(title);
+                if let Some(expr) = o.get("expr").and_then(|e| e.as_str()) {
+                    let mut promql = expr.to_string();
+                    for (var, value) in VARIABLES {
+                        promql = promql.replace(var, value);
+                    }
+                    let reference = o.get("refId").and_then(|r| r.as_str()).unwrap_or("");
+                    let source = format!("{title} {reference}").trim().to_string();
+                    assert!(
+                        !promql.contains('$'),
+                        "{source}: a Grafana variable this test does not know: {expr}"
+                    );
+                    out.push(DashboardQuery { source, promql });
+                }
+                for (k, v) in o {
+                    if k != "templating" {
+                        walk(v, title, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, title, out)),
+            _ => {}
+        }
+    }
+    let mut queries = Vec::new();
+    walk(&dash, "dashboard", &mut queries);
+
+    let mut variables = Vec::new();
+    for var in dash["templating"]["list"].as_array().into_iter().flatten() {
+        if var["type"] != "query" {
+            continue;
+        }
+        let q = var["query"]["query"]
+            .as_str()
+            .or_else(|| var["query"].as_str())
+            .unwrap_or_default();
+        let args = q
+            .trim()
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("variable {}: unsupported query {q:?}", var["name"]));
+        let (metric, label) = args.rsplit_once(',').expect("label_values(metric, label)");
+        variables.push((metric.trim().to_string(), label.trim().to_string()));
+    }
+    (queries, variables)
+}
+
+/// Dashboard queries that have no data in this scenario, and why. Keep it short.
+const NO_DATA_HERE: [(&str, &str); 1] = [(
+    "Gap closed",
+    "the gap stays open, and a closing shows only 2m later (offset 2m)",
+)];
+
+/// Samples of a query result (a vector, or a scalar as one sample), as values.
+fn values(result: &serde_json::Value) -> Vec<(String, f64)> {
+    let value = |v: &serde_json::Value| {
+        v[1].as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
+    match result["data"]["resultType"].as_str() {
+        Some("scalar") => vec![(String::new(), value(&result["data"]["result"]))],
+        _ => result["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (s["metric"].to_string(), value(&s["value"])))
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_fires_the_gap_alert_and_answers_every_dashboard_query() {
+    let test = "prometheus_fires_the_gap_alert_and_answers_every_dashboard_query";
+    let Some(bin) = prometheus_tool("prometheus", test) else {
+        return;
+    };
+    let started = Instant::now();
+    let s = Scenario::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (rules, alert_rules) = shortened_rules(dir.path());
+    let prom = Prometheus::start(
+        &bin,
+        dir.path(),
+        &format!("127.0.0.1:{}", s.gw.port),
+        &rules,
+    );
+
+    // Every shipped rule loaded; gapwatch scraped as job "gapwatch".
+    let loaded = prom.api("/api/v1/rules", &[]).await;
+    let n: usize = loaded["data"]["groups"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(n, alert_rules, "rules loaded: {loaded}");
+    let up = r#"up{job="gapwatch"} == 1"#;
+    if eventually_or(Duration::from_secs(15), || async {
+        (!values(&prom.query(up).await).is_empty()).then_some(())
+    })
+    .await
+    .is_none()
+    {
+        panic!(
+            "prometheus does not scrape gapwatch: {}\nlog:\n{}",
+            prom.api("/api/v1/targets", &[]).await,
+            prom.logs()
+        );
+    }
+    s.relaying().await;
+    // A few scrapes of the feed while healthy, so counters have a before.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    s.go_silent().await;
+
+    // The gap alert reaches `firing` for the feed, its annotations rendered
+    // with the templated queries answered.
+    let firing = eventually_or(Duration::from_secs(30), || async {
+        prom.alerts().await.into_iter().find(|a| {
+            a["labels"]["alertname"] == "GapwatchGapOpen"
+                && a["labels"]["feed"] == FEED
+                && a["state"] == "firing"
+        })
+    })
+    .await;
+    let Some(firing) = firing else {
+        panic!(
+            "GapwatchGapOpen not firing for feed {FEED}; alerts: {:?}\ngapwatch metrics:\n{}\nprometheus log:\n{}",
+            prom.alerts().await,
+            s.gw.metrics().await,
+            prom.logs()
+        );
+    };
+    eprintln!("firing: {firing}");
+    assert_eq!(firing["labels"]["job"], "gapwatch", "{firing}");
+    assert_eq!(firing["labels"]["severity"], "warning", "{firing}");
+    assert_eq!(
+        firing["annotations"]["summary"],
+        format!("Gap open on feed {FEED}"),
+        "{firing}"
+    );
+    let description = firing["annotations"]["description"].as_str().unwrap_or("");
+    assert!(
+        description.contains(&format!("--feed {FEED} --state open"))
+            && !description.contains("unknown"),
+        "the description's queries found nothing: {description}"
+    );
+    // Nothing else fires in this scenario: only the gap is wrong.
+    let others: Vec<_> = prom
+        .alerts()
+        .await
+        .into_iter()
+        .filter(|a| a["labels"]["alertname"] != "GapwatchGapOpen" && a["state"] == "firing")
+        .collect();
+    assert!(others.is_empty(), "unexpected alerts firing: {others:?}");
+
+    // The dashboard's variables list the feed and the queues.
+    let (queries, variables) = dashboard();
+    for (metric, label) in &variables {
+        let v = prom
+            .api(
+                &format!("/api/v1/label/{label}/values"),
+                &[("match[]", metric)],
+            )
+            .await;
+        let got: Vec<&str> = v["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str())
+            .collect();
+        let want = if label == "feed" { FEED } else { VENDOR_QUEUE };
+        assert!(
+            got.contains(&want),
+            "label_values({metric}, {label}) = {got:?}"
+        );
+    }
+
+    // Every dashboard query is valid, and has data unless listed above.
+    assert!(queries.len() >= 10, "{queries:?}");
+    for (source, _) in NO_DATA_HERE {
+        assert!(
+            queries.iter().any(|q| q.source == source),
+            "NO_DATA_HERE names {source:?}, which is not a dashboard query"
+        );
+    }
+    let mut missing: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        missing.clear();
+        for q in &queries {
+            let r = prom.query(&q.promql).await;
+            assert_eq!(
+                r["status"], "success",
+                "{}: {} answered {r}",
+                q.source, q.promql
+            );
+            if NO_DATA_HERE.iter().any(|(s, _)| *s == q.source) {
+                continue;
+            }
+            let v = values(&r);
+            if v.is_empty() || v.iter().any(|(_, x)| x.is_nan()) {
+                missing.push(format!("{}: {} -> {v:?}", q.source, q.promql));
+            }
+        }
+        if missing.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "dashboard queries without data:\n{}\ngapwatch metrics:\n{}",
+        missing.join("\n"),
+        s.gw.metrics().await
+    );
+
+    // A few panels say what the scenario is.
+    let one = |title: &str| {
+        let q = queries.iter().find(|q| q.source == title);
+        q.unwrap_or_else(|| panic!("no dashboard query {title:?}"))
+            .promql
+            .clone()
+    };
+    let state = values(&prom.query(&one("Gaps (open → filling → filled) A")).await);
+    assert_eq!(state.len(), 1, "{state:?}");
+    assert_eq!(state[0].1, 2.0, "the gap shows as open: {state:?}");
+    let recovered = values(&prom.query(&one("Recovered records in range A")).await);
+    assert!(
+        recovered
+            .iter()
+            .any(|(m, v)| m.contains("\"delivered\"") && *v > 0.0),
+        "records recovered while the gap is open: {recovered:?}"
+    );
+    let age = values(&prom.query(&one("Oldest message age A")).await);
+    assert!(
+        age.iter()
+            .any(|(m, v)| m.contains(VENDOR_QUEUE) && *v == AGE[0].1),
+        "queue age from CloudWatch: {age:?}"
+    );
+    eprintln!(
+        "{} dashboard queries answered ({} without data by design), {} variables, {} alert rules loaded, in {:?}",
+        queries.len(),
+        NO_DATA_HERE.len(),
+        variables.len(),
+        alert_rules,
+        started.elapsed()
+    );
+}
