@@ -280,7 +280,7 @@ async fn backfill(
         None
     };
     let source = crate::fill::source::Source::new(feed, &b.source, metrics.clone())?;
-    let sink = crate::fill::sink::Sink::new(&b.sink, feed, sqs, metrics.clone())
+    let sink = crate::fill::sink::Sink::new(&b.sink, feed, sqs, metrics.clone(), &store)
         .await
         .map_err(|e| anyhow::anyhow!("backfill sink: {e}"))?;
     let control = FillControl::new(

@@ -88,7 +88,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             metrics.init_backfill(&feed.name);
             let source = Source::new(&feed.name, &b.source, metrics.clone())
                 .with_context(|| format!("feeds {}: backfill source", feed.name))?;
-            let sink = Sink::new(&b.sink, &feed.name, sqs.clone(), metrics.clone())
+            let sink = Sink::new(&b.sink, &feed.name, sqs.clone(), metrics.clone(), &store)
                 .await
                 .map_err(|e| anyhow::anyhow!("feed {}: backfill sink: {e}", feed.name))?;
             let filler = Filler::new(

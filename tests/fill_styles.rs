@@ -145,7 +145,7 @@ async fn every_pagination_style_recovers_each_record_once() {
         TOKEN,
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gapwatch::start(
+    let mut gw = Gapwatch::start(
         dir.path(),
         &config(&sim.base, dir.path(), ""),
         &[("VENDOR_TOKEN", TOKEN)],
@@ -206,35 +206,16 @@ async fn every_pagination_style_recovers_each_record_once() {
         want.len()
     );
 
-    // The same from the command line.
-    let out = gw.cli(&[
-        "backfill",
-        "--feed",
-        "page",
-        "--from",
-        &from.to_rfc3339(),
-        "--to",
-        &to.to_rfc3339(),
-        "--json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["progress"]["records_delivered"], 0);
-    assert_eq!(v["progress"]["records_duplicate"], want.len() as i64);
-
     // A dry run plans and sends nothing.
+    let (from_s, to_s) = (from.to_rfc3339(), to.to_rfc3339());
     let out = gw.cli(&[
         "backfill",
         "--feed",
         "offset",
         "--from",
-        &from.to_rfc3339(),
+        &from_s,
         "--to",
-        &to.to_rfc3339(),
+        &to_s,
         "--dry-run",
     ]);
     assert!(out.status.success());
@@ -262,6 +243,33 @@ async fn every_pagination_style_recovers_each_record_once() {
         pages >= (want.len() / 40) as f64 + 1.0,
         "{pages} page requests"
     );
+
+    // The same re-run from the command line. The daemon holds the feed's file
+    // sink, so the command refuses to write it while the daemon runs …
+    let args = [
+        "backfill", "--feed", "page", "--from", &from_s, "--to", &to_s, "--json",
+    ];
+    let out = gw.cli(&args);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("in use by another gapwatch process"),
+        "{stderr}"
+    );
+    // … and fills by itself once the daemon is gone: nothing new.
+    assert!(gw
+        .terminate(Duration::from_secs(30))
+        .is_some_and(|s| s.success()));
+    let out = gw.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["progress"]["records_delivered"], 0);
+    assert_eq!(v["progress"]["records_duplicate"], want.len() as i64);
+    assert_eq!(file_ids(&dir.path().join("page.ndjson")).len(), want.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

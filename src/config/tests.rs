@@ -184,3 +184,57 @@ mode = "report"
     assert!(c.feeds[0].freshness.window.is_always());
     assert!(c.server.admin_token.is_none());
 }
+
+#[test]
+fn passive_mode_needs_cloudwatch_and_minute_silences() {
+    let text = r#"
+[state]
+url = "sqlite://x.db"
+[monitor]
+cloudwatch = false
+[[feeds]]
+name = "clicks"
+queue_url = "https://sqs.us-east-1.amazonaws.com/1/clicks"
+[feeds.watch]
+mode = "passive"
+[feeds.freshness]
+max_silence = "30s"
+"#;
+    let err = load(text).unwrap_err();
+    assert!(
+        err.contains("feeds[0].watch.mode: passive mode reads CloudWatch"),
+        "{err}"
+    );
+    assert!(
+        err.contains("feeds[0].freshness.max_silence: must be at least 2m"),
+        "{err}"
+    );
+}
+
+#[test]
+fn two_feeds_cannot_share_a_file_sink() {
+    let feed = |name: &str| {
+        format!(
+            r#"
+[[feeds]]
+name = "{name}"
+[feeds.watch]
+mode = "report"
+[feeds.backfill.source]
+url = "http://127.0.0.1:1/v1"
+query = {{ since = "{{start}}" }}
+record_time = "/t"
+[feeds.backfill.sink]
+type = "file"
+path = "/tmp/same.ndjson"
+"#
+        )
+    };
+    let text = format!(
+        "[state]\nurl = \"sqlite://x.db\"\n{}{}",
+        feed("a"),
+        feed("b")
+    );
+    let err = load(&text).unwrap_err();
+    assert!(err.contains("feeds[1].backfill.sink.path: /tmp/same.ndjson is already the file sink of another feed"), "{err}");
+}

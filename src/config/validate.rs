@@ -156,6 +156,38 @@ impl Checker<'_> {
                 feeds.push(feed);
             }
         }
+        let mut paths = HashSet::new();
+        for (i, f) in feeds.iter().enumerate() {
+            if let Some(SinkConfig::File { path }) = f.backfill.as_ref().map(|b| &b.sink) {
+                if !paths.insert(path.clone()) {
+                    self.fail(
+                        &format!("feeds[{i}].backfill.sink.path"),
+                        format!(
+                            "{} is already the file sink of another feed",
+                            path.display()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(m) = &monitor {
+            for (i, f) in feeds.iter().enumerate() {
+                if f.watch.mode == WatchMode::Passive && !m.cloudwatch {
+                    self.fail(
+                        &format!("feeds[{i}].watch.mode"),
+                        "passive mode reads CloudWatch, but monitor.cloudwatch is false",
+                    );
+                }
+                if f.watch.mode == WatchMode::Passive
+                    && f.freshness.max_silence < Duration::from_secs(120)
+                {
+                    self.fail(
+                        &format!("feeds[{i}].freshness.max_silence"),
+                        "must be at least 2m in passive mode (CloudWatch has minute resolution)",
+                    );
+                }
+            }
+        }
         Some(Config {
             server: server?,
             state: state?,

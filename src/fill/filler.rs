@@ -408,15 +408,19 @@ impl Filler {
                 (None, Some(cursor)) => Checkpoint::Next(cursor),
                 (None, None) => Checkpoint::Done,
             };
+            let sink_path = self.sink.file_path();
             let commit = PageCommit {
                 delivered: &delivered,
                 counts,
                 checkpoint,
+                sink_offset: sink_path.as_deref().zip(delivery.sink_offset),
             };
             self.store
                 .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
                 .await
                 .map_err(|e| e.to_string())?;
+            // Only now may another page go into the file.
+            drop(delivery.hold);
             self.count(counts);
             if let Some(error) = delivery.error {
                 return Err(error);

@@ -14,6 +14,7 @@ use crate::aws::classify;
 use crate::config::SinkConfig;
 use crate::metrics::{AwsOutcome, Metrics};
 use crate::retry::RetryPolicy;
+use crate::store::Store;
 
 /// What happened to a page handed to a sink.
 #[derive(Debug, Default)]
@@ -25,6 +26,11 @@ pub struct Delivery {
     /// Set when some records could not be delivered now (the page is retried;
     /// what was delivered is recorded so it is not sent again).
     pub error: Option<String>,
+    /// File sink: the output's length with this page in it, to be committed
+    /// with the page's checkpoint …
+    pub sink_offset: Option<u64>,
+    /// … while this guard keeps other pages out of the file until then.
+    pub hold: Option<tokio::sync::OwnedMutexGuard<FileState>>,
 }
 
 /// SQS refuses messages (and batches) above 256 KiB.
@@ -43,6 +49,7 @@ impl Sink {
         feed: &str,
         sqs: Option<aws_sdk_sqs::Client>,
         metrics: Arc<Metrics>,
+        store: &Store,
     ) -> Result<Sink, String> {
         Ok(match config {
             SinkConfig::Sqs {
@@ -84,8 +91,22 @@ impl Sink {
                     },
                 })
             }
-            SinkConfig::File { path } => Sink::File(FileSink::open(path.clone()).await?),
+            SinkConfig::File { path } => {
+                let committed = store
+                    .sink_offset(feed, &path.to_string_lossy())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Sink::File(FileSink::open(path.clone(), committed).await?)
+            }
         })
+    }
+
+    /// The output file of a file sink (its committed length is checkpointed).
+    pub fn file_path(&self) -> Option<String> {
+        match self {
+            Sink::File(f) => Some(f.path.to_string_lossy().into_owned()),
+            _ => None,
+        }
     }
 
     /// Delivers one page of records (already deduplicated) for gap `gap_id`.
@@ -342,29 +363,62 @@ impl HttpSink {
 
 // === impl FileSink ===
 
-/// Appends one JSON record per line; every page is fsynced before its
-/// checkpoint is committed.
+/// Appends one JSON record per line. Every page is fsynced, and the file's new
+/// length is committed with the page's checkpoint while other pages wait; on
+/// start, bytes past the committed length (a page written just before a crash,
+/// whose checkpoint never committed) are cut, so a resumed fill writes them once.
+/// The file is locked: one gapwatch process writes it at a time.
 pub struct FileSink {
     path: PathBuf,
-    file: Mutex<tokio::fs::File>,
+    state: Arc<Mutex<FileState>>,
+}
+
+#[derive(Debug)]
+pub struct FileState {
+    file: tokio::fs::File,
+    len: u64,
 }
 
 impl FileSink {
-    pub async fn open(path: PathBuf) -> Result<Self, String> {
+    /// `committed`: the length checkpointed by the last committed page, if any.
+    pub async fn open(path: PathBuf, committed: Option<u64>) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .await
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        file.try_lock().map_err(|_| {
+            format!(
+                "{} is in use by another gapwatch process (use the daemon's POST /api/v1/backfills)",
+                path.display()
+            )
+        })?;
+        let mut len = file
+            .metadata()
+            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+            .len();
+        if let Some(committed) = committed.filter(|c| *c < len) {
+            file.set_len(committed)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = len - committed,
+                "cut output of a page whose checkpoint never committed; it will be written again"
+            );
+            len = committed;
+        }
         Ok(Self {
             path,
-            file: Mutex::new(file),
+            state: Arc::new(Mutex::new(FileState {
+                file: tokio::fs::File::from_std(file),
+                len,
+            })),
         })
     }
 
@@ -375,18 +429,23 @@ impl FileSink {
             let _ = serde_json::to_writer(&mut buf, &r.raw);
             buf.push(b'\n');
         }
-        let mut f = self.file.lock().await;
+        let mut state = self.state.clone().lock_owned().await;
         let result = async {
-            f.write_all(&buf).await?;
-            f.flush().await?;
-            f.sync_data().await
+            state.file.write_all(&buf).await?;
+            state.file.flush().await?;
+            state.file.sync_data().await
         }
         .await;
         match result {
-            Ok(()) => Delivery {
-                delivered: (0..records.len()).collect(),
-                ..Delivery::default()
-            },
+            Ok(()) => {
+                state.len += buf.len() as u64;
+                Delivery {
+                    delivered: (0..records.len()).collect(),
+                    sink_offset: Some(state.len),
+                    hold: Some(state),
+                    ..Delivery::default()
+                }
+            }
             Err(e) => Delivery {
                 error: Some(format!("file sink {}: {e}", self.path.display())),
                 ..Delivery::default()
@@ -414,7 +473,7 @@ mod tests {
     async fn file_sink_appends_one_line_per_record() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out/recovered.ndjson");
-        let sink = FileSink::open(path.clone()).await.unwrap();
+        let sink = FileSink::open(path.clone(), None).await.unwrap();
         let rec = |i: i32| Record {
             id: i.to_string(),
             time: chrono::Utc::now(),
@@ -424,7 +483,22 @@ mod tests {
         assert_eq!(d.delivered, vec![0, 1]);
         let d = sink.deliver(&[rec(3)]).await;
         assert_eq!(d.delivered, vec![0]);
+        let committed = d.sink_offset.unwrap();
+        drop(d);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"id\":1}\n{\"id\":2}\n{\"id\":3}\n");
+        assert_eq!(committed, text.len() as u64);
+
+        // A second process cannot write the same file.
+        assert!(FileSink::open(path.clone(), None).await.is_err());
+        drop(sink);
+
+        // A page written but never committed is cut on the next start.
+        let sink = FileSink::open(path.clone(), Some(committed)).await.unwrap();
+        drop(sink.deliver(&[rec(4)]).await);
+        drop(sink);
+        let sink = FileSink::open(path.clone(), Some(committed)).await.unwrap();
+        drop(sink);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
     }
 }

@@ -153,6 +153,8 @@ pub struct PageCommit<'a> {
     pub delivered: &'a [(String, DateTime<Utc>)],
     pub counts: PageCounts,
     pub checkpoint: Checkpoint<'a>,
+    /// File sinks: the output file's length once this page is in it.
+    pub sink_offset: Option<(&'a str, u64)>,
 }
 
 pub fn ms(t: DateTime<Utc>) -> i64 {

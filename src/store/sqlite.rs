@@ -405,8 +405,31 @@ impl Store {
             .bind(chunk_id)
             .execute(&mut *tx)
             .await?;
+        if let Some((path, offset)) = page.sink_offset {
+            sqlx::query(
+                "INSERT INTO sink_offsets (feed, path, committed, updated_ms) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (feed) DO UPDATE SET path = ?2, committed = ?3, updated_ms = ?4",
+            )
+            .bind(feed)
+            .bind(path)
+            .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The committed length of a feed's file sink output, if it wrote to `path`.
+    pub async fn sink_offset(&self, feed: &str, path: &str) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT committed FROM sink_offsets WHERE feed = ? AND path = ?")
+                .bind(feed)
+                .bind(path)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()))
     }
 
     /// Seconds of the feed's gaps not recovered yet: gaps still to fill (or

@@ -58,6 +58,7 @@ fn done() -> PageCommit<'static> {
         delivered: &[],
         counts: PageCounts::default(),
         checkpoint: Checkpoint::Done,
+        sink_offset: None,
     }
 }
 
@@ -88,6 +89,7 @@ async fn page_checkpoints_and_known_ids() {
                     rejected: 1,
                 },
                 checkpoint: Checkpoint::Next("{\"kind\":\"page\",\"page\":2}"),
+                sink_offset: Some(("/tmp/out.ndjson", 4096)),
             },
             t(201),
         )
@@ -95,6 +97,17 @@ async fn page_checkpoints_and_known_ids() {
         .unwrap();
     let c = &store.chunks(gap).await.unwrap()[0];
     assert_eq!(c.state, "running");
+    assert_eq!(
+        store
+            .sink_offset("orders", "/tmp/out.ndjson")
+            .await
+            .unwrap(),
+        Some(4096)
+    );
+    assert_eq!(
+        store.sink_offset("orders", "/elsewhere").await.unwrap(),
+        None
+    );
     assert_eq!(c.cursor.as_deref(), Some("{\"kind\":\"page\",\"page\":2}"));
     store
         .commit_page("orders", chunks[0].id, gap, done(), t(202))
@@ -114,6 +127,7 @@ async fn page_checkpoints_and_known_ids() {
                     ..PageCounts::default()
                 },
                 checkpoint: Checkpoint::Stay,
+                sink_offset: None,
             },
             t(203),
         )

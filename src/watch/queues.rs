@@ -109,7 +109,7 @@ impl Schedule {
 
     /// Log the first failure of a streak and then every tenth.
     fn should_log(&self) -> bool {
-        self.failures == 1 || self.failures % 10 == 0
+        self.failures == 1 || self.failures.is_multiple_of(10)
     }
 }
 

@@ -74,7 +74,7 @@ impl<Q: RelayQueues> Relay<Q> {
                     failures = failures.saturating_add(1);
                     // One line per failure streak, then every 10th, so a dead
                     // queue does not flood the log.
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         tracing::error!(feed = %self.feed, error = %e, failures, retryable = e.retryable, "cannot receive from the vendor queue");
                     }
                     let attempt = failures.min(self.policy.max_retries);
