@@ -1,0 +1,457 @@
+//! Figures 2, 3 and 5 (peak): manual fills (`POST /api/v1/backfills`) from the
+//! vendor simulator's pre-seeded history into the file sink and into moto's
+//! SQS, unthrottled and under a rate limit. Each fill runs in a fresh daemon,
+//! so its `VmHWM` is the peak of that fill alone.
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::json;
+
+use crate::peers::{Env, Gapwatch, Moto, VendorSim};
+use crate::procfs::{self, mib};
+use crate::sqs::{self, Drainer, DRAINERS};
+use crate::table::{thousands, Figure};
+
+/// The vendor with a pre-seeded history that every fill reads from.
+pub struct History {
+    pub sim: VendorSim,
+    pub first: DateTime<Utc>,
+    pub last: DateTime<Utc>,
+    pub len: u64,
+}
+
+impl History {
+    pub async fn start(env: &Env, len: u64) -> Result<History> {
+        let dir = env.dir("vendor")?;
+        let sim = VendorSim::start(
+            env,
+            &dir,
+            "vendor-sim",
+            &[
+                "--rate".into(),
+                "0".into(),
+                "--history".into(),
+                len.to_string(),
+                "--history-span".into(),
+                "24h".into(),
+            ],
+        )?;
+        let stats = sim.get("/control/stats").await?;
+        let t = |k: &str| -> Result<DateTime<Utc>> {
+            stats[k]
+                .as_str()
+                .with_context(|| format!("stats without {k}: {stats}"))?
+                .parse()
+                .context("stats time")
+        };
+        let (first, last) = (t("first_created_at")?, t("last_created_at")?);
+        let got = stats["history_len"].as_u64().context("history_len")?;
+        if got != len {
+            bail!("vendor-sim holds {got} records, asked for {len}");
+        }
+        Ok(History {
+            sim,
+            first,
+            last,
+            len,
+        })
+    }
+
+    /// An interval from the oldest record holding about `n` records.
+    pub fn interval(&self, n: u64) -> (DateTime<Utc>, DateTime<Utc>) {
+        if n >= self.len {
+            return (self.first, self.last + chrono::Duration::milliseconds(1));
+        }
+        let span = (self.last - self.first).num_milliseconds() as f64;
+        let ms = (span * n as f64 / self.len as f64).round() as i64;
+        (self.first, self.first + chrono::Duration::milliseconds(ms))
+    }
+}
+
+/// How a fill is set up.
+pub struct FillSpec<'a> {
+    pub name: &'a str,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// The interval is cut into this many chunks.
+    pub chunks: u32,
+    /// `limit` of each vendor page.
+    pub page: u32,
+    pub rate_limit: &'a str,
+    /// The `[feeds.backfill.sink]` table's body.
+    pub sink: String,
+    /// `[aws]` section, for the SQS sink.
+    pub aws: Option<&'a str>,
+}
+
+pub struct FillResult {
+    pub expected: i64,
+    pub delivered: i64,
+    pub secs: f64,
+    pub requests: f64,
+    pub gapwatch_cpu: f64,
+    pub vendor_cpu: f64,
+    pub rss_before: procfs::Status,
+    pub after: procfs::Status,
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn config(dir: &Path, vendor: &str, spec: &FillSpec) -> String {
+    let span_ms = (spec.to - spec.from).num_milliseconds().max(1);
+    let chunk_ms = (span_ms + i64::from(spec.chunks) - 1) / i64::from(spec.chunks);
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "bench-admin"
+
+[state]
+url = "sqlite://{state}/state.db"
+{aws}
+[monitor]
+cloudwatch = false
+
+[[feeds]]
+name = "{name}"
+  [feeds.watch]
+  mode = "report"
+  [feeds.backfill]
+  auto = false
+  chunk = "{chunk_ms}ms"
+  settle = "1s"
+  concurrency = 2
+    [feeds.backfill.source]
+    url = "{vendor}/v1/events"
+    query = {{ since = "{{start}}", until = "{{end}}", limit = "{page}" }}
+    headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
+    records = "/data"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "{rate}"
+    timeout = "30s"
+    max_retries = 8
+    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
+    [feeds.backfill.sink]
+{sink}
+"#,
+        state = dir.display(),
+        aws = spec.aws.unwrap_or(""),
+        name = spec.name,
+        page = spec.page,
+        rate = spec.rate_limit,
+        sink = spec.sink,
+    )
+}
+
+/// Runs one manual fill in a fresh daemon: from the POST to `fill = done`.
+pub async fn run(env: &Env, vendor: &VendorSim, spec: &FillSpec<'_>) -> Result<FillResult> {
+    let dir = env.dir(spec.name)?;
+    let expected = vendor.count(&rfc3339(spec.from), &rfc3339(spec.to)).await?;
+    let mut gw = Gapwatch::start(env, &dir, "gapwatch", &config(&dir, &vendor.base, spec)).await?;
+    // Let start-up settle before the idle reading.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = gw.status()?;
+    let requests_before = requests(&gw.metrics().await?, spec.name);
+    let (gw_cpu0, sim_cpu0) = (gw.cpu_seconds()?, procfs::cpu_seconds(vendor.proc.pid())?);
+
+    let started = Instant::now();
+    let v = gw
+        .post(
+            "/api/v1/backfills",
+            json!({ "feed": spec.name, "from": rfc3339(spec.from), "to": rfc3339(spec.to) }),
+        )
+        .await?;
+    let id = v["gap_id"]
+        .as_i64()
+        .with_context(|| format!("backfill answer: {v}"))?;
+    // Generous: 500 records/s would be a disaster, not a figure.
+    let timeout = Duration::from_secs(120).max(Duration::from_secs_f64(expected as f64 / 500.0));
+    let gap = loop {
+        gw.check_alive()?;
+        let g = gw.get(&format!("/api/v1/gaps/{id}")).await?;
+        match g["fill"].as_str() {
+            Some("done") => break g,
+            Some("failed") => bail!("fill {} failed: {g}", spec.name),
+            _ => {}
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "fill {} not done after {timeout:?}: {}; log:\n{}",
+                spec.name,
+                g["progress"],
+                gw.proc.log_tail(20)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let secs = started.elapsed().as_secs_f64();
+    let (gw_cpu1, sim_cpu1) = (gw.cpu_seconds()?, procfs::cpu_seconds(vendor.proc.pid())?);
+    let after = gw.status()?;
+    let requests_after = requests(&gw.metrics().await?, spec.name);
+    let delivered = gap["progress"]["records_delivered"]
+        .as_i64()
+        .context("records_delivered")?;
+    let p = &gap["progress"];
+    if delivered != expected || p["records_duplicate"] != 0 || p["records_rejected"] != 0 {
+        bail!(
+            "fill {}: the vendor holds {expected} records in the interval, the fill reports {p}",
+            spec.name
+        );
+    }
+    Ok(FillResult {
+        expected,
+        delivered,
+        secs,
+        requests: requests_after - requests_before,
+        gapwatch_cpu: gw_cpu1 - gw_cpu0,
+        vendor_cpu: sim_cpu1 - sim_cpu0,
+        rss_before,
+        after,
+    })
+}
+
+/// `gapwatch_backfill_requests_total` of a feed, all statuses.
+fn requests(metrics: &str, feed: &str) -> f64 {
+    let prefix = "gapwatch_backfill_requests_total{";
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(&format!("feed=\"{feed}\"")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every line of the file is one record; each id once, `want` of them.
+fn check_file(path: &Path, want: i64) -> Result<()> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut ids = HashSet::with_capacity(want.max(0) as usize);
+    let mut lines = 0i64;
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        lines += 1;
+        // The id is the first field of the vendor's records: `{"id":"…",`.
+        let id = line
+            .strip_prefix("{\"id\":\"")
+            .and_then(|r| r.split('"').next())
+            .map(str::to_string)
+            .or_else(|| {
+                serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_string))
+            })
+            .with_context(|| format!("{}: line {lines} has no id", path.display()))?;
+        if !ids.insert(id) {
+            bail!("{}: line {lines} repeats a record id", path.display());
+        }
+    }
+    if lines != want {
+        bail!("{}: {lines} records, expected {want}", path.display());
+    }
+    Ok(())
+}
+
+fn cpu_note(r: &FillResult) -> String {
+    format!(
+        "gapwatch {:.2} CPU-s ({:.0}% of a core), vendor-sim {:.2} CPU-s",
+        r.gapwatch_cpu,
+        100.0 * r.gapwatch_cpu / r.secs,
+        r.vendor_cpu
+    )
+}
+
+/// Figure 2 (file sink) for one size; returns the result for the peak figure.
+pub async fn file(
+    env: &Env,
+    history: &History,
+    n: u64,
+    label: &str,
+) -> Result<(Figure, FillResult)> {
+    let (from, to) = history.interval(n);
+    let name = format!("file-{label}");
+    let dir = env.dir(&name)?;
+    let path = dir.join("recovered.ndjson");
+    let spec = FillSpec {
+        name: &name,
+        from,
+        to,
+        chunks: 24,
+        page: 1000,
+        rate_limit: "100000/s",
+        sink: format!("    type = \"file\"\n    path = \"{}\"", path.display()),
+        aws: None,
+    };
+    let r = run(env, &history.sim, &spec).await?;
+    check_file(&path, r.expected)?;
+    let figure = Figure::new(
+        &format!("2. fill throughput, file sink, {label} records"),
+        format!(
+            "{} records/s ({} records in {:.2} s)",
+            thousands(r.delivered as f64 / r.secs),
+            thousands(r.delivered as f64),
+            r.secs
+        ),
+        "≥ 50,000 records/s",
+        format!(
+            "POST /api/v1/backfills over vendor-sim's history (24 chunks, limit=1000, cursor pages, \
+             rate_limit 100000/s, concurrency 2) until GET /api/v1/gaps/{{id}} says done; file checked: each id once; {}; {} requests",
+            cpu_note(&r),
+            r.requests
+        ),
+    );
+    Ok((figure, r))
+}
+
+/// Figure 2 (SQS sink): a plain `SendMessageBatch` loop against moto, then
+/// gapwatch's fill of as many records into moto; both with two drainers
+/// emptying the queue as it fills. Each run gets a fresh moto: moto's requests
+/// slow down with every message a server has ever held, not only with depth.
+pub async fn sqs_sink(env: &Env, history: &History, n: u64) -> Result<Vec<Figure>> {
+    let dir = env.dir("sqs-baseline")?;
+    let moto = Moto::start(env, &dir).await?;
+    let base_q = moto.create_queue("baseline").await?;
+    let moto_cpu0 = procfs::cpu_seconds(moto.proc.pid())?;
+    let drainer = Drainer::start(&moto.sqs, &base_q, DRAINERS);
+    let base_secs = sqs::send_loop(&moto.sqs, &base_q, "base", n).await?;
+    let base_moto_cpu = procfs::cpu_seconds(moto.proc.pid())? - moto_cpu0;
+    let base = drainer.finish(n, Duration::from_secs(30)).await?;
+    let base_redelivered = base.check_once("baseline", n)?;
+    let base_rate = n as f64 / base_secs;
+    drop(moto);
+
+    let dir = env.dir("sqs-fill")?;
+    let moto = Moto::start(env, &dir).await?;
+    let fill_q = moto.create_queue("app-fill").await?;
+    let (from, to) = history.interval(n);
+    let moto_cpu0 = procfs::cpu_seconds(moto.proc.pid())?;
+    let drainer = Drainer::start(&moto.sqs, &fill_q, DRAINERS);
+    let aws = format!(
+        "\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+        moto.endpoint
+    );
+    let spec = FillSpec {
+        name: "sqs",
+        from,
+        to,
+        chunks: 4,
+        page: 1000,
+        rate_limit: "100000/s",
+        sink: format!("    type = \"sqs\"\n    queue_url = \"{fill_q}\""),
+        aws: Some(&aws),
+    };
+    let r = run(env, &history.sim, &spec).await?;
+    let fill_moto_cpu = procfs::cpu_seconds(moto.proc.pid())? - moto_cpu0;
+    let drained = drainer
+        .finish(r.expected as u64, Duration::from_secs(30))
+        .await?;
+    let redelivered = drained.check_once("gapwatch fill into SQS", r.expected as u64)?;
+    let fill_rate = r.delivered as f64 / r.secs;
+    Ok(vec![
+        Figure::new(
+            "2. SQS baseline: plain SendMessageBatch loop into moto",
+            format!(
+                "{} messages/s ({} messages in {:.2} s)",
+                thousands(base_rate),
+                thousands(n as f64),
+                base_secs
+            ),
+            "—",
+            format!(
+                "fresh moto; one sequential loop of SendMessageBatch (10 bodies of vendor-record size, the sink's \
+                 2 attributes) with the Rust AWS SDK; {DRAINERS} drainers receive+delete meanwhile (queue depth ≤ {}, \
+                 {base_redelivered} redelivered); moto {base_moto_cpu:.1} CPU-s ({:.0}% of a core)",
+                base.max_depth,
+                100.0 * base_moto_cpu / base_secs
+            ),
+        ),
+        Figure::new(
+            "2. fill throughput, SQS sink (moto)",
+            format!(
+                "{} records/s ({} records in {:.2} s) = {:.2} × the baseline",
+                thousands(fill_rate),
+                thousands(r.delivered as f64),
+                r.secs,
+                fill_rate / base_rate
+            ),
+            "ratio to baseline",
+            format!(
+                "fresh moto; POST /api/v1/backfills (4 chunks, limit=1000, concurrency 2) with sink sqs, \
+                 {DRAINERS} drainers meanwhile (queue depth ≤ {}, {redelivered} redelivered); each record in one message; \
+                 {}; moto {fill_moto_cpu:.1} CPU-s ({:.0}% of a core)",
+                drained.max_depth,
+                cpu_note(&r),
+                100.0 * fill_moto_cpu / r.secs
+            ),
+        ),
+    ])
+}
+
+/// Figure 3: a fill of `requests` pages of `page` records under `rate`/s.
+pub async fn rate_limited(
+    env: &Env,
+    history: &History,
+    requests: u64,
+    page: u32,
+    rate: u32,
+) -> Result<Figure> {
+    let chunks = 4u32;
+    // Each chunk ends with a partial page: aim a little short of whole pages.
+    let n = (requests - u64::from(chunks)) * u64::from(page) + u64::from(chunks * page / 2);
+    let (from, to) = history.interval(n);
+    let dir = env.dir("rate-limited")?;
+    let rate_limit = format!("{rate}/s");
+    let spec = FillSpec {
+        name: "rate-limited",
+        from,
+        to,
+        chunks,
+        page,
+        rate_limit: &rate_limit,
+        sink: format!(
+            "    type = \"file\"\n    path = \"{}\"",
+            dir.join("recovered.ndjson").display()
+        ),
+        aws: None,
+    };
+    let r = run(env, &history.sim, &spec).await?;
+    check_file(&dir.join("recovered.ndjson"), r.expected)?;
+    let bound = r.requests / f64::from(rate);
+    Ok(Figure::new(
+        "3. fill time, rate-limited",
+        format!(
+            "{:.3} × the lower bound ({:.2} s for {} requests at {rate}/s; bound {:.2} s)",
+            r.secs / bound,
+            r.secs,
+            r.requests,
+            bound
+        ),
+        "≤ 1.1",
+        format!(
+            "POST /api/v1/backfills of {} records ({chunks} chunks, limit={page}, concurrency 2, rate_limit {rate}/s) \
+             until done; requests from gapwatch_backfill_requests_total; bound = requests ÷ rate",
+            thousands(r.delivered as f64)
+        ),
+    ))
+}
+
+/// Figure 5 (peak): the daemon's `VmHWM` after the largest fill.
+pub fn peak(r: &FillResult, label: &str) -> Figure {
+    Figure::new(
+        &format!("5. resident memory, peak during the {label}-record fill"),
+        format!(
+            "VmHWM {:.1} MiB (VmRSS {:.1} MiB before the fill, {:.1} MiB after)",
+            mib(r.after.hwm_kib),
+            mib(r.rss_before.rss_kib),
+            mib(r.after.rss_kib)
+        ),
+        "< 64 MiB",
+        "/proc/PID/status of a daemon started for this fill alone (file sink, 1 report feed)"
+            .to_string(),
+    )
+}

@@ -1,0 +1,264 @@
+//! `gapwatch-bench`: gapwatch's figures against local peers (moto's server, the
+//! vendor simulator, a SQLite file) — detection latency, fill and relay
+//! throughput, footprint and AWS calls — printed as one Markdown table, each
+//! figure with how it was measured. Figures are not asserted; a step that
+//! breaks (a fill that never finishes, a lost or duplicated record) fails the
+//! run. Run it through `scripts/bench.sh`, which builds the release binaries.
+
+mod aws_calls;
+mod detection;
+mod fill;
+mod footprint;
+mod peers;
+mod procfs;
+mod relay;
+mod sqs;
+mod table;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+
+use peers::Env;
+use table::Figure;
+
+const ALL: &[&str] = &["detection", "fill", "rate", "relay", "idle", "aws"];
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Benchmarks gapwatch against local peers and prints a table of figures"
+)]
+struct Args {
+    /// Small sizes and one repetition: checks that every step still works (CI).
+    #[arg(long)]
+    smoke: bool,
+    /// Only these benchmarks (comma-separated): detection, fill, rate, relay, idle, aws.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Where `gapwatch` and `vendor-sim` are (default: next to this binary).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// moto's server executable.
+    #[arg(long, env = "MOTO_SERVER", default_value = "moto_server")]
+    moto_server: String,
+    /// Keep the scratch directory (configs, logs, state, recovered files).
+    #[arg(long)]
+    keep: bool,
+    /// Also write the table (with a header naming the run) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Sizes of one run.
+struct Sizes {
+    detection_reps: usize,
+    small_fill: u64,
+    big_fill: u64,
+    sqs_records: u64,
+    rate_requests: u64,
+    rate_page: u32,
+    rate: u32,
+    relay_messages: u64,
+    idle_settle: Duration,
+    aws_duration: Duration,
+}
+
+impl Sizes {
+    fn new(smoke: bool) -> Sizes {
+        if smoke {
+            Sizes {
+                detection_reps: 1,
+                small_fill: 200,
+                big_fill: 2_000,
+                sqs_records: 200,
+                rate_requests: 30,
+                rate_page: 10,
+                rate: 20,
+                relay_messages: 200,
+                idle_settle: Duration::from_secs(3),
+                aws_duration: Duration::from_secs(22),
+            }
+        } else {
+            Sizes {
+                detection_reps: 7,
+                small_fill: 100_000,
+                big_fill: 1_000_000,
+                sqs_records: 2_000,
+                rate_requests: 300,
+                rate_page: 100,
+                rate: 20,
+                relay_messages: 2_000,
+                idle_settle: Duration::from_secs(20),
+                aws_duration: Duration::from_secs(100),
+            }
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench: cannot start a runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nbench FAILED: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress(msg: &str) {
+    eprintln!(
+        "[bench {} load {:.2}] {msg}",
+        chrono::Local::now().format("%H:%M:%S"),
+        procfs::load1()
+    );
+}
+
+async fn run(args: Args) -> Result<()> {
+    for o in &args.only {
+        if !ALL.contains(&o.as_str()) {
+            bail!("--only: unknown benchmark {o:?}; one of {}", ALL.join(", "));
+        }
+    }
+    let bin_dir = match args.bin_dir.clone() {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no directory")?
+            .to_path_buf(),
+    };
+    for bin in ["gapwatch", "vendor-sim"] {
+        if !bin_dir.join(bin).is_file() {
+            bail!(
+                "{} not found (cargo build --release --workspace)",
+                bin_dir.join(bin).display()
+            );
+        }
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("gapwatch-bench-")
+        .tempdir()?;
+    let env = Env {
+        bin_dir,
+        work: scratch.path().to_path_buf(),
+        moto_server: args.moto_server.clone(),
+    };
+    let result = measure(&args, &env).await;
+    if args.keep || result.is_err() {
+        let kept = scratch.keep();
+        progress(&format!(
+            "configs, logs and state kept in {}",
+            kept.display()
+        ));
+    }
+    result
+}
+
+async fn measure(args: &Args, env: &Env) -> Result<()> {
+    let wanted = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    let sizes = Sizes::new(args.smoke);
+    let started = Instant::now();
+    let load_before = procfs::load1();
+    progress(&format!(
+        "{} run, scratch {}",
+        if args.smoke { "smoke" } else { "full" },
+        env.work.display()
+    ));
+
+    let mut figures: Vec<Figure> = Vec::new();
+    if wanted("detection") {
+        progress("1. detection latency, report mode");
+        figures.push(detection::report(env, sizes.detection_reps * 2).await?);
+        progress("1. detection latency, relay mode");
+        figures.push(detection::relay(env, sizes.detection_reps).await?);
+    }
+    if wanted("fill") || wanted("rate") {
+        progress(&format!(
+            "seeding vendor-sim with {} records",
+            table::thousands(sizes.big_fill as f64)
+        ));
+        let history = fill::History::start(env, sizes.big_fill).await?;
+        if wanted("fill") {
+            let label = |n: u64| {
+                if n >= 1_000_000 {
+                    format!("{}M", n / 1_000_000)
+                } else if n >= 1000 {
+                    format!("{}k", n / 1000)
+                } else {
+                    n.to_string()
+                }
+            };
+            for n in [sizes.small_fill, sizes.big_fill] {
+                progress(&format!("2. fill into the file sink, {} records", label(n)));
+                let (f, r) = fill::file(env, &history, n, &label(n)).await?;
+                figures.push(f);
+                if n == sizes.big_fill {
+                    figures.push(fill::peak(&r, &label(n)));
+                }
+            }
+            progress("2. SQS baseline and fill into moto");
+            figures.extend(fill::sqs_sink(env, &history, sizes.sqs_records).await?);
+        }
+        if wanted("rate") {
+            progress("3. rate-limited fill");
+            figures.push(
+                fill::rate_limited(
+                    env,
+                    &history,
+                    sizes.rate_requests,
+                    sizes.rate_page,
+                    sizes.rate,
+                )
+                .await?,
+            );
+        }
+    }
+    if wanted("relay") {
+        progress("4. relay throughput");
+        figures.extend(relay::throughput(env, sizes.relay_messages).await?);
+    }
+    if wanted("idle") {
+        progress("5. idle footprint with 10 feeds");
+        figures.push(footprint::idle(env, sizes.idle_settle).await?);
+    }
+    if wanted("aws") {
+        progress("6. AWS calls per feed");
+        figures.extend(aws_calls::per_feed(env, sizes.aws_duration).await?);
+    }
+
+    let header = format!(
+        "gapwatch-bench {}{} — {} — {} CPUs, load average {:.2} before, {:.2} after — {:.0} s",
+        if args.smoke { "--smoke" } else { "" },
+        if args.only.is_empty() {
+            String::new()
+        } else {
+            format!(" --only {}", args.only.join(","))
+        },
+        chrono::Local::now().format("%Y-%m-%d %H:%M %Z"),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_before,
+        procfs::load1(),
+        started.elapsed().as_secs_f64()
+    );
+    let table = table::markdown(&figures);
+    println!("\n{header}\n\n{table}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, format!("{header}\n\n{table}"))
+            .with_context(|| format!("write {}", out.display()))?;
+    }
+    Ok(())
+}
