@@ -481,6 +481,12 @@ mod tests {
         };
         let d = sink.deliver(&[rec(1), rec(2)]).await;
         assert_eq!(d.delivered, vec![0, 1]);
+        // Until the page's checkpoint is committed (the guard dropped), no
+        // other page gets into the file.
+        let blocked =
+            tokio::time::timeout(Duration::from_millis(100), sink.deliver(&[rec(9)])).await;
+        assert!(blocked.is_err());
+        drop(d);
         let d = sink.deliver(&[rec(3)]).await;
         assert_eq!(d.delivered, vec![0]);
         let committed = d.sink_offset.unwrap();
