@@ -33,6 +33,9 @@ echo "== cargo test (unit + integration against moto, the vendor simulator, SQLi
 cargo build --workspace --quiet
 cargo test --workspace -- --test-threads 2
 
+echo "== benchmark smoke run (small sizes: every step must still work; figures are not asserted)"
+./scripts/bench.sh --smoke
+
 if [ "${SKIP_OPS:-0}" != 1 ]; then
   echo "== ops checks (alert rules, dashboard queries, manifests)"
   bash scripts/check-ops.sh
