@@ -270,19 +270,28 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The gap an admin request is about: token checked, id parsed, gap found.
+async fn admin_gap(
+    s: &AppState,
+    headers: &HeaderMap,
+    raw_id: &str,
+) -> ApiResult<crate::store::Gap> {
+    require_admin(s, headers)?;
+    let id = gap_id(raw_id)?;
+    s.store
+        .gap(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")))
+}
+
 async fn retry_gap(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    require_admin(&s, &headers)?;
-    let id = gap_id(&id)?;
-    let gap = s
-        .store
-        .gap(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")))?;
+    let gap = admin_gap(&s, &headers, &id).await?;
+    let id = gap.id;
     if s.feeds
         .get(&gap.feed)
         .is_none_or(|h| h.config.backfill.is_none())
@@ -306,14 +315,8 @@ async fn ignore_gap(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    require_admin(&s, &headers)?;
-    let id = gap_id(&id)?;
-    let gap = s
-        .store
-        .gap(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no gap {id}")))?;
+    let gap = admin_gap(&s, &headers, &id).await?;
+    let id = gap.id;
     s.store
         .set_fill(id, crate::store::FillState::Ignored, None, Utc::now())
         .await

@@ -72,6 +72,23 @@ pub fn message_size(m: &Message) -> usize {
             .sum::<usize>()
 }
 
+/// A failed entry of a batch answer: its index (entry ids are indexes) and
+/// whether retrying can help (SQS says the sender is at fault when it cannot).
+fn failed_entry(
+    id: String,
+    code: String,
+    message: Option<String>,
+    sender_fault: bool,
+) -> (Option<usize>, Entry) {
+    let msg = format!("{code}: {}", message.unwrap_or_default());
+    let entry = if sender_fault {
+        Entry::Fatal(msg)
+    } else {
+        Entry::Retry(msg)
+    };
+    (id.parse().ok(), entry)
+}
+
 // === impl SqsQueues ===
 
 pub struct SqsQueues {
@@ -206,16 +223,10 @@ impl RelayQueues for SqsQueues {
             }
         }
         for f in out.failed {
-            if let Ok(i) = f.id.parse::<usize>() {
-                if let Some(e) = entries.get_mut(i) {
-                    let msg = format!("{}: {}", f.code, f.message.unwrap_or_default());
-                    *e = if f.sender_fault {
-                        Entry::Fatal(msg)
-                    } else {
-                        Entry::Retry(msg)
-                    };
-                    confirmed[i] = true;
-                }
+            let (i, entry) = failed_entry(f.id, f.code, f.message, f.sender_fault);
+            if let Some(i) = i.filter(|i| *i < entries.len()) {
+                entries[i] = entry;
+                confirmed[i] = true;
             }
         }
         // An entry SQS did not mention was not sent.
@@ -250,15 +261,9 @@ impl RelayQueues for SqsQueues {
         let out = r.map_err(|e| classify(&e))?;
         let mut entries = vec![Entry::Ok; msgs.len()];
         for f in out.failed {
-            if let Ok(i) = f.id.parse::<usize>() {
-                if let Some(e) = entries.get_mut(i) {
-                    let msg = format!("{}: {}", f.code, f.message.unwrap_or_default());
-                    *e = if f.sender_fault {
-                        Entry::Fatal(msg)
-                    } else {
-                        Entry::Retry(msg)
-                    };
-                }
+            let (i, entry) = failed_entry(f.id, f.code, f.message, f.sender_fault);
+            if let Some(e) = i.and_then(|i| entries.get_mut(i)) {
+                *e = entry;
             }
         }
         Ok(entries)
