@@ -178,14 +178,6 @@ impl Checker<'_> {
                         "passive mode reads CloudWatch, but monitor.cloudwatch is false",
                     );
                 }
-                if f.watch.mode == WatchMode::Passive
-                    && f.freshness.max_silence < Duration::from_secs(120)
-                {
-                    self.fail(
-                        &format!("feeds[{i}].freshness.max_silence"),
-                        "must be at least 2m in passive mode (CloudWatch has minute resolution)",
-                    );
-                }
             }
         }
         Some(Config {
