@@ -91,37 +91,10 @@ cloudwatch_interval = "1s"
 cloudwatch_delay = "0s"
 cloudwatch_lookback = "10m"
 
-[[feeds]]
-name = "{FEED}"
-queue_url = "{vendor_q}"
-  [feeds.watch]
-  mode = "relay"
-  forward_to = "{app_q}"
-  event_time = "/created_at"
-  record_id = "/id"
-  [feeds.freshness]
-  max_silence = "3s"
-  [feeds.backfill]
-  auto = true
-  chunk = "20s"
-  follow_step = "2s"
-  overlap = "2s"
-  settle = "1s"
-  concurrency = 2
-    [feeds.backfill.source]
-    url = "{vendor_url}/v1/events"
-    query = {{ since = "{{start}}", until = "{{end}}", limit = "50" }}
-    headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
-    records = "/data"
-    record_id = "/id"
-    record_time = "/created_at"
-    rate_limit = "50/s"
-    timeout = "10s"
-    max_retries = 4
-    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
-"#,
+{feed}"#,
         state = dir.join("state.db").display(),
         endpoint = moto.endpoint,
+        feed = relay_feed_with_backfill(FEED, vendor_q, app_q, vendor_url, 4),
     )
 }
 

@@ -175,6 +175,49 @@ pub async fn queue_count(sqs: &aws_sdk_sqs::Client, queue: &str) -> (i64, i64) {
     )
 }
 
+/// A relay feed whose gaps are filled from the vendor simulator's API into the
+/// relay's destination queue (`max_silence` 3 s, small chunks, cursor pages).
+pub fn relay_feed_with_backfill(
+    name: &str,
+    vendor_q: &str,
+    app_q: &str,
+    vendor_url: &str,
+    max_retries: u32,
+) -> String {
+    format!(
+        r#"
+[[feeds]]
+name = "{name}"
+queue_url = "{vendor_q}"
+  [feeds.watch]
+  mode = "relay"
+  forward_to = "{app_q}"
+  event_time = "/created_at"
+  record_id = "/id"
+  [feeds.freshness]
+  max_silence = "3s"
+  [feeds.backfill]
+  auto = true
+  chunk = "20s"
+  follow_step = "2s"
+  overlap = "2s"
+  settle = "1s"
+  concurrency = 2
+    [feeds.backfill.source]
+    url = "{vendor_url}/v1/events"
+    query = {{ since = "{{start}}", until = "{{end}}", limit = "50" }}
+    headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
+    records = "/data"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "50/s"
+    timeout = "10s"
+    max_retries = {max_retries}
+    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
+"#
+    )
+}
+
 // === gapwatch ===
 
 pub struct Gapwatch {
