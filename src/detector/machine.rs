@@ -221,31 +221,12 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::test_support::{utc, weekdays_ny, window};
     use chrono::TimeZone;
     use chrono_tz::Tz;
-    use cron::Schedule;
     use proptest::prelude::*;
-    use std::str::FromStr;
 
     const FIVE_MIN: Duration = Duration::from_secs(300);
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|e| panic!("bad test time {s}: {e}"))
-    }
-
-    fn window(exprs: &[&str], tz: Tz) -> ActiveWindow {
-        let schedules = exprs
-            .iter()
-            .map(|e| Schedule::from_str(e).unwrap_or_else(|err| panic!("bad cron {e}: {err}")))
-            .collect();
-        ActiveWindow::new(schedules, tz)
-    }
-
-    fn weekdays_ny() -> ActiveWindow {
-        window(&["* * 8-21 * * Mon-Fri"], chrono_tz::America::New_York)
-    }
 
     fn secs(n: i64) -> TimeDelta {
         TimeDelta::seconds(n)

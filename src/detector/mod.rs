@@ -12,3 +12,33 @@ mod window;
 
 pub use machine::{Detector, DetectorState, GapEvent};
 pub use window::ActiveWindow;
+
+/// Builders shared by the detector's tests.
+#[cfg(test)]
+mod test_support {
+    use std::str::FromStr;
+
+    use chrono::{DateTime, Utc};
+    use chrono_tz::Tz;
+    use cron::Schedule;
+
+    use super::ActiveWindow;
+
+    pub fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|e| panic!("bad test time {s}: {e}"))
+    }
+
+    pub fn window(exprs: &[&str], tz: Tz) -> ActiveWindow {
+        let schedules = exprs
+            .iter()
+            .map(|e| Schedule::from_str(e).unwrap_or_else(|err| panic!("bad cron {e}: {err}")))
+            .collect();
+        ActiveWindow::new(schedules, tz)
+    }
+
+    pub fn weekdays_ny() -> ActiveWindow {
+        window(&["* * 8-21 * * Mon-Fri"], chrono_tz::America::New_York)
+    }
+}

@@ -154,27 +154,9 @@ fn trunc(t: DateTime<Utc>, unit: TimeDelta) -> DateTime<Utc> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::test_support::{utc, weekdays_ny, window};
     use chrono::TimeZone;
     use proptest::prelude::*;
-    use std::str::FromStr;
-
-    fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s)
-            .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|e| panic!("bad test time {s}: {e}"))
-    }
-
-    fn window(exprs: &[&str], tz: Tz) -> ActiveWindow {
-        let schedules = exprs
-            .iter()
-            .map(|e| Schedule::from_str(e).unwrap_or_else(|err| panic!("bad cron {e}: {err}")))
-            .collect();
-        ActiveWindow::new(schedules, tz)
-    }
-
-    fn weekdays_ny() -> ActiveWindow {
-        window(&["* * 8-21 * * Mon-Fri"], chrono_tz::America::New_York)
-    }
 
     /// The obvious second-by-second definition, to check the fast scan against.
     fn naive_active_since(
