@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FeedConfig, WatchMode};
 use crate::detector::{Detector, GapEvent};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Rejection};
 use crate::observe::Observation;
 use crate::store::{FillState, Store};
 
@@ -80,6 +80,25 @@ pub struct FeedMonitor {
     last_unfilled_at: Option<std::time::Instant>,
     /// How far behind the wall clock the detector runs (see [`FeedMonitor::start`]).
     clock_lag: chrono::TimeDelta,
+    future_log: FutureLog,
+}
+
+/// Rate limit for the "event time in the future" warning: a vendor that stamps
+/// every record wrongly must not flood the log.
+#[derive(Default)]
+struct FutureLog {
+    last: Option<std::time::Instant>,
+    suppressed: u64,
+}
+
+const FUTURE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether `t` is later than `now` + `skew`.
+pub fn is_future(t: DateTime<Utc>, now: DateTime<Utc>, skew: Duration) -> bool {
+    chrono::TimeDelta::from_std(skew)
+        .ok()
+        .and_then(|s| now.checked_add_signed(s))
+        .is_some_and(|limit| t > limit)
 }
 
 impl FeedMonitor {
@@ -97,7 +116,27 @@ impl FeedMonitor {
         clock_lag: Duration,
     ) -> Result<(FeedMonitor, FeedHandle), crate::store::StoreError> {
         let clock_lag = chrono::TimeDelta::from_std(clock_lag).unwrap_or(chrono::TimeDelta::zero());
-        let restored = store.detector_state(&config.name).await?;
+        let mut restored = store.detector_state(&config.name).await?;
+        let now = Utc::now() - clock_lag;
+        if let Some(stored) = restored
+            .last_event
+            .filter(|t| is_future(*t, now, config.freshness.max_future_skew))
+        {
+            // Saved by a version that trusted every event time; it would keep
+            // the feed "fresh" until that date. Silence counts from this start.
+            let repaired = crate::store::from_ms(crate::store::ms(now));
+            store
+                .repair_last_event(&config.name, repaired, Utc::now())
+                .await?;
+            metrics.reject(&config.name, Rejection::FutureEventTime);
+            tracing::warn!(
+                feed = %config.name,
+                stored = %stored.to_rfc3339(),
+                repaired_to = %repaired.to_rfc3339(),
+                "stored newest event time is in the future; repaired"
+            );
+            restored.last_event = Some(repaired);
+        }
         let open_gap_id = if restored.open_gap_start.is_some() {
             store
                 .gaps(&crate::store::GapFilter {
@@ -119,7 +158,6 @@ impl FeedMonitor {
         );
         metrics.init_feed(&config.name);
         let (tx, rx) = mpsc::channel(CHANNEL_BATCHES);
-        let now = Utc::now() - clock_lag;
         let initial = FeedStatus {
             name: config.name.clone(),
             mode: config.watch.mode.as_str(),
@@ -154,6 +192,7 @@ impl FeedMonitor {
             unsaved: VecDeque::new(),
             observed: 0,
             last_saved: restored.last_event,
+            future_log: FutureLog::default(),
             last_save_at: None,
             last_unfilled_at: None,
             clock_lag,
@@ -202,6 +241,10 @@ impl FeedMonitor {
             .inc_by(batch.len() as u64);
         self.observed += batch.len() as u64;
         for obs in batch {
+            if is_future(obs.event_time, now, self.config.freshness.max_future_skew) {
+                self.reject_future(&obs, now);
+                continue;
+            }
             if let Some(event) = self.detector.observe(obs.event_time, now) {
                 self.unsaved.push_back(event);
             }
@@ -215,6 +258,29 @@ impl FeedMonitor {
             }
         }
         self.save_events(now).await;
+    }
+
+    /// The record was relayed (or accepted) already; only its time is not
+    /// believed, so it neither moves freshness nor closes a gap.
+    fn reject_future(&mut self, obs: &Observation, now: DateTime<Utc>) {
+        let feed = self.config.name.as_str();
+        self.metrics.reject(feed, Rejection::FutureEventTime);
+        let log = &mut self.future_log;
+        if log.last.is_some_and(|at| at.elapsed() < FUTURE_LOG_EVERY) {
+            log.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            feed,
+            record_id = %obs.id,
+            event_time = %obs.event_time.to_rfc3339(),
+            now = %now.to_rfc3339(),
+            max_future_skew_s = self.config.freshness.max_future_skew.as_secs(),
+            suppressed_since_last = log.suppressed,
+            "event time in the future; freshness not moved"
+        );
+        log.last = Some(std::time::Instant::now());
+        log.suppressed = 0;
     }
 
     async fn tick(&mut self, now: DateTime<Utc>) {
@@ -424,4 +490,78 @@ impl FeedMonitor {
 /// per-minute inflow (passive).
 pub fn is_precise(mode: WatchMode) -> bool {
     mode != WatchMode::Passive
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn report_feed(extra: &str) -> Arc<FeedConfig> {
+        let text = format!(
+            "[server]\nadmin_token = \"t\"\n[[feeds]]\nname = \"orders\"\n[feeds.watch]\nmode = \"report\"\n[feeds.freshness]\nmax_silence = \"5m\"\n{extra}"
+        );
+        let config = Config::from_toml(&text, &Default::default()).expect("valid config");
+        Arc::new(config.feeds[0].clone())
+    }
+
+    #[tokio::test]
+    async fn a_stored_newest_event_in_the_future_is_repaired_at_start() {
+        let store = Store::memory().await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let sentinel = DateTime::parse_from_rfc3339("2099-01-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        store
+            .save_last_event("orders", sentinel, Utc::now())
+            .await
+            .unwrap();
+        let before = Utc::now();
+        let (_monitor, handle) = FeedMonitor::start(
+            report_feed(""),
+            store.clone(),
+            metrics.clone(),
+            10,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        let stored = store.detector_state("orders").await.unwrap().last_event;
+        let repaired = stored.expect("a newest event is kept");
+        assert!(repaired >= before && repaired <= Utc::now(), "{repaired}");
+        assert_eq!(handle.status.borrow().last_event, Some(repaired));
+        assert!(metrics.render().contains(
+            r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time"} 1"#
+        ));
+    }
+
+    #[tokio::test]
+    async fn event_times_within_the_skew_are_trusted() {
+        let store = Store::memory().await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (mut monitor, handle) = FeedMonitor::start(
+            report_feed("max_future_skew = \"1m\""),
+            store,
+            metrics.clone(),
+            10,
+            Duration::ZERO,
+        )
+        .await
+        .unwrap();
+        let now = Utc::now();
+        let near = now + chrono::TimeDelta::seconds(30);
+        let far = now + chrono::TimeDelta::seconds(90);
+        let obs = |id: &str, t| Observation {
+            id: id.into(),
+            event_time: t,
+        };
+        monitor
+            .observe(vec![obs("a", near), obs("b", far)], now)
+            .await;
+        monitor.publish(now);
+        assert_eq!(handle.status.borrow().last_event, Some(near));
+        assert!(metrics.render().contains(
+            r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time"} 1"#
+        ));
+    }
 }

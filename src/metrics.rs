@@ -59,6 +59,9 @@ pub enum Rejection {
     BadRequest,
     /// A vendor page that could not be used.
     BadPage,
+    /// An event time beyond now + `max_future_skew`: the record is relayed
+    /// (or accepted) but does not move freshness.
+    FutureEventTime,
 }
 
 macro_rules! label_enum {
@@ -89,6 +92,7 @@ label_enum!(Rejection {
     BadObservation => "bad_observation",
     BadRequest => "bad_request",
     BadPage => "bad_page",
+    FutureEventTime => "future_event_time",
 });
 
 pub struct Metrics {

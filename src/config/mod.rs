@@ -117,6 +117,11 @@ pub struct FreshnessConfig {
     pub max_silence: Duration,
     pub active: Vec<String>,
     pub timezone: String,
+    /// An event time later than now + this is not trusted: it does not move
+    /// freshness (a vendor sentinel such as 2099-01-01, or milliseconds read
+    /// as seconds, would otherwise silence detection for good).
+    #[serde(with = "humantime_serde_compat")]
+    pub max_future_skew: Duration,
     #[serde(skip)]
     pub window: ActiveWindow,
 }

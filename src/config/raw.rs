@@ -141,6 +141,8 @@ pub struct RawFreshness {
     pub active: Vec<String>,
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    #[serde(default = "default_max_future_skew")]
+    pub max_future_skew: String,
 }
 
 impl Default for RawFreshness {
@@ -149,6 +151,7 @@ impl Default for RawFreshness {
             max_silence: default_max_silence(),
             active: Vec::new(),
             timezone: default_timezone(),
+            max_future_skew: default_max_future_skew(),
         }
     }
 }
@@ -255,6 +258,9 @@ const fn default_true() -> bool {
     true
 }
 fn default_max_silence() -> String {
+    "5m".into()
+}
+fn default_max_future_skew() -> String {
     "5m".into()
 }
 fn default_timezone() -> String {

@@ -392,6 +392,11 @@ impl Checker<'_> {
             &f.freshness.max_silence,
             false,
         );
+        let max_future_skew = self.duration(
+            &format!("{key}.freshness.max_future_skew"),
+            &f.freshness.max_future_skew,
+            true,
+        );
         let tz_key = format!("{key}.freshness.timezone");
         let timezone = self.string(&tz_key, &f.freshness.timezone)?;
         let tz = match timezone.parse::<chrono_tz::Tz>() {
@@ -434,6 +439,7 @@ impl Checker<'_> {
             max_silence: max_silence?,
             active,
             timezone,
+            max_future_skew: max_future_skew?,
             window,
         })
     }

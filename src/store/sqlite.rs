@@ -121,6 +121,23 @@ impl Store {
         Ok(())
     }
 
+    /// Overwrites the newest event time, also downwards: only for repairing a
+    /// value that cannot be true (an event time in the future).
+    pub async fn repair_last_event(
+        &self,
+        feed: &str,
+        last_event: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE feeds SET last_event_ms = ?, updated_ms = ? WHERE name = ?")
+            .bind(ms(last_event))
+            .bind(ms(now))
+            .bind(feed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // === gaps ===
 
     /// Opens a detected gap starting at `start`; returns its id. If the feed
