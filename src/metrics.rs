@@ -20,6 +20,8 @@ pub enum RecordOutcome {
     Delivered,
     Duplicate,
     Rejected,
+    /// Returned by the source for a query but outside the chunk's window.
+    OutOfWindow,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,8 @@ pub enum Rejection {
     /// An event time beyond now + `max_future_skew`: the record is relayed
     /// (or accepted) but does not move freshness.
     FutureEventTime,
+    /// A vendor page larger than `source.max_page_bytes`.
+    PageTooLarge,
 }
 
 macro_rules! label_enum {
@@ -81,7 +85,12 @@ macro_rules! label_enum {
 }
 
 label_enum!(RelayOutcome { Forwarded => "forwarded", Failed => "failed" });
-label_enum!(RecordOutcome { Delivered => "delivered", Duplicate => "duplicate", Rejected => "rejected" });
+label_enum!(RecordOutcome {
+    Delivered => "delivered",
+    Duplicate => "duplicate",
+    Rejected => "rejected",
+    OutOfWindow => "out_of_window",
+});
 label_enum!(ChunkState { Pending => "pending", Running => "running", Done => "done", Failed => "failed" });
 label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
 label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
@@ -93,6 +102,7 @@ label_enum!(Rejection {
     BadRequest => "bad_request",
     BadPage => "bad_page",
     FutureEventTime => "future_event_time",
+    PageTooLarge => "page_too_large",
 });
 
 pub struct Metrics {

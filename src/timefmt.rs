@@ -73,6 +73,16 @@ impl TimeFormat {
         }
     }
 
+    /// The finest instant this format can write: what a source using it for
+    /// `{start}`/`{end}` can be asked for, unless configured coarser.
+    pub fn resolution(self) -> Resolution {
+        match self {
+            TimeFormat::UnixS => Resolution::SECOND,
+            // `format` writes RFC 3339 with at most millisecond digits.
+            TimeFormat::Rfc3339 | TimeFormat::UnixMs => Resolution::MILLISECOND,
+        }
+    }
+
     /// Reads a timestamp out of a JSON value.
     ///
     /// - `rfc3339` accepts only strings (any offset; converted to UTC).
@@ -197,6 +207,73 @@ impl TimeFormat {
     }
 }
 
+/// The finest step of time a source API can be asked for. Query windows
+/// start and end on multiples of it (counted from the unix epoch): an API that
+/// only knows whole seconds reads `[21.162, 28.561)` as `[21, 28)`, so the
+/// records of `[28, 28.561)` would belong to no query at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Resolution {
+    /// Always at least 1: the store keeps milliseconds.
+    ms: i64,
+}
+
+// === impl Resolution ===
+
+impl Resolution {
+    pub const MILLISECOND: Resolution = Resolution { ms: 1 };
+    pub const SECOND: Resolution = Resolution { ms: 1000 };
+
+    /// `None` below one millisecond or above a day (no API asks for coarser).
+    pub fn from_millis(ms: u64) -> Option<Resolution> {
+        (1..=86_400_000)
+            .contains(&ms)
+            .then_some(Resolution { ms: ms as i64 })
+    }
+
+    pub fn as_millis(self) -> i64 {
+        self.ms
+    }
+
+    pub fn step(self) -> chrono::TimeDelta {
+        chrono::TimeDelta::milliseconds(self.ms)
+    }
+
+    /// The latest multiple of the resolution at or before `t`.
+    pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let ms = t.timestamp_millis();
+        DateTime::from_timestamp_millis(ms - ms.rem_euclid(self.ms)).unwrap_or(t)
+    }
+
+    /// The earliest multiple of the resolution at or after `t`.
+    pub fn ceil(self, t: DateTime<Utc>) -> DateTime<Utc> {
+        let floor = self.floor(t);
+        if floor == t {
+            return t;
+        }
+        floor.checked_add_signed(self.step()).unwrap_or(t)
+    }
+
+    pub fn is_aligned(self, t: DateTime<Utc>) -> bool {
+        self.floor(t) == t
+    }
+}
+
+impl fmt::Display for Resolution {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ms % 1000 == 0 {
+            write!(f, "{}s", self.ms / 1000)
+        } else {
+            write!(f, "{}ms", self.ms)
+        }
+    }
+}
+
+impl serde::Serialize for Resolution {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl fmt::Display for TimeFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -251,6 +328,38 @@ mod tests {
         assert_eq!(TimeFormat::Rfc3339.format(t), "2024-05-01T12:00:05.999Z");
         let t = at("2024-05-01T12:00:05.000400Z");
         assert_eq!(TimeFormat::Rfc3339.format(t), "2024-05-01T12:00:05Z");
+    }
+
+    #[test]
+    fn resolution_floor_and_ceil() {
+        let s = Resolution::SECOND;
+        assert_eq!(
+            s.floor(at("2024-05-01T12:00:21.162Z")),
+            at("2024-05-01T12:00:21Z")
+        );
+        assert_eq!(
+            s.ceil(at("2024-05-01T12:00:28.561Z")),
+            at("2024-05-01T12:00:29Z")
+        );
+        assert_eq!(
+            s.ceil(at("2024-05-01T12:00:28Z")),
+            at("2024-05-01T12:00:28Z")
+        );
+        // Before the epoch, floor still goes towards the past.
+        assert_eq!(
+            s.floor(at("1969-12-31T23:59:59.500Z")),
+            at("1969-12-31T23:59:59Z")
+        );
+        let ms = Resolution::MILLISECOND;
+        let t = at("2024-05-01T12:00:00.250Z") + chrono::TimeDelta::nanoseconds(300);
+        assert_eq!(ms.floor(t), at("2024-05-01T12:00:00.250Z"));
+        assert_eq!(ms.ceil(t), at("2024-05-01T12:00:00.251Z"));
+        assert_eq!(TimeFormat::UnixS.resolution(), Resolution::SECOND);
+        assert_eq!(TimeFormat::UnixMs.resolution(), Resolution::MILLISECOND);
+        assert_eq!(TimeFormat::Rfc3339.resolution(), Resolution::MILLISECOND);
+        assert_eq!(Resolution::from_millis(0), None);
+        assert_eq!(Resolution::from_millis(60_000).unwrap().to_string(), "60s");
+        assert_eq!(Resolution::MILLISECOND.to_string(), "1ms");
     }
 
     #[test]

@@ -13,6 +13,7 @@ const TOKEN: &str = "vendor-t0ken";
 
 fn config(
     moto: &Moto,
+    shape: VendorShape,
     vendor_url: &str,
     vendor_q: &str,
     app_q: &str,
@@ -38,18 +39,19 @@ poll_interval = "2s"
 {feed}"#,
         state = dir.join("state.db").display(),
         endpoint = moto.endpoint,
-        feed = relay_feed_with_backfill("orders", vendor_q, app_q, vendor_url, 10),
+        feed = relay_feed_with_source("orders", vendor_q, app_q, &shape.source(vendor_url, 10)),
     )
 }
 
-async fn run(error_rate: f64) {
+/// `rate` records/s, silent for `silence` seconds.
+async fn run(shape: VendorShape, rate: u32, silence: u32, error_rate: f64) {
     let moto = Moto::start();
     let sqs = moto.sqs();
     let vendor_q = moto.create_queue("vendor-orders").await;
     let app_q = moto.create_queue("app-orders").await;
     let mut args = vec![
         "--rate".to_string(),
-        "10".into(),
+        rate.to_string(),
         "--queue-url".into(),
         vendor_q.clone(),
         "--endpoint-url".into(),
@@ -57,7 +59,7 @@ async fn run(error_rate: f64) {
         "--token".into(),
         TOKEN.into(),
         "--pagination".into(),
-        "cursor".into(),
+        shape.sim_style().into(),
     ];
     if error_rate > 0.0 {
         args.extend([
@@ -74,14 +76,17 @@ async fn run(error_rate: f64) {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gapwatch::start(
         dir.path(),
-        &config(&moto, &sim.base, &vendor_q, &app_q, dir.path()),
+        &config(&moto, shape, &sim.base, &vendor_q, &app_q, dir.path()),
         &[("VENDOR_TOKEN", TOKEN)],
     );
 
     let mut received = Vec::new();
     received.extend(drain_for(&sqs, &app_q, Duration::from_secs(3)).await);
-    sim.control("/control/silence", serde_json::json!({ "for_seconds": 10 }))
-        .await;
+    sim.control(
+        "/control/silence",
+        serde_json::json!({ "for_seconds": silence }),
+    )
+    .await;
 
     // The gap opens, and its fill starts while it is still open.
     let mut saw_filling_while_open = false;
@@ -155,12 +160,17 @@ async fn run(error_rate: f64) {
     );
     assert_eq!(got.len(), want.len());
     let silenced = stats["silenced"].as_i64().unwrap();
-    assert!(silenced >= 50, "the silence produced {silenced} records");
+    assert!(
+        silenced >= i64::from(rate * silence / 2),
+        "the silence produced {silenced} records"
+    );
     assert_eq!(
         recovered, silenced,
         "recovered exactly the silenced records"
     );
     assert_eq!(gap["progress"]["records_delivered"], silenced);
+    // Every query asked for exactly its window: nothing came back outside it.
+    assert_eq!(gap["progress"]["records_out_of_window"], 0, "{gap}");
     let m = gw.metrics().await;
     // (Stopping the vendor above opens a new gap: that is the detector working.)
     assert!(sample(&m, r#"gapwatch_gaps_detected_total{feed="orders"}"#).unwrap() >= 1.0);
@@ -181,10 +191,23 @@ async fn run(error_rate: f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_vendor_is_recovered_into_the_app_queue_exactly_once() {
-    run(0.0).await;
+    run(VendorShape::Cursor, 10, 10, 0.0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_with_20_percent_429_and_500_answers() {
-    run(0.2).await;
+    run(VendorShape::Cursor, 10, 10, 0.2).await;
+}
+
+/// An API that knows whole seconds only: window edges planned inside a second
+/// (the gap's start, every follow step) must not lose the records between the
+/// edge and the second the API rounds it to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_shaped_vendor_loses_nothing_at_second_edges() {
+    run(VendorShape::Stripe, 20, 12, 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_shaped_vendor_with_10_percent_429_and_10_percent_500() {
+    run(VendorShape::Stripe, 20, 12, 0.2).await;
 }

@@ -14,37 +14,47 @@ use common::*;
 const TOKEN: &str = "vendor-t0ken";
 const ADMIN: &str = "adm1n";
 
-/// One report-mode feed per pagination style, each with its own file sink.
+/// The pagination styles of DESIGN.md as the simulator serves them:
+/// (feed and style name, records pointer, pagination config).
+const STYLES: &[(&str, &str, &str)] = &[
+    ("none", "/data", r#"{ type = "none" }"#),
+    (
+        "cursor",
+        "/data",
+        r#"{ type = "cursor", cursor = "/next_cursor", param = "cursor" }"#,
+    ),
+    (
+        "cursor_last",
+        "/data",
+        r#"{ type = "cursor", cursor_from_last_record = "/id", param = "starting_after", has_more = "/has_more" }"#,
+    ),
+    (
+        "next_url",
+        "/data",
+        r#"{ type = "next_url", next = "/links/next" }"#,
+    ),
+    ("link_header", "", r#"{ type = "link_header" }"#),
+    (
+        "page",
+        "/data",
+        r#"{ type = "page", param = "page", start = 1, size_param = "per_page", size = 40 }"#,
+    ),
+    (
+        "offset",
+        "/data",
+        r#"{ type = "offset", param = "offset", limit_param = "limit", limit = 40 }"#,
+    ),
+];
+
+/// One report-mode feed per pagination style, each with its own file sink,
+/// asking for windows in RFC 3339 with milliseconds.
 fn config(vendor: &str, dir: &Path, extra: &str) -> String {
-    let styles: &[(&str, &str, &str)] = &[
-        ("none", "/data", r#"{ type = "none" }"#),
-        (
-            "cursor",
-            "/data",
-            r#"{ type = "cursor", cursor = "/next_cursor", param = "cursor" }"#,
-        ),
-        (
-            "cursor_last",
-            "/data",
-            r#"{ type = "cursor", cursor_from_last_record = "/id", param = "starting_after", has_more = "/has_more" }"#,
-        ),
-        (
-            "next_url",
-            "/data",
-            r#"{ type = "next_url", next = "/links/next" }"#,
-        ),
-        ("link_header", "", r#"{ type = "link_header" }"#),
-        (
-            "page",
-            "/data",
-            r#"{ type = "page", param = "page", start = 1, size_param = "per_page", size = 40 }"#,
-        ),
-        (
-            "offset",
-            "/data",
-            r#"{ type = "offset", param = "offset", limit_param = "limit", limit = 40 }"#,
-        ),
-    ];
+    config_in(vendor, dir, extra, "rfc3339")
+}
+
+/// The same, with `{start}`/`{end}` written in `time_format`; with `unix_s`
+/// a `stripe` feed (newest first, `created` in unix seconds) joins them.
+fn config_in(vendor: &str, dir: &Path, extra: &str, time_format: &str) -> String {
     let mut out = format!(
         r#"
 [server]
@@ -56,7 +66,28 @@ url = "sqlite://{state}"
 "#,
         state = dir.join("state.db").display()
     );
-    for (style, records, pagination) in styles {
+    let stripe = (
+        "stripe",
+        "/data",
+        r#"{ type = "cursor", cursor_from_last_record = "/id", param = "starting_after", has_more = "/has_more" }"#,
+    );
+    let with_stripe = time_format == "unix_s";
+    for (style, records, pagination) in STYLES.iter().chain(with_stripe.then_some(&stripe)) {
+        let (query, record_time, record_format) = if *style == "stripe" {
+            (
+                r#"{ "created[gte]" = "{start}", "created[lt]" = "{end}", limit = "100", style = "stripe" }"#.to_string(),
+                "/created",
+                "unix_s",
+            )
+        } else {
+            (
+                format!(
+                    r#"{{ since = "{{start}}", until = "{{end}}", limit = "40", style = "{style}" }}"#
+                ),
+                "/created_at",
+                "rfc3339",
+            )
+        };
         out.push_str(&format!(
             r#"
 [[feeds]]
@@ -71,11 +102,13 @@ name = "{style}"
   {extra}
     [feeds.backfill.source]
     url = "{vendor}/v1/events"
-    query = {{ since = "{{start}}", until = "{{end}}", limit = "40", style = "{style}" }}
+    query = {query}
+    time_format = "{time_format}"
     headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
     records = "{records}"
     record_id = "/id"
-    record_time = "/created_at"
+    record_time = "{record_time}"
+    record_time_format = "{record_format}"
     rate_limit = "200/s"
     timeout = "10s"
     max_retries = 6
@@ -272,6 +305,85 @@ async fn every_pagination_style_recovers_each_record_once() {
     assert_eq!(file_ids(&dir.path().join("page.ndjson")).len(), want.len());
 }
 
+/// Every style against an API that reads `{start}`/`{end}` as whole unix
+/// seconds, with the interval's edges (and so its chunk edges) inside a
+/// second, five records a second: the fill covers the whole seconds around
+/// the interval, each record once, and nothing comes back outside a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_style_with_edges_inside_a_second_loses_nothing() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "3000",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config_in(&sim.base, dir.path(), "", "unix_s"),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let second = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap();
+    let to =
+        second(Utc::now() - chrono::Duration::seconds(5)) + chrono::Duration::milliseconds(900);
+    let from = to - chrono::Duration::minutes(7) + chrono::Duration::milliseconds(350)
+        - chrono::Duration::milliseconds(900);
+    assert_ne!(from, second(from));
+    // What an API of whole seconds can be asked for around [from, to).
+    let want = vendor_ids(
+        &sim,
+        second(from),
+        second(to) + chrono::Duration::seconds(1),
+    )
+    .await;
+    assert!(want.len() > 2000, "history too small: {}", want.len());
+
+    let mut gaps = Vec::new();
+    for (style, _, _) in STYLES.iter().chain([&("stripe", "", "")]) {
+        gaps.push((style, backfill(&gw, style, from, to).await));
+    }
+    for (style, id) in gaps {
+        let gap = wait_fill(&gw, id, "done", Duration::from_secs(90)).await;
+        let got = file_ids(&dir.path().join(format!("{style}.ndjson")));
+        let dupes: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(dupes.is_empty(), "{style}: duplicates {dupes:?}");
+        let missing: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+        assert!(
+            missing.is_empty(),
+            "{style}: {} of {} missing, e.g. {:?}",
+            missing.len(),
+            want.len(),
+            missing.first()
+        );
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{style}: records outside the interval"
+        );
+        assert_eq!(
+            gap["progress"]["records_delivered"],
+            want.len() as i64,
+            "{style}"
+        );
+        assert_eq!(
+            gap["progress"]["records_out_of_window"], 0,
+            "{style}: {gap}"
+        );
+    }
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"gapwatch_backfill_records_total{feed="stripe",outcome="out_of_window"}"#
+        ),
+        Some(0.0)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fill_killed_mid_way_resumes_and_delivers_each_record_once() {
     // Slow pages so the kill lands in the middle of the fill.
@@ -396,6 +508,67 @@ async fn malformed_pages_and_cursor_loops_fail_the_fill_saying_why() {
         )
         .unwrap()
             >= 2.0
+    );
+}
+
+/// A vendor answering with a body that never ends: the page is refused at
+/// `source.max_page_bytes` while it streams in, the chunk fails saying so,
+/// the rejection is counted, the daemon stays up, and a restart does not
+/// fetch the failed chunk again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_page_fails_the_chunk_saying_why() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "300",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&sim.base, dir.path(), "max_chunk_attempts = 2").replace(
+        "max_retries = 6\n",
+        "max_retries = 6\n    max_page_bytes = \"256KiB\"\n",
+    );
+    let mut gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
+    sim.control(
+        "/control/faults",
+        serde_json::json!({ "endless_page": true }),
+    )
+    .await;
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(1);
+    let id = backfill(&gw, "cursor", from, to).await;
+    let gap = wait_fill(&gw, id, "failed", Duration::from_secs(60)).await;
+    let err = gap["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("larger than source.max_page_bytes (262144 bytes)"),
+        "{err}"
+    );
+    assert!(gw.logs().contains("max_page_bytes"));
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"gapwatch_rejected_input_total{feed="cursor",reason="page_too_large"}"#
+        ),
+        Some(2.0),
+        "one per attempt"
+    );
+    let (status, _) = gw.get("/healthz").await;
+    assert_eq!(status, 200);
+
+    let served = sim.get("/control/stats").await["served_requests"].clone();
+    gw.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, gap) = gw.get(&format!("/api/v1/gaps/{id}")).await;
+    assert_eq!(gap["fill"], "failed");
+    assert_eq!(
+        sim.get("/control/stats").await["served_requests"],
+        served,
+        "the failed chunk was fetched again after a restart"
     );
 }
 

@@ -17,7 +17,7 @@ use url::Url;
 
 use crate::detector::ActiveWindow;
 use crate::fill::pagination::Pagination;
-use crate::timefmt::TimeFormat;
+use crate::timefmt::{Resolution, TimeFormat};
 
 pub use secret::Secret;
 
@@ -162,6 +162,11 @@ pub struct SourceConfig {
     pub max_retries: u32,
     pub pagination: Pagination,
     pub max_pages_per_chunk: u64,
+    /// Query windows start and end on multiples of this.
+    pub time_resolution: Resolution,
+    /// A page body larger than this fails its chunk (read while streaming,
+    /// so memory per in-flight page is bounded by it).
+    pub max_page_bytes: u64,
 }
 
 /// `N/s`, `N/m` or `N/h`.

@@ -205,6 +205,12 @@ pub struct RawSource {
     pub pagination: Pagination,
     #[serde(default = "default_max_pages")]
     pub max_pages_per_chunk: i64,
+    /// The finest step `{start}`/`{end}` can be given in; default: what
+    /// `time_format` writes (unix_s: 1s, unix_ms and rfc3339: 1ms).
+    #[serde(default)]
+    pub time_resolution: Option<String>,
+    #[serde(default = "default_max_page_bytes")]
+    pub max_page_bytes: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -298,6 +304,9 @@ fn default_timeout() -> String {
 }
 const fn default_max_retries() -> i64 {
     8
+}
+fn default_max_page_bytes() -> String {
+    "16MiB".into()
 }
 const fn default_max_pages() -> i64 {
     100_000

@@ -78,6 +78,21 @@ fn the_design_example_loads_with_real_types() {
     let b = f.backfill.as_ref().unwrap();
     assert_eq!(b.chunk, Duration::from_secs(3600));
     assert_eq!(b.source.rate_limit.per_second(), 10.0);
+    // Defaults: the format's own resolution, 16 MiB pages.
+    assert_eq!(
+        b.source.time_resolution,
+        crate::timefmt::Resolution::MILLISECOND
+    );
+    assert_eq!(b.source.max_page_bytes, 16 << 20);
+    let c = load(&GOOD.replacen(
+        "\n    time_format = \"rfc3339\"",
+        "\ntime_format = \"rfc3339\"\ntime_resolution = \"1s\"\nmax_page_bytes = \"512KiB\"",
+        1,
+    ))
+    .unwrap();
+    let s = &c.feeds[0].backfill.as_ref().unwrap().source;
+    assert_eq!(s.time_resolution, crate::timefmt::Resolution::SECOND);
+    assert_eq!(s.max_page_bytes, 512 << 10);
     assert_eq!(
         b.source.headers["Authorization"].expose(),
         "Bearer vendor-s3cret"
@@ -136,6 +151,10 @@ fn invalid_values_name_their_key() {
         ("pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }", "pagination = { type = \"scroll\" }", "feeds[0].backfill.source"),
         ("timeout = \"30s\"", "timeout = \"0s\"", "feeds[0].backfill.source.timeout"),
         ("Bearer ${VENDOR_TOKEN}", "Bearer ${MISSING_TOKEN}", "feeds[0].backfill.source.headers.Authorization: environment variable MISSING_TOKEN is not set"),
+        ("max_retries = 8\n", "max_retries = 8\ntime_resolution = \"1500us\"\n", "feeds[0].backfill.source.time_resolution: must be a whole multiple of 1ms"),
+        ("\n    time_format = \"rfc3339\"", "\ntime_format = \"unix_s\"\ntime_resolution = \"1500ms\"", "feeds[0].backfill.source.time_resolution: must be a whole multiple of 1s (what time_format unix_s can write)"),
+        ("max_retries = 8\n", "max_retries = 8\nmax_page_bytes = \"lots\"\n", "feeds[0].backfill.source.max_page_bytes: invalid size"),
+        ("max_retries = 8\n", "max_retries = 8\nmax_page_bytes = \"0\"\n", "feeds[0].backfill.source.max_page_bytes: invalid size"),
     ];
     for (from, to, want) in cases {
         assert!(GOOD.contains(from), "test case does not apply: {from}");

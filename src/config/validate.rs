@@ -15,6 +15,7 @@ use super::{
     Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, WatchConfig, WatchMode,
 };
 use crate::detector::ActiveWindow;
+use crate::timefmt::Resolution;
 
 struct Checker<'a> {
     env: &'a HashMap<String, String>,
@@ -552,6 +553,8 @@ impl Checker<'_> {
         if let Err(e) = s.pagination.validate() {
             self.fail(&format!("{key}.pagination"), e);
         }
+        let time_resolution = self.time_resolution(key, s);
+        let max_page_bytes = self.byte_size(&format!("{key}.max_page_bytes"), &s.max_page_bytes);
         if let (Some(u), Some(q)) = (&url, &query) {
             let has_placeholder = q
                 .values()
@@ -579,7 +582,65 @@ impl Checker<'_> {
             max_retries: max_retries?,
             pagination: s.pagination.clone(),
             max_pages_per_chunk: max_pages?,
+            time_resolution: time_resolution?,
+            max_page_bytes: max_page_bytes?,
         })
+    }
+
+    /// `time_resolution`: a whole number of milliseconds that `time_format`
+    /// can write, i.e. a multiple of the format's own step (whole seconds for
+    /// `unix_s`).
+    fn time_resolution(&mut self, key: &str, s: &RawSource) -> Option<Resolution> {
+        let own = s.time_format.resolution();
+        let Some(raw) = &s.time_resolution else {
+            return Some(own);
+        };
+        let key = format!("{key}.time_resolution");
+        let d = self.duration(&key, raw, false)?;
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let res = Resolution::from_millis(ms)
+            .filter(|r| Duration::from_millis(ms) == d && r.as_millis() % own.as_millis() == 0);
+        if res.is_none() {
+            self.fail(
+                &key,
+                format!(
+                    "must be a whole multiple of {own} (what time_format {} can write), at most 1 day; got {raw:?}",
+                    s.time_format
+                ),
+            );
+        }
+        res
+    }
+
+    /// `16MiB`, `512KiB`, `1000000` (bytes); KB/MB/GB are powers of 1000.
+    fn byte_size(&mut self, key: &str, s: &str) -> Option<u64> {
+        let s = self.string(key, s)?;
+        let t = s.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (n, unit) = t.split_at(split);
+        let mult: Option<u64> = match unit.trim() {
+            "" | "B" => Some(1),
+            "KiB" => Some(1 << 10),
+            "MiB" => Some(1 << 20),
+            "GiB" => Some(1 << 30),
+            "KB" | "kB" => Some(1_000),
+            "MB" => Some(1_000_000),
+            "GB" => Some(1_000_000_000),
+            _ => None,
+        };
+        let v = n
+            .parse::<u64>()
+            .ok()
+            .zip(mult)
+            .and_then(|(n, m)| n.checked_mul(m))
+            .filter(|v| *v > 0);
+        if v.is_none() {
+            self.fail(
+                key,
+                format!("invalid size {s:?}; write e.g. \"16MiB\", \"512KiB\" or a number of bytes (> 0)"),
+            );
+        }
+        v
     }
 
     fn rate_limit(&mut self, key: &str, s: &str) -> Option<RateLimit> {

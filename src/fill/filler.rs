@@ -113,10 +113,12 @@ impl Filler {
     /// The interval the gap's fill must cover now (None: nothing fetchable yet).
     pub fn target(&self, gap: &Gap, now: DateTime<Utc>) -> Option<Window> {
         let b = self.backfill();
-        match gap.kind {
-            GapKind::Manual => plan::fill_target(gap.start, gap.end, Duration::ZERO, b.settle, now),
-            GapKind::Detected => plan::fill_target(gap.start, gap.end, b.overlap, b.settle, now),
-        }
+        let overlap = match gap.kind {
+            GapKind::Manual => Duration::ZERO,
+            GapKind::Detected => b.overlap,
+        };
+        let res = b.source.time_resolution;
+        plan::fill_target(gap.start, gap.end, overlap, b.settle, now, res)
     }
 
     /// Plans what is new, runs the chunks that are due, and settles the gap's
@@ -134,7 +136,9 @@ impl Filler {
         let target = self.target(gap, now);
         if let Some(target) = target {
             let covered_to = chunks.last().map_or(target.start, |c| c.end);
-            let new = plan::extend(covered_to, target, b.chunk, b.follow_step, is_final);
+            let res = b.source.time_resolution;
+            let new: Vec<Window> =
+                plan::extend(covered_to, target, b.chunk, b.follow_step, is_final, res).collect();
             if !new.is_empty() {
                 let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
                 self.store.add_chunks(gap.id, &windows, now).await?;
@@ -319,6 +323,7 @@ impl Filler {
         let max_pages = source.config().max_pages_per_chunk;
         let mut pages = 0u64;
         let mut warned_rejection = false;
+        let mut warned_out_of_window = false;
         loop {
             if cancel.is_cancelled() {
                 return Ok(false);
@@ -336,14 +341,16 @@ impl Filler {
             let page = match page {
                 Ok(p) => p,
                 Err(e) => {
-                    if matches!(
-                        e,
-                        super::source::SourceError::NotJson(_)
-                            | super::source::SourceError::NoRecords { .. }
-                            | super::source::SourceError::Pagination(_)
-                    ) {
-                        self.metrics
-                            .reject(feed, crate::metrics::Rejection::BadPage);
+                    use super::source::SourceError as E;
+                    let rejection = match e {
+                        E::NotJson(_) | E::NoRecords { .. } | E::Pagination(_) => {
+                            Some(crate::metrics::Rejection::BadPage)
+                        }
+                        E::PageTooLarge { .. } => Some(crate::metrics::Rejection::PageTooLarge),
+                        _ => None,
+                    };
+                    if let Some(r) = rejection {
+                        self.metrics.reject(feed, r);
                     }
                     return Err(e.to_string());
                 }
@@ -359,13 +366,27 @@ impl Filler {
                     "records without a usable id or time were skipped"
                 );
             }
-            // Vendors round their windows: keep only what belongs to this chunk.
+            // Only what belongs to this chunk: a record outside it is another
+            // window's (whose query returns it too) or the vendor's rounding,
+            // and is counted either way.
             let mut seen = HashSet::new();
+            let total = page.records.len();
             let in_window: Vec<Record> = page
                 .records
                 .into_iter()
                 .filter(|r| r.time >= chunk.start && r.time < chunk.end)
                 .collect();
+            let out_of_window = (total - in_window.len()) as i64;
+            if out_of_window > 0 && !warned_out_of_window {
+                warned_out_of_window = true;
+                tracing::info!(
+                    feed,
+                    gap_id,
+                    chunk = chunk.idx,
+                    out_of_window,
+                    "the source returned records outside the chunk's window; counted, left to the neighbouring window"
+                );
+            }
             let ids: Vec<&str> = in_window.iter().map(|r| r.id.as_str()).collect();
             let known = self
                 .store
@@ -398,6 +419,7 @@ impl Filler {
                 delivered: delivered.len() as i64,
                 duplicate,
                 rejected: page.rejected as i64 + delivery.rejected.len() as i64,
+                out_of_window,
             };
             let next = page
                 .next
@@ -440,6 +462,8 @@ impl Filler {
             .record(feed, RecordOutcome::Duplicate, c.duplicate as u64);
         self.metrics
             .record(feed, RecordOutcome::Rejected, c.rejected as u64);
+        self.metrics
+            .record(feed, RecordOutcome::OutOfWindow, c.out_of_window as u64);
     }
 
     async fn update_chunk_gauges(&self) {

@@ -4,6 +4,7 @@
 //! `plan` and `pagination` are pure; `source` and `sink` talk to the outside;
 //! `filler` carries a feed's fills out.
 
+pub mod body;
 pub mod filler;
 pub mod pagination;
 pub mod plan;
@@ -12,6 +13,7 @@ pub mod source;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -138,11 +140,19 @@ pub fn dry_run_plan(
             newest.to_rfc3339()
         )));
     }
-    let windows = plan::split(from, to, b.chunk);
+    // What the fill will really ask for: the interval widened to the
+    // source's resolution, as the filler plans it.
+    let res = b.source.time_resolution;
+    let target = plan::fill_target(from, Some(to), Duration::ZERO, b.settle, now, res).unwrap_or(
+        plan::Window {
+            start: from,
+            end: to,
+        },
+    );
+    let windows = plan::split(target.start, target.end, b.chunk, res);
     let rate = b.source.rate_limit.per_second();
-    let est = plan::estimate(&windows, 1, rate);
+    let est = plan::estimate(windows.clone().count(), 1, rate);
     let shown: Vec<_> = windows
-        .iter()
         .take(100)
         .map(|w| json!({ "from": w.start, "to": w.end }))
         .collect();
@@ -156,6 +166,7 @@ pub fn dry_run_plan(
         "estimated_requests": est.requests,
         "estimated_min_duration_seconds": est.min_duration.as_secs_f64(),
         "rate_limit_per_second": rate,
+        "time_resolution": res.to_string(),
         "note": "one request per chunk at least; every further page of a chunk adds one request and 1/rate seconds",
     }))
 }

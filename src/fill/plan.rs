@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+pub use crate::timefmt::Resolution;
+
 /// A half-open time interval `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -28,7 +30,7 @@ pub struct PlanEstimate {
 }
 
 /// The interval a fill of gap `[gap_start, gap_end)` must cover now
-/// (`gap_end = None`: the gap is still open).
+/// (`gap_end = None`: the gap is still open), on the source's resolution.
 ///
 /// Covers `[gap_start − overlap, gap_end + overlap)` because the gap's edges
 /// are only known to the detector's resolution and late events land just
@@ -38,6 +40,11 @@ pub struct PlanEstimate {
 /// as done while still missing records. `None` when that leaves nothing
 /// (the gap is too recent).
 ///
+/// Both ends sit on `res`: the start rounded towards the past and a closed
+/// gap's end towards the future (never losing an edge), `now − settle`
+/// towards the past (never fetching the unsettled). Every window planned from
+/// such a target therefore asks the API exactly for what it covers.
+///
 /// Saturates at chrono's representable range instead of panicking.
 pub fn fill_target(
     gap_start: DateTime<Utc>,
@@ -45,46 +52,73 @@ pub fn fill_target(
     overlap: Duration,
     settle: Duration,
     now: DateTime<Utc>,
+    res: Resolution,
 ) -> Option<Window> {
-    let start = sub(gap_start, overlap);
-    let settled = sub(now, settle);
+    let start = res.floor(sub(gap_start, overlap));
+    let settled = res.floor(sub(now, settle));
     let end = match gap_end {
-        Some(e) => add(e, overlap).min(settled),
+        Some(e) => res.ceil(add(e, overlap)).min(settled),
         None => settled,
     };
     (start < end).then_some(Window { start, end })
 }
 
 /// Splits `[from, to)` into consecutive windows of at most `chunk` (the last
-/// may be shorter). The windows cover the interval exactly, never overlap and
+/// may be shorter), lazily: a month of one-second chunks is never held in
+/// memory at once. The windows cover the interval exactly, never overlap and
 /// are never empty; an empty or inverted interval gives no windows.
 ///
+/// Edges between windows sit on `res` (a window is then at least one `res`
+/// long, even if `chunk` is shorter); with `from` and `to` on `res` too, every
+/// edge is one the source can be asked for exactly.
+///
 /// A zero `chunk` cannot make progress and is rejected by config validation;
-/// here it means "one window" so a bad value can never loop or allocate
-/// without bound. The number of windows is `(to − from) / chunk`: callers
-/// bound it through the minimum chunk size they accept.
-pub fn split(from: DateTime<Utc>, to: DateTime<Utc>, chunk: Duration) -> Vec<Window> {
-    if from >= to {
-        return Vec::new();
+/// here it means "one window" so a bad value can never loop.
+pub fn split(from: DateTime<Utc>, to: DateTime<Utc>, chunk: Duration, res: Resolution) -> Split {
+    let step = TimeDelta::from_std(chunk)
+        .ok()
+        .filter(|d| *d > TimeDelta::zero());
+    Split {
+        next: from,
+        to,
+        step,
+        res,
     }
-    let step = match TimeDelta::from_std(chunk) {
-        Ok(d) if d > TimeDelta::zero() => d,
-        // Zero, or longer than chrono can represent: a single window.
-        _ => {
-            return vec![Window {
-                start: from,
-                end: to,
-            }]
+}
+
+/// The windows of [`split`], in order.
+#[derive(Clone, Debug)]
+pub struct Split {
+    next: DateTime<Utc>,
+    to: DateTime<Utc>,
+    /// `None`: zero, or longer than chrono can represent: a single window.
+    step: Option<TimeDelta>,
+    res: Resolution,
+}
+
+impl Iterator for Split {
+    type Item = Window;
+
+    fn next(&mut self) -> Option<Window> {
+        let start = self.next;
+        if start >= self.to {
+            return None;
         }
-    };
-    let mut windows = Vec::new();
-    let mut start = from;
-    while start < to {
-        let end = start.checked_add_signed(step).map_or(to, |e| e.min(to));
-        windows.push(Window { start, end });
-        start = end;
+        let end = match self.step.and_then(|d| start.checked_add_signed(d)) {
+            Some(e) => {
+                let aligned = self.res.floor(e);
+                if aligned > start {
+                    aligned
+                } else {
+                    self.res.floor(start) + self.res.step()
+                }
+            }
+            None => self.to,
+        }
+        .min(self.to);
+        self.next = end;
+        Some(Window { start, end })
     }
-    windows
 }
 
 /// Follow mode: the windows already planned cover `[target.start, covered_to)`;
@@ -114,17 +148,31 @@ pub fn extend(
     chunk: Duration,
     follow_step: Duration,
     is_final: bool,
-) -> Vec<Window> {
+    res: Resolution,
+) -> Split {
+    let nothing = split(covered_to, covered_to, chunk, res);
     if covered_to >= target.end {
-        return Vec::new();
+        return nothing;
     }
     if !is_final {
         let threshold = TimeDelta::from_std(chunk.min(follow_step)).unwrap_or(TimeDelta::MAX);
         if target.end.signed_duration_since(covered_to) < threshold {
-            return Vec::new();
+            return nothing;
         }
     }
-    split(covered_to, target.end, chunk)
+    split(covered_to, target.end, chunk, res)
+}
+
+/// The window a source is asked for when fetching `w`: `w` itself when it
+/// sits on `res` (every window planned by this module does), else widened
+/// to the resolution around it, so a chunk planned before windows were
+/// aligned still has its every instant asked for. Records the wider query
+/// returns outside `w` belong to a neighbouring chunk.
+pub fn query_window(w: Window, res: Resolution) -> Window {
+    Window {
+        start: res.floor(w.start),
+        end: res.ceil(w.end),
+    }
 }
 
 /// Sizes a plan for `--dry-run`: `requests = chunks × pages_per_chunk`
@@ -133,8 +181,7 @@ pub fn extend(
 /// one waits `1/rate` (burst allowance ignored, so it is a lower bound only
 /// up to the burst size). A rate that is not a positive finite number means
 /// no limit: zero.
-pub fn estimate(windows: &[Window], pages_per_chunk: u64, rate_per_second: f64) -> PlanEstimate {
-    let chunks = windows.len();
+pub fn estimate(chunks: usize, pages_per_chunk: u64, rate_per_second: f64) -> PlanEstimate {
     let requests = u64::try_from(chunks)
         .unwrap_or(u64::MAX)
         .saturating_mul(pages_per_chunk);
@@ -173,6 +220,48 @@ mod tests {
 
     const MIN: Duration = Duration::from_secs(60);
     const HOUR: Duration = Duration::from_secs(3600);
+    const SEC: Resolution = Resolution::SECOND;
+
+    // The examples below plan at millisecond resolution; the second-resolution
+    // cases call the functions of the module directly.
+    fn fill_target(
+        gap_start: DateTime<Utc>,
+        gap_end: Option<DateTime<Utc>>,
+        overlap: Duration,
+        settle: Duration,
+        now: DateTime<Utc>,
+    ) -> Option<Window> {
+        super::fill_target(
+            gap_start,
+            gap_end,
+            overlap,
+            settle,
+            now,
+            Resolution::MILLISECOND,
+        )
+    }
+
+    fn split(from: DateTime<Utc>, to: DateTime<Utc>, chunk: Duration) -> Vec<Window> {
+        super::split(from, to, chunk, Resolution::MILLISECOND).collect()
+    }
+
+    fn extend(
+        covered_to: DateTime<Utc>,
+        target: Window,
+        chunk: Duration,
+        step: Duration,
+        is_final: bool,
+    ) -> Vec<Window> {
+        super::extend(
+            covered_to,
+            target,
+            chunk,
+            step,
+            is_final,
+            Resolution::MILLISECOND,
+        )
+        .collect()
+    }
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
@@ -392,10 +481,89 @@ mod tests {
         );
     }
 
+    /// The case that lost records: a follow step ending inside a second, then
+    /// the next chunk starting there, against an API that knows seconds only.
+    #[test]
+    fn second_resolution_edges_sit_on_whole_seconds() {
+        let gap_start = t("2024-05-01T10:00:23.162Z");
+        let target = super::fill_target(
+            gap_start,
+            None,
+            2 * Duration::from_secs(1),
+            Duration::from_secs(1),
+            t("2024-05-01T10:00:29.561Z"),
+            SEC,
+        )
+        .unwrap();
+        assert_eq!(target, w("2024-05-01T10:00:21Z", "2024-05-01T10:00:28Z"));
+        let first: Vec<_> = super::extend(
+            target.start,
+            target,
+            20 * MIN,
+            Duration::from_secs(2),
+            false,
+            SEC,
+        )
+        .collect();
+        assert_eq!(first, vec![target]);
+        // The gap closes at 10:00:40.250; the trailing overlap ends at 42.250,
+        // which is asked for as the whole second 42.
+        let closed = super::fill_target(
+            gap_start,
+            Some(t("2024-05-01T10:00:40.250Z")),
+            2 * Duration::from_secs(1),
+            Duration::from_secs(1),
+            t("2024-05-01T10:01:00Z"),
+            SEC,
+        )
+        .unwrap();
+        assert_eq!(closed, w("2024-05-01T10:00:21Z", "2024-05-01T10:00:43Z"));
+        let rest: Vec<_> = super::extend(
+            first[0].end,
+            closed,
+            Duration::from_millis(6_500),
+            Duration::from_secs(2),
+            true,
+            SEC,
+        )
+        .collect();
+        assert_eq!(
+            rest,
+            vec![
+                w("2024-05-01T10:00:28Z", "2024-05-01T10:00:34Z"),
+                w("2024-05-01T10:00:34Z", "2024-05-01T10:00:40Z"),
+                w("2024-05-01T10:00:40Z", "2024-05-01T10:00:43Z"),
+            ]
+        );
+        // A chunk shorter than the resolution still advances by one step.
+        let tiny: Vec<_> = super::split(
+            t("2024-05-01T10:00:00Z"),
+            t("2024-05-01T10:00:02Z"),
+            Duration::from_millis(300),
+            SEC,
+        )
+        .collect();
+        assert_eq!(
+            tiny,
+            vec![
+                w("2024-05-01T10:00:00Z", "2024-05-01T10:00:01Z"),
+                w("2024-05-01T10:00:01Z", "2024-05-01T10:00:02Z"),
+            ]
+        );
+        // A window planned before alignment is asked for around its edges.
+        assert_eq!(
+            query_window(
+                w("2024-05-01T10:00:21.162Z", "2024-05-01T10:00:28.561Z"),
+                SEC
+            ),
+            w("2024-05-01T10:00:21Z", "2024-05-01T10:00:29Z")
+        );
+    }
+
     #[test]
     fn estimate_dry_run() {
         let ws = split(t("2024-05-01T00:00:00Z"), t("2024-05-02T00:00:00Z"), HOUR);
-        let e = estimate(&ws, 5, 10.0);
+        let e = estimate(ws.len(), 5, 10.0);
         assert_eq!(
             e,
             PlanEstimate {
@@ -404,18 +572,21 @@ mod tests {
                 min_duration: Duration::from_millis(11_900)
             }
         );
-        assert_eq!(estimate(&ws, 5, 0.0).min_duration, Duration::ZERO);
-        assert_eq!(estimate(&ws, 5, f64::NAN).min_duration, Duration::ZERO);
+        assert_eq!(estimate(ws.len(), 5, 0.0).min_duration, Duration::ZERO);
+        assert_eq!(estimate(ws.len(), 5, f64::NAN).min_duration, Duration::ZERO);
         assert_eq!(
-            estimate(&[], 5, 10.0),
+            estimate(0, 5, 10.0),
             PlanEstimate {
                 chunks: 0,
                 requests: 0,
                 min_duration: Duration::ZERO
             }
         );
-        assert_eq!(estimate(&ws, u64::MAX, 1e-300).requests, u64::MAX);
-        assert_eq!(estimate(&ws, u64::MAX, 1e-300).min_duration, Duration::MAX);
+        assert_eq!(estimate(ws.len(), u64::MAX, 1e-300).requests, u64::MAX);
+        assert_eq!(
+            estimate(ws.len(), u64::MAX, 1e-300).min_duration,
+            Duration::MAX
+        );
     }
 
     fn instant() -> impl Strategy<Value = DateTime<Utc>> {
@@ -427,6 +598,8 @@ mod tests {
     proptest! {
         #[test]
         fn split_tiles_exactly(from in instant(), len_ms in 0i64..10_000_000_000, chunk_ms in 1u64..100_000_000) {
+            // The store keeps milliseconds: planned edges are whole milliseconds.
+            let from = Resolution::MILLISECOND.floor(from);
             let to = from + TimeDelta::milliseconds(len_ms);
             let chunk = Duration::from_millis(chunk_ms);
             let ws = split(from, to, chunk);
@@ -446,6 +619,46 @@ mod tests {
                 for w in &ws[..ws.len() - 1] {
                     prop_assert_eq!((w.end - w.start).to_std().unwrap(), chunk);
                 }
+            }
+        }
+
+        /// In any resolution, from any unaligned gap edges and ticks: the
+        /// plan tiles the final target, every edge sits on the resolution (so
+        /// each query covers exactly its window), and the target covers the
+        /// gap plus overlap.
+        #[test]
+        fn plans_sit_on_the_source_resolution(
+            gap_start in instant(),
+            res_ms in prop_oneof![Just(1u64), Just(1000), 1u64..5000],
+            ticks in proptest::collection::vec(0u64..30_000, 1..20),
+            overlap_ms in 0u64..5000, settle_ms in 0u64..5000,
+            chunk_ms in 500u64..60_000, step_ms in 0u64..10_000,
+        ) {
+            let res = Resolution::from_millis(res_ms).unwrap();
+            let (overlap, settle) = (Duration::from_millis(overlap_ms), Duration::from_millis(settle_ms));
+            let (chunk, step) = (Duration::from_millis(chunk_ms), Duration::from_millis(step_ms));
+            let mut now = gap_start;
+            let mut plan: Vec<Window> = Vec::new();
+            for dt in &ticks {
+                now += TimeDelta::milliseconds(*dt as i64);
+                if let Some(target) = super::fill_target(gap_start, None, overlap, settle, now, res) {
+                    prop_assert!(target.end <= now - TimeDelta::from_std(settle).unwrap());
+                    let covered = plan.last().map_or(target.start, |w| w.end);
+                    plan.extend(super::extend(covered, target, chunk, step, false, res));
+                }
+            }
+            let gap_end = now;
+            let later = now + TimeDelta::hours(1);
+            let target = super::fill_target(gap_start, Some(gap_end), overlap, settle, later, res).unwrap();
+            let o = TimeDelta::from_std(overlap).unwrap();
+            prop_assert!(target.start <= gap_start - o);
+            prop_assert!(target.end >= gap_end + o);
+            let covered = plan.last().map_or(target.start, |w| w.end);
+            plan.extend(super::extend(covered, target, chunk, step, true, res));
+            assert_tiles(&plan, target.start, target.end);
+            for w in &plan {
+                prop_assert!(res.is_aligned(w.start) && res.is_aligned(w.end), "{w:?} off {res}");
+                prop_assert_eq!(query_window(*w, res), *w);
             }
         }
 

@@ -11,7 +11,9 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use url::Url;
 
+use super::body::{error_text, read_capped, BodyError};
 use super::pagination::{resolve_url, PageCursor, PageRequest, PageView, PaginationError};
+use super::plan::{query_window, Window};
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
 use crate::retry::{parse_retry_after, RetryPolicy};
@@ -49,6 +51,9 @@ pub enum SourceError {
     Pagination(#[from] PaginationError),
     #[error("cannot build the request: {0}")]
     Request(String),
+    /// Raise `source.max_page_bytes` or ask for smaller pages (`limit`).
+    #[error("page is larger than source.max_page_bytes ({max} bytes)")]
+    PageTooLarge { max: u64 },
 }
 
 /// The source API of one feed. Cheap to clone; all clones share the rate limit.
@@ -126,7 +131,8 @@ impl Source {
             PageRequest::Url(u) => Ok(resolve_url(&c.url, &u)?),
             PageRequest::Params(extra) => {
                 let fmt = c.time_format;
-                let (s, e) = (fmt.format(start), fmt.format(end));
+                let q = query_window(Window { start, end }, c.time_resolution);
+                let (s, e) = (fmt.format(q.start), fmt.format(q.end));
                 let mut url = c.url.clone();
                 {
                     let mut q = url.query_pairs_mut();
@@ -175,14 +181,16 @@ impl Source {
                             .get(reqwest::header::LINK)
                             .and_then(|v| v.to_str().ok())
                             .map(str::to_string);
-                        match resp.bytes().await {
+                        match read_capped(resp, i.config.max_page_bytes).await {
                             Ok(b) => {
                                 self.observe_duration(started);
-                                return Ok((b.to_vec(), link));
+                                return Ok((b, link));
                             }
-                            Err(e) => {
-                                (true, None, format!("reading the body: {}", e.without_url()))
+                            Err(BodyError::TooLarge { max }) => {
+                                self.observe_duration(started);
+                                return Err(SourceError::PageTooLarge { max });
                             }
+                            Err(e @ BodyError::Read(_)) => (true, None, e.to_string()),
                         }
                     } else {
                         self.observe_duration(started);
@@ -191,7 +199,7 @@ impl Source {
                             .get(reqwest::header::RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                        let body = snippet(&resp.text().await.unwrap_or_default());
+                        let body = snippet(&error_text(resp, 4096).await);
                         let code = status.as_u16();
                         if code == 429 || status.is_server_error() || code == 408 {
                             (true, retry_after, format!("status {code}: {body}"))

@@ -100,6 +100,9 @@ pub struct Progress {
     pub records_delivered: i64,
     pub records_duplicate: i64,
     pub records_rejected: i64,
+    /// Records a page carried outside its chunk's window (not delivered by
+    /// that chunk: the neighbouring window's query covers them).
+    pub records_out_of_window: i64,
 }
 
 /// One chunk of a fill: the half-open window `[start, end)`.
@@ -133,6 +136,7 @@ pub struct PageCounts {
     pub delivered: i64,
     pub duplicate: i64,
     pub rejected: i64,
+    pub out_of_window: i64,
 }
 
 /// Where a chunk's paging goes after a page was delivered.

@@ -30,7 +30,8 @@ const GAP_COLUMNS: &str = "g.id, g.feed, g.kind, g.state, g.start_ms, g.end_ms, 
      (SELECT COALESCE(SUM(pages), 0) FROM chunks c WHERE c.gap_id = g.id) AS pages, \
      (SELECT COALESCE(SUM(delivered), 0) FROM chunks c WHERE c.gap_id = g.id) AS delivered, \
      (SELECT COALESCE(SUM(duplicate), 0) FROM chunks c WHERE c.gap_id = g.id) AS duplicate, \
-     (SELECT COALESCE(SUM(rejected), 0) FROM chunks c WHERE c.gap_id = g.id) AS rejected";
+     (SELECT COALESCE(SUM(rejected), 0) FROM chunks c WHERE c.gap_id = g.id) AS rejected, \
+     (SELECT COALESCE(SUM(out_of_window), 0) FROM chunks c WHERE c.gap_id = g.id) AS out_of_window";
 
 impl Store {
     /// Opens (creating if needed) the database file and applies migrations.
@@ -406,18 +407,19 @@ impl Store {
             Some((cursor, state)) => sqlx::query(
                 "UPDATE chunks SET cursor = ?, state = ?, pages = pages + 1, attempts = 0, \
                  last_error = NULL, delivered = delivered + ?, duplicate = duplicate + ?, \
-                 rejected = rejected + ?, updated_ms = ? WHERE id = ?",
+                 rejected = rejected + ?, out_of_window = out_of_window + ?, updated_ms = ? WHERE id = ?",
             )
             .bind(cursor)
             .bind(state),
             None => sqlx::query(
                 "UPDATE chunks SET delivered = delivered + ?, duplicate = duplicate + ?, \
-                 rejected = rejected + ?, updated_ms = ? WHERE id = ?",
+                 rejected = rejected + ?, out_of_window = out_of_window + ?, updated_ms = ? WHERE id = ?",
             ),
         };
         q.bind(c.delivered)
             .bind(c.duplicate)
             .bind(c.rejected)
+            .bind(c.out_of_window)
             .bind(ms(now))
             .bind(chunk_id)
             .execute(&mut *tx)
@@ -598,6 +600,7 @@ fn gap_from_row(r: &SqliteRow) -> Result<Gap, StoreError> {
             records_delivered: r.get("delivered"),
             records_duplicate: r.get("duplicate"),
             records_rejected: r.get("rejected"),
+            records_out_of_window: r.get("out_of_window"),
         },
     })
 }

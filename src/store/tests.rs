@@ -87,6 +87,7 @@ async fn page_checkpoints_and_known_ids() {
                     delivered: 450,
                     duplicate: 2,
                     rejected: 1,
+                    out_of_window: 3,
                 },
                 checkpoint: Checkpoint::Next("{\"kind\":\"page\",\"page\":2}"),
                 sink_offset: Some(("/tmp/out.ndjson", 4096)),
@@ -137,6 +138,7 @@ async fn page_checkpoints_and_known_ids() {
     assert_eq!((c.state.as_str(), c.cursor.as_deref()), ("pending", None));
     let g = store.gap(gap).await.unwrap().unwrap();
     assert_eq!(g.progress.records_delivered, 451);
+    assert_eq!(g.progress.records_out_of_window, 3);
     store
         .commit_page("orders", chunks[1].id, gap, done(), t(204))
         .await

@@ -184,6 +184,18 @@ pub fn relay_feed_with_backfill(
     vendor_url: &str,
     max_retries: u32,
 ) -> String {
+    relay_feed_with_source(
+        name,
+        vendor_q,
+        app_q,
+        &VendorShape::Cursor.source(vendor_url, max_retries),
+    )
+}
+
+/// A relay feed (`max_silence` 3 s, 20 s chunks, follow step 2 s, overlap
+/// 2 s, settle 1 s) whose gaps are filled from `source` (a
+/// `[feeds.backfill.source]` block) into the relay's destination queue.
+pub fn relay_feed_with_source(name: &str, vendor_q: &str, app_q: &str, source: &str) -> String {
     format!(
         r#"
 [[feeds]]
@@ -203,19 +215,62 @@ queue_url = "{vendor_q}"
   overlap = "2s"
   settle = "1s"
   concurrency = 2
-    [feeds.backfill.source]
+{source}"#
+    )
+}
+
+/// The API shapes the vendor simulator serves, as gapwatch configures them.
+#[derive(Clone, Copy, Debug)]
+pub enum VendorShape {
+    /// A cursor in the body, RFC 3339 times with milliseconds.
+    Cursor,
+    /// Stripe's list API: newest first, `created` in unix seconds,
+    /// `created[gte]` / `created[lt]`, `starting_after` + `has_more`, limit 100.
+    Stripe,
+}
+
+impl VendorShape {
+    /// The simulator's `--pagination` value.
+    pub fn sim_style(self) -> &'static str {
+        match self {
+            VendorShape::Cursor => "cursor",
+            VendorShape::Stripe => "stripe",
+        }
+    }
+
+    /// The `[feeds.backfill.source]` block for this shape (bearer token from
+    /// `VENDOR_TOKEN`, 50 requests/s).
+    pub fn source(self, vendor_url: &str, max_retries: u32) -> String {
+        let (query, time, record_time, pagination) = match self {
+            VendorShape::Cursor => (
+                r#"{ since = "{start}", until = "{end}", limit = "50" }"#,
+                "rfc3339",
+                "/created_at",
+                r#"{ type = "cursor", cursor = "/next_cursor", param = "cursor" }"#,
+            ),
+            VendorShape::Stripe => (
+                r#"{ "created[gte]" = "{start}", "created[lt]" = "{end}", limit = "100" }"#,
+                "unix_s",
+                "/created",
+                r#"{ type = "cursor", cursor_from_last_record = "/id", param = "starting_after", has_more = "/has_more" }"#,
+            ),
+        };
+        format!(
+            r#"    [feeds.backfill.source]
     url = "{vendor_url}/v1/events"
-    query = {{ since = "{{start}}", until = "{{end}}", limit = "50" }}
+    query = {query}
+    time_format = "{time}"
     headers = {{ Authorization = "Bearer ${{VENDOR_TOKEN}}" }}
     records = "/data"
     record_id = "/id"
-    record_time = "/created_at"
+    record_time = "{record_time}"
     rate_limit = "50/s"
     timeout = "10s"
     max_retries = {max_retries}
-    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
+    pagination = {pagination}
 "#
-    )
+        )
+    }
 }
 
 // === gapwatch ===

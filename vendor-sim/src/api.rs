@@ -11,7 +11,8 @@ use rand::Rng;
 use serde::Serialize;
 
 use crate::history::{
-    decode_cursor, encode_cursor, Page, PageQuery, Position, RecordView, DEFAULT_LIMIT, MAX_LIMIT,
+    decode_cursor, encode_cursor, record_id, Page, PageQuery, Position, RecordView, DEFAULT_LIMIT,
+    MAX_LIMIT,
 };
 use crate::sim::{Pagination, Sim, Stats};
 use crate::timefmt::parse_time;
@@ -56,13 +57,35 @@ pub async fn events(
         }
     }
 
-    let request = match parse_request(&sim, &params) {
+    if faults.endless_page {
+        Stats::bump(&sim.stats.malformed_served, 1);
+        let head = futures_util::stream::once(async {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"{\"data\": [\""))
+        });
+        let filler = futures_util::stream::repeat_with(|| {
+            Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 64 * 1024]))
+        });
+        return (
+            [(header::CONTENT_TYPE, "application/json")],
+            axum::body::Body::from_stream(futures_util::StreamExt::chain(head, filler)),
+        )
+            .into_response();
+    }
+
+    let mut request = match parse_request(&sim, &params) {
         Ok(r) => r,
         Err(msg) => {
             Stats::bump(&sim.stats.bad_requests, 1);
             return error(StatusCode::BAD_REQUEST, &msg);
         }
     };
+
+    // Like servers that clamp `limit` / `per_page` to their own maximum.
+    if faults.page_size_cap > 0 {
+        if let Some(limit) = &mut request.query.limit {
+            *limit = (*limit).min(faults.page_size_cap);
+        }
+    }
 
     let page_no = sim.stats.served_pages.fetch_add(1, Ordering::Relaxed) + 1;
     if faults.malformed_every > 0 && page_no % faults.malformed_every == 0 {
@@ -81,7 +104,11 @@ pub async fn events(
         .to_owned();
     let (prefix, views, page) = {
         let history = sim.history();
-        let page = history.page(&request.query);
+        let page = if request.style == Pagination::Stripe {
+            history.page_newest_first(&request.query)
+        } else {
+            history.page(&request.query)
+        };
         (
             history.prefix().to_owned(),
             history.views(page.start, page.end),
@@ -112,10 +139,36 @@ pub async fn events(
                 rest: serde_json::json!({ "links": { "next": next } }),
             })
         }
+        Pagination::Stripe => {
+            let data: Vec<serde_json::Value> = views
+                .iter()
+                .rev()
+                .map(|v| {
+                    let r = v.with_prefix(&prefix);
+                    serde_json::json!({
+                        "id": record_id(&prefix, r.seq),
+                        "object": "event",
+                        "created": r.created_at_ms.div_euclid(1000),
+                        "seq": r.seq,
+                    })
+                })
+                .collect();
+            json(&serde_json::json!({
+                "object": "list",
+                "data": data,
+                "has_more": page.more,
+                "url": "/v1/events",
+            }))
+        }
         Pagination::LinkHeader => {
             let mut resp = json(&records);
             if let Some(c) = next_cursor {
-                let link = format!("<{}>; rel=\"next\"", next_url(&host, &params, &c));
+                let link = if faults.bad_link {
+                    // An unterminated target: no reader can tell where the URL ends.
+                    format!("<{}; rel=\"next\"", next_url(&host, &params, &c))
+                } else {
+                    format!("<{}>; rel=\"next\"", next_url(&host, &params, &c))
+                };
                 if let Ok(v) = HeaderValue::from_str(&link) {
                     resp.headers_mut().insert(header::LINK, v);
                 }
@@ -199,6 +252,37 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
             };
             (position, Some(page_size(params, "limit")?))
         }
+        Pagination::Stripe => {
+            let position = match param(params, "starting_after") {
+                Some(id) => Position::BeforeSeq(
+                    sim.history()
+                        .seq_of_id(id)
+                        .ok_or_else(|| format!("starting_after: no such object {id:?}"))?,
+                ),
+                None => Position::Start,
+            };
+            let limit = match number(params, "limit")? {
+                Some(n @ 1..=STRIPE_MAX_LIMIT) => n,
+                Some(n) => {
+                    return Err(format!(
+                        "limit: must be between 1 and {STRIPE_MAX_LIMIT}, got {n}"
+                    ))
+                }
+                None => 10,
+            };
+            let gte = unix_seconds(params, "created[gte]")?;
+            let lt = unix_seconds(params, "created[lt]")?;
+            return Ok(Request {
+                style,
+                query: PageQuery {
+                    since: gte.or(since),
+                    until: lt.or(until),
+                    position,
+                    limit: Some(limit),
+                },
+                cursor,
+            });
+        }
         Pagination::Page => {
             let per_page = page_size(params, "per_page")?;
             let page = number(params, "page")?.unwrap_or(1);
@@ -225,6 +309,22 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
         },
         cursor,
     })
+}
+
+/// Stripe's list API takes at most 100 objects per page.
+const STRIPE_MAX_LIMIT: usize = 100;
+
+/// A Stripe-style range bound: whole unix seconds, as milliseconds. A
+/// fraction is refused, as Stripe does ("invalid integer").
+fn unix_seconds(params: &Params, name: &str) -> Result<Option<i64>, String> {
+    param(params, name)
+        .map(|v| {
+            v.parse::<i64>()
+                .ok()
+                .and_then(|s| s.checked_mul(1000))
+                .ok_or_else(|| format!("{name}: invalid integer {v:?}"))
+        })
+        .transpose()
 }
 
 /// The cursor of the next page, `None` at the end.

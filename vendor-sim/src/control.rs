@@ -76,6 +76,9 @@ pub struct FaultsRequest {
     retry_after: Option<Value>,
     malformed_every: Option<u64>,
     cursor_loop: Option<bool>,
+    page_size_cap: Option<usize>,
+    bad_link: Option<bool>,
+    endless_page: Option<bool>,
 }
 
 /// Tells a missing field (`None`) from an explicit null (`Some(Value::Null)`).
@@ -135,6 +138,15 @@ pub async fn set_faults(State(sim): State<Arc<Sim>>, Json(req): Json<FaultsReque
     }
     if let Some(v) = req.cursor_loop {
         faults.cursor_loop = v;
+    }
+    if let Some(v) = req.page_size_cap {
+        faults.page_size_cap = v;
+    }
+    if let Some(v) = req.bad_link {
+        faults.bad_link = v;
+    }
+    if let Some(v) = req.endless_page {
+        faults.endless_page = v;
     }
     tracing::info!(faults = ?faults, "faults");
     Json(json!(faults)).into_response()

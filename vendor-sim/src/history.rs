@@ -61,6 +61,9 @@ pub enum Position {
     AfterSeq(u64),
     /// Skip this many records of the range (`page`, `offset` styles).
     Skip(usize),
+    /// Newest first: the records older than the one with this seq
+    /// (`starting_after=<id>` of the `stripe` style).
+    BeforeSeq(u64),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,6 +151,7 @@ impl History {
             Position::Index(i) => i.max(lo),
             Position::AfterSeq(seq) => usize::try_from(seq).unwrap_or(usize::MAX).max(lo),
             Position::Skip(n) => lo.saturating_add(n),
+            Position::BeforeSeq(_) => return self.page_newest_first(query),
         }
         .min(hi);
         let end = match query.limit {
@@ -158,6 +162,30 @@ impl History {
             start,
             end,
             more: end < hi,
+        }
+    }
+
+    /// A page of a newest-first listing: the `limit` newest records of the
+    /// range below the position; `more` when older ones remain. The caller
+    /// serves `[start, end)` in reverse.
+    pub fn page_newest_first(&self, query: &PageQuery) -> Page {
+        let (lo, hi) = self.range(query.since, query.until);
+        let top = match query.position {
+            // seq = index + 1: the records before seq s end at index s − 1.
+            Position::BeforeSeq(seq) => {
+                usize::try_from(seq.saturating_sub(1)).unwrap_or(usize::MAX)
+            }
+            _ => hi,
+        }
+        .clamp(lo, hi);
+        let start = match query.limit {
+            Some(limit) => top.saturating_sub(limit).max(lo),
+            None => lo,
+        };
+        Page {
+            start,
+            end: top,
+            more: start > lo,
         }
     }
 
@@ -410,6 +438,24 @@ mod tests {
             assert_eq!(decode_cursor(&encode_cursor(i)), Some(i));
         }
         assert_ne!(encode_cursor(1)[..12], encode_cursor(2)[..12]);
+    }
+
+    #[test]
+    fn newest_first_pages_cover_the_range_once() {
+        let h = sample();
+        let mut seen = Vec::new();
+        let mut position = Position::Start;
+        loop {
+            let mut q = query(Some(2_000), Some(20_001), position, 3);
+            q.position = position;
+            let page = h.page_newest_first(&q);
+            seen.extend((page.start..page.end).rev());
+            if !page.more {
+                break;
+            }
+            position = Position::BeforeSeq(h.view(page.start).seq);
+        }
+        assert_eq!(seen, (1..12).rev().collect::<Vec<_>>());
     }
 
     #[test]

@@ -135,6 +135,9 @@ async fn main() -> anyhow::Result<()> {
                 retry_after: cli.retry_after.clone(),
                 malformed_every: cli.malformed_every,
                 cursor_loop: cli.cursor_loop,
+                page_size_cap: 0,
+                bad_link: false,
+                endless_page: false,
             },
         },
     ));

@@ -23,6 +23,10 @@ pub enum Pagination {
     LinkHeader,
     Page,
     Offset,
+    /// Stripe's list API: newest first, `created` in unix seconds,
+    /// `created[gte]` / `created[lt]`, `starting_after=<id>` + `has_more`,
+    /// `limit` at most 100.
+    Stripe,
 }
 
 impl Pagination {
@@ -45,6 +49,13 @@ pub struct Faults {
     pub malformed_every: u64,
     /// Cursor styles hand back the same cursor forever.
     pub cursor_loop: bool,
+    /// Pages are at most this many records, whatever the request asked for
+    /// (0 = no cap beyond the style's own maximum).
+    pub page_size_cap: usize,
+    /// `link_header` answers carry an unparseable `Link` header.
+    pub bad_link: bool,
+    /// `/v1/events` answers 200 with a JSON body that never ends.
+    pub endless_page: bool,
 }
 
 /// An interval of `created_at` (unix ms) whose records are not published; `to: None` = open.
