@@ -128,6 +128,7 @@ impl From<JsonRejection> for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
+    crate::feed::refresh_clock_gauges(&s.metrics, s.feeds.values());
     (
         [(
             header::CONTENT_TYPE,
@@ -159,11 +160,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
 }
 
 async fn feeds(State(s): State<AppState>) -> Json<serde_json::Value> {
-    let mut list: Vec<_> = s
-        .feeds
-        .values()
-        .map(|h| h.status.borrow().clone())
-        .collect();
+    let mut list: Vec<_> = s.feeds.values().map(FeedHandle::current).collect();
     list.sort_by(|a, b| a.name.cmp(&b.name));
     Json(json!({ "feeds": list }))
 }

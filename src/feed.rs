@@ -9,20 +9,26 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FeedConfig, WatchMode};
-use crate::detector::{Detector, GapEvent};
+use crate::detector::{ActiveWindow, Detector, GapEvent};
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::Observation;
 use crate::store::{FillState, Store};
 
-/// How often the detector is ticked: detection latency is at most this.
-pub const TICK: Duration = Duration::from_millis(200);
-/// How often the newest event time is written to the store.
+/// How often the newest event time is written to the store (at most).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
-/// How often `gapwatch_gap_unfilled_seconds` is recomputed.
+/// How often `gapwatch_gap_unfilled_seconds` is recomputed while the feed has
+/// a gap or unfilled time.
 const UNFILLED_EVERY: Duration = Duration::from_secs(5);
+/// … and otherwise (a manual backfill may add a gap the monitor does not see).
+const UNFILLED_IDLE: Duration = Duration::from_secs(60);
+/// Retry delay for store writes that failed.
+const RETRY: Duration = Duration::from_secs(1);
+/// A monitor with nothing due still looks around this often.
+const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// Capacity of a feed's observation channel, in batches (backpressure beyond).
 pub const CHANNEL_BATCHES: usize = 64;
 
@@ -54,6 +60,8 @@ pub struct FeedHandle {
     pub status: watch::Receiver<FeedStatus>,
     /// Woken when a gap opens or closes, so fills start at once.
     pub fill_wakeup: Arc<Notify>,
+    /// How far behind the wall clock the feed's detector runs.
+    clock_lag: chrono::TimeDelta,
 }
 
 pub struct FeedMonitor {
@@ -76,8 +84,10 @@ pub struct FeedMonitor {
     unsaved: VecDeque<GapEvent>,
     observed: u64,
     last_saved: Option<DateTime<Utc>>,
-    last_save_at: Option<std::time::Instant>,
-    last_unfilled_at: Option<std::time::Instant>,
+    last_save_at: Option<Instant>,
+    last_unfilled_at: Option<Instant>,
+    /// The last value of `gapwatch_gap_unfilled_seconds`.
+    unfilled: f64,
     /// How far behind the wall clock the detector runs (see [`FeedMonitor::start`]).
     clock_lag: chrono::TimeDelta,
     future_log: FutureLog,
@@ -175,6 +185,7 @@ impl FeedMonitor {
             observations: tx,
             status: status_rx,
             fill_wakeup: fill_wakeup.clone(),
+            clock_lag,
         };
         let monitor = FeedMonitor {
             config,
@@ -195,6 +206,7 @@ impl FeedMonitor {
             future_log: FutureLog::default(),
             last_save_at: None,
             last_unfilled_at: None,
+            unfilled: 0.0,
             clock_lag,
         };
         Ok((monitor, handle))
@@ -203,20 +215,25 @@ impl FeedMonitor {
     /// Runs until `stop` is cancelled, then takes what is still queued, saves,
     /// and returns. Cancel `stop` only after the feed's producers finished.
     pub async fn run(mut self, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Before any observation: silence that lasted through our own downtime
         // must be seen first (an observation would otherwise close a gap that
         // was never opened).
         self.tick(self.now()).await;
         loop {
+            let wake = self.next_wake();
             tokio::select! {
                 biased;
                 batch = self.rx.recv() => match batch {
-                    Some(batch) => self.observe(batch, self.now()).await,
+                    Some(batch) => {
+                        self.observe(batch, self.now()).await;
+                        // A busy feed never lets the timer branch win.
+                        if self.next_wake() <= Instant::now() {
+                            self.tick(self.now()).await;
+                        }
+                    }
                     None => break,
                 },
-                _ = tick.tick() => self.tick(self.now()).await,
+                _ = tokio::time::sleep_until(wake) => self.tick(self.now()).await,
                 _ = stop.cancelled() => break,
             }
         }
@@ -226,6 +243,29 @@ impl FeedMonitor {
         self.last_save_at = None;
         self.tick(self.now()).await;
         tracing::debug!(feed = %self.config.name, "feed monitor stopped");
+    }
+
+    /// When the monitor has something to do next if nothing is observed: the
+    /// detector's deadline, a due save or retry, the unfilled-seconds refresh.
+    /// Nothing else wakes an idle feed, so idle cost does not grow with the
+    /// number of feeds, and detection happens at the deadline itself.
+    fn next_wake(&self) -> Instant {
+        let now = Instant::now();
+        let mut wake = now + IDLE_WAKE;
+        if let Some(deadline) = self.detector.next_deadline(self.now()) {
+            let wait = (deadline - self.now()).to_std().unwrap_or(Duration::ZERO);
+            wake = wake.min(now + wait);
+        }
+        if !self.unsaved.is_empty() || (self.after_edge.is_some() && !self.after_pending.is_empty())
+        {
+            wake = wake.min(now + RETRY);
+        }
+        if self.detector.state().last_event != self.last_saved {
+            wake = wake.min(self.last_save_at.map_or(now, |at| at + SAVE_EVERY));
+        }
+        let busy = self.open_gap_id.is_some() || self.unfilled > 0.0;
+        let every = if busy { UNFILLED_EVERY } else { UNFILLED_IDLE };
+        wake.min(self.last_unfilled_at.map_or(now, |at| at + every))
     }
 
     /// The detector's clock.
@@ -258,6 +298,8 @@ impl FeedMonitor {
             }
         }
         self.save_events(now).await;
+        self.flush_after_edge().await;
+        self.publish(now);
     }
 
     /// The record was relayed (or accepted) already; only its time is not
@@ -296,19 +338,20 @@ impl FeedMonitor {
 
     /// `gapwatch_gap_unfilled_seconds`, from the store every few seconds.
     async fn update_unfilled(&mut self, now: DateTime<Utc>) {
-        if self
-            .last_unfilled_at
-            .is_some_and(|at| at.elapsed() < UNFILLED_EVERY)
-        {
+        let busy = self.open_gap_id.is_some() || self.unfilled > 0.0;
+        let every = if busy { UNFILLED_EVERY } else { UNFILLED_IDLE };
+        if self.last_unfilled_at.is_some_and(|at| at.elapsed() < every) {
             return;
         }
-        self.last_unfilled_at = Some(std::time::Instant::now());
+        self.last_unfilled_at = Some(Instant::now());
         match self.store.unfilled_seconds(&self.config.name, now).await {
-            Ok(s) => self
-                .metrics
-                .gap_unfilled
-                .with_label_values(&[&self.config.name])
-                .set(s),
+            Ok(s) => {
+                self.unfilled = s;
+                self.metrics
+                    .gap_unfilled
+                    .with_label_values(&[&self.config.name])
+                    .set(s)
+            }
             Err(e) => {
                 tracing::warn!(feed = %self.config.name, error = %e, "cannot compute unfilled seconds")
             }
@@ -353,6 +396,7 @@ impl FeedMonitor {
         let edge: Vec<_> = self.recent.iter().cloned().collect();
         self.store.remember_live(feed, Some(id), &edge).await?;
         self.open_gap_id = Some(id);
+        self.last_unfilled_at = None;
         self.metrics.gap_open.with_label_values(&[feed]).set(1);
         self.metrics.gaps_detected.with_label_values(&[feed]).inc();
         tracing::warn!(
@@ -377,6 +421,7 @@ impl FeedMonitor {
     ) -> Result<(), crate::store::StoreError> {
         let id = self.store.close_gap(feed, end, now).await?;
         self.open_gap_id = None;
+        self.last_unfilled_at = None;
         self.metrics.gap_open.with_label_values(&[feed]).set(0);
         if let Some(id) = id {
             self.after_edge = Some((id, self.edge_ids));
@@ -435,7 +480,7 @@ impl FeedMonitor {
         {
             Ok(()) => {
                 self.last_saved = Some(last);
-                self.last_save_at = Some(std::time::Instant::now());
+                self.last_save_at = Some(Instant::now());
             }
             Err(e) => {
                 tracing::error!(feed = %self.config.name, error = %e, "cannot save last event")
@@ -446,27 +491,17 @@ impl FeedMonitor {
     fn publish(&self, now: DateTime<Utc>) {
         let feed = self.config.name.as_str();
         let state = self.detector.state();
-        let freshness = self.detector.freshness(now).map(|d| d.as_secs_f64());
-        let active = self.detector.is_active(now);
-        self.metrics
-            .feed_active
-            .with_label_values(&[feed])
-            .set(i64::from(active));
-        if let (Some(last), Some(fresh)) = (state.last_event, freshness) {
+        if let Some(last) = state.last_event {
             self.metrics
                 .feed_last_event
                 .with_label_values(&[feed])
                 .set(last.timestamp_millis() as f64 / 1000.0);
-            self.metrics
-                .feed_freshness
-                .with_label_values(&[feed])
-                .set(fresh);
         }
         let open_gap = match (self.open_gap_id, state.open_gap_start) {
             (Some(id), Some(start)) => Some(OpenGap {
                 id,
                 start,
-                silent_seconds: ((now - start).num_milliseconds().max(0) as f64) / 1000.0,
+                silent_seconds: 0.0,
             }),
             _ => None,
         };
@@ -474,15 +509,67 @@ impl FeedMonitor {
             .gap_open
             .with_label_values(&[feed])
             .set(i64::from(open_gap.is_some()));
-        self.status.send_replace(FeedStatus {
+        let mut status = FeedStatus {
             name: self.config.name.clone(),
             mode: self.config.watch.mode.as_str(),
             last_event: state.last_event,
-            freshness_seconds: freshness,
-            active,
+            freshness_seconds: None,
+            active: false,
             open_gap,
             records_observed: self.observed,
-        });
+        };
+        status.refresh(now, &self.config.freshness.window);
+        status.set_clock_gauges(&self.metrics);
+        self.status.send_replace(status);
+    }
+}
+
+// === impl FeedStatus ===
+
+impl FeedStatus {
+    /// Recomputes what changes with the clock alone.
+    fn refresh(&mut self, now: DateTime<Utc>, window: &ActiveWindow) {
+        let age = |t: DateTime<Utc>| ((now - t).num_milliseconds().max(0) as f64) / 1000.0;
+        // An event from the future (within the skew) reads as zero, never negative.
+        self.freshness_seconds = self.last_event.map(age);
+        self.active = window.is_active(now);
+        if let Some(g) = &mut self.open_gap {
+            g.silent_seconds = age(g.start);
+        }
+    }
+
+    fn set_clock_gauges(&self, metrics: &Metrics) {
+        let feed = self.name.as_str();
+        metrics
+            .feed_active
+            .with_label_values(&[feed])
+            .set(i64::from(self.active));
+        if let Some(f) = self.freshness_seconds {
+            metrics.feed_freshness.with_label_values(&[feed]).set(f);
+        }
+    }
+}
+
+// === impl FeedHandle ===
+
+impl FeedHandle {
+    /// The feed's status as of now. Freshness, activity and silence are
+    /// derived when read, so an idle monitor need not wake to keep them true.
+    pub fn current(&self) -> FeedStatus {
+        let mut status = self.status.borrow().clone();
+        status.refresh(Utc::now() - self.clock_lag, &self.config.freshness.window);
+        status
+    }
+}
+
+/// Sets the gauges that move with the clock alone (freshness, active) for
+/// every feed; called before each scrape.
+pub fn refresh_clock_gauges<'a>(
+    metrics: &Metrics,
+    feeds: impl IntoIterator<Item = &'a FeedHandle>,
+) {
+    for h in feeds {
+        h.current().set_clock_gauges(metrics);
     }
 }
 

@@ -159,6 +159,29 @@ impl Detector {
         None
     }
 
+    /// The earliest instant at which [`Detector::tick`] could open a gap if
+    /// nothing is observed before then; `None` while no gap can open (no event
+    /// yet, a gap already open, `max_silence` unrepresentable, or a window that
+    /// never opens again). Never later than the real opening: the shell may
+    /// sleep until it instead of ticking on a timer, which keeps idle feeds free
+    /// and detection exact. It may be earlier (the window closed in between);
+    /// ticking then yields no event and a new, later deadline.
+    pub fn next_deadline(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.state.open_gap_start.is_some() {
+            return None;
+        }
+        let max_silence = self.max_silence?;
+        let floor = self.silence_floor()?;
+        if self.window.is_always() {
+            return floor.checked_add_signed(max_silence);
+        }
+        match self.period_since(now, floor) {
+            Some(since) => since.max(floor).checked_add_signed(max_silence),
+            // Silence counts again only once the window opens.
+            None => self.window.next_active(now),
+        }
+    }
+
     /// The state to persist.
     pub fn state(&self) -> DetectorState {
         self.state
@@ -725,6 +748,64 @@ mod tests {
             Just(window(&["0-39 * * * * *", "* 50-52 * * * *"], Tz::UTC)),
             Just(window(&["* * 1-3 * * *"], chrono_tz::America::New_York)),
         ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Sleeping until `next_deadline` opens the same gap as ticking every
+        /// second, never later, and in a handful of wake-ups.
+        #[test]
+        fn deadlines_detect_no_later_than_ticking(
+            w in arb_window(),
+            max_silence in 1u64..900,
+            age in 0i64..600,
+            start_offset in 0i64..86_400,
+        ) {
+            let t0 = Utc.timestamp_opt(1_772_841_600 + start_offset, 0).single().unwrap_or_default();
+            let horizon = t0 + secs(4 * 3600);
+            let mut dense = Detector::new(Duration::from_secs(max_silence), w, DetectorState::default());
+            dense.observe(t0 - secs(age), t0);
+            let mut lazy = dense.clone();
+            let mut want = None;
+            let mut t = t0;
+            while t <= horizon {
+                if let Some(ev) = dense.tick(t) {
+                    want = Some(ev);
+                    break;
+                }
+                t += secs(1);
+            }
+            let mut got = None;
+            let mut now = t0;
+            let mut wakes = 0;
+            while let Some(deadline) = lazy.next_deadline(now) {
+                now = deadline.max(now);
+                if now > horizon {
+                    break;
+                }
+                wakes += 1;
+                prop_assert!(wakes < 1_000, "busy loop at {}", now);
+                if let Some(ev) = lazy.tick(now) {
+                    got = Some(ev);
+                    break;
+                }
+            }
+            match (want, got) {
+                (Some(GapEvent::Opened { start: ws, detected_at: wd }),
+                 Some(GapEvent::Opened { start: gs, detected_at: gd })) => {
+                    prop_assert_eq!(ws, gs);
+                    prop_assert!(gd <= wd && wd - gd < secs(1), "dense {} lazy {}", wd, gd);
+                }
+                // Dense ticking runs on whole seconds: within the last second
+                // of the horizon only the lazy one may see it.
+                (None, Some(GapEvent::Opened { detected_at, .. })) => {
+                    prop_assert!(detected_at > horizon - secs(1));
+                }
+                (None, None) => {}
+                other => prop_assert!(false, "dense/lazy disagree: {:?}", other),
+            }
+        }
     }
 
     proptest! {

@@ -2,8 +2,8 @@
 //! feed gone silent ([`Detector`]).
 //!
 //! Pure core: no I/O, no async, no clock of its own. The shell calls
-//! [`Detector::observe`] for every record it sees, [`Detector::tick`] about
-//! once a second (and once right after rebuilding from [`DetectorState`] at
+//! [`Detector::observe`] for every record it sees, [`Detector::tick`] at
+//! [`Detector::next_deadline`] (and once right after rebuilding from [`DetectorState`] at
 //! startup, before the first `observe`), persists [`Detector::state`] after
 //! each [`GapEvent`], and acts on the events.
 

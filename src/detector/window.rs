@@ -63,6 +63,20 @@ impl ActiveWindow {
         self.schedules.iter().any(|s| s.includes(local))
     }
 
+    /// The first active second strictly after `t` (`None` if no schedule ever
+    /// matches again). For an always-active window: `t` + 1 s.
+    pub fn next_active(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if self.is_always() {
+            return t.checked_add_signed(SECOND);
+        }
+        let local = t.with_timezone(&self.tz);
+        self.schedules
+            .iter()
+            .filter_map(|s| s.after(&local).next())
+            .map(|l| l.with_timezone(&Utc))
+            .min()
+    }
+
     /// Start of the active period that contains `t`, but never earlier than
     /// `floor`: the result is `max(period start, floor)`, so it is `floor` when
     /// the window was active all the way from `floor` to `t` (and also when
@@ -205,6 +219,25 @@ mod tests {
         assert!(ActiveWindow::always().is_active(utc("2026-03-07T17:00:00Z")));
         assert!(ActiveWindow::always().is_always());
         assert!(!ny.is_always());
+    }
+
+    #[test]
+    fn next_active_is_the_next_opening() {
+        let ny = weekdays_ny();
+        // Friday 22:00 EST → Monday 08:00 EST.
+        assert_eq!(
+            ny.next_active(utc("2026-01-10T03:00:00Z")),
+            Some(utc("2026-01-12T13:00:00Z"))
+        );
+        // Spring DST: Monday opens at 08:00 EDT = 12:00Z.
+        assert_eq!(
+            ny.next_active(utc("2026-03-07T03:00:00Z")),
+            Some(utc("2026-03-09T12:00:00Z"))
+        );
+        assert_eq!(
+            ActiveWindow::always().next_active(utc("2026-01-10T03:00:00Z")),
+            Some(utc("2026-01-10T03:00:01Z"))
+        );
     }
 
     #[test]

@@ -21,9 +21,13 @@ use crate::store::{
     Checkpoint, Chunk, FillState, Gap, GapKind, GapState, PageCommit, PageCounts, Store, StoreError,
 };
 
-/// How often a feed's gaps are looked at without a wake-up (an open gap's fill
-/// follows it at this pace).
-const PASS_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a feed's gaps are looked at when nothing is due and nothing woke
+/// the filler (a gap added by another process, say).
+const IDLE_PASS: Duration = Duration::from_secs(60);
+/// After a pass that failed (the store), the next try.
+const PASS_RETRY: Duration = Duration::from_secs(5);
+/// A chunk still due right after a pass (it could not start) is tried again after this.
+const DUE_RETRY: Duration = Duration::from_secs(1);
 
 /// What a pass did to a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +75,10 @@ impl Filler {
             .expect("filler built for a feed with backfill")
     }
 
-    /// The daemon loop: a pass on every wake-up and every few seconds.
+    /// The daemon loop: a pass on every wake-up (a gap opened or closed, a
+    /// retry by hand) and whenever the next piece of work falls due (a chunk's
+    /// retry, the next follow step, the instant a closed gap's last window is
+    /// settled), so recovery ends as early as the settle delay allows.
     pub async fn run(self, wakeup: Arc<Notify>, cancel: CancellationToken) {
         let feed = self.feed.name.clone();
         match self.store.reset_running(&feed, Utc::now()).await {
@@ -82,32 +89,81 @@ impl Filler {
             Err(e) => tracing::error!(feed = %feed, error = %e, "cannot reset interrupted chunks"),
         }
         while !cancel.is_cancelled() {
-            if let Err(e) = self.pass(&cancel).await {
-                tracing::error!(feed = %feed, error = %e, "fill pass failed");
-            }
+            let wait = match self.pass(&cancel).await {
+                Ok(Some(due)) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                Ok(None) => IDLE_PASS,
+                Err(e) => {
+                    tracing::error!(feed = %feed, error = %e, "fill pass failed");
+                    PASS_RETRY
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = wakeup.notified() => {}
-                _ = tokio::time::sleep(PASS_INTERVAL) => {}
+                _ = tokio::time::sleep(wait.min(IDLE_PASS)) => {}
             }
         }
         tracing::debug!(feed = %feed, "filler stopped");
     }
 
-    /// One pass over every gap of the feed that still has work.
-    pub async fn pass(&self, cancel: &CancellationToken) -> Result<(), StoreError> {
+    /// One pass over every gap of the feed that still has work; returns when
+    /// the next piece of work falls due (`None`: nothing is scheduled).
+    pub async fn pass(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let gaps = self
             .store
             .gaps_to_fill(&self.feed.name, &self.owner)
             .await?;
+        let mut due: Option<DateTime<Utc>> = None;
         for gap in gaps {
             if cancel.is_cancelled() {
                 break;
             }
-            self.fill_gap(&gap, cancel).await?;
+            if self.fill_gap(&gap, cancel).await? == GapOutcome::InProgress {
+                let next = self.next_due(&gap, Utc::now()).await?;
+                due = due.into_iter().chain(next).min();
+            }
         }
         self.update_chunk_gauges().await;
-        Ok(())
+        Ok(due)
+    }
+
+    /// When a gap still in progress has work again: its earliest chunk retry,
+    /// or the instant more of its interval is settled enough to plan.
+    async fn next_due(
+        &self,
+        gap: &Gap,
+        now: DateTime<Utc>,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let b = self.backfill();
+        let chunks = self.store.chunks(gap.id).await?;
+        let retry = chunks
+            .iter()
+            .filter(|c| c.state == "pending")
+            .map(|c| {
+                c.next_attempt
+                    .max(now + chrono::Duration::from_std(DUE_RETRY).unwrap_or_default())
+            })
+            .min();
+        let overlap = match gap.kind {
+            GapKind::Manual => Duration::ZERO,
+            GapKind::Detected => b.overlap,
+        };
+        let covered_to = chunks.last().map_or_else(
+            || gap.start - chrono::Duration::from_std(overlap).unwrap_or_default(),
+            |c| c.end,
+        );
+        let plan = plan::next_plan_due(
+            gap.end,
+            overlap,
+            b.settle,
+            covered_to,
+            b.chunk,
+            b.follow_step,
+        );
+        Ok(retry.into_iter().chain(plan).min())
     }
 
     /// The interval the gap's fill must cover now (None: nothing fetchable yet).

@@ -175,6 +175,28 @@ pub fn query_window(w: Window, res: Resolution) -> Window {
     }
 }
 
+/// When [`extend`] next has something worth planning for a gap whose plan
+/// covers up to `covered_to`: a closed gap once the rest of its interval
+/// (`gap_end + overlap`) is settled, so its last chunk is fetched at the
+/// earliest instant it is complete; an open gap once one more
+/// `min(chunk, follow_step)` is settled. `None`: the plan is complete.
+pub fn next_plan_due(
+    gap_end: Option<DateTime<Utc>>,
+    overlap: Duration,
+    settle: Duration,
+    covered_to: DateTime<Utc>,
+    chunk: Duration,
+    follow_step: Duration,
+) -> Option<DateTime<Utc>> {
+    match gap_end {
+        Some(end) => {
+            let wanted = add(end, overlap);
+            (covered_to < wanted).then(|| add(wanted, settle))
+        }
+        None => Some(add(add(covered_to, chunk.min(follow_step)), settle)),
+    }
+}
+
 /// Sizes a plan for `--dry-run`: `requests = chunks × pages_per_chunk`
 /// (saturating), and the least time those requests take when the source
 /// allows `rate_per_second`: the first request goes at once and each further
@@ -265,6 +287,45 @@ mod tests {
 
     fn t(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn next_plan_due_table() {
+        let s = Duration::from_secs;
+        // Closed: once end + overlap is settled, whatever is covered already.
+        assert_eq!(
+            next_plan_due(
+                Some(t("2026-01-01T00:00:20Z")),
+                s(2),
+                s(1),
+                t("2026-01-01T00:00:19Z"),
+                HOUR,
+                MIN
+            ),
+            Some(t("2026-01-01T00:00:23Z"))
+        );
+        // Closed and covered: nothing more to plan.
+        assert_eq!(
+            next_plan_due(
+                Some(t("2026-01-01T00:00:20Z")),
+                s(2),
+                s(1),
+                t("2026-01-01T00:00:22Z"),
+                HOUR,
+                MIN
+            ),
+            None
+        );
+        // Open: one more follow step, settled.
+        assert_eq!(
+            next_plan_due(None, s(2), s(1), t("2026-01-01T00:00:10Z"), HOUR, s(2)),
+            Some(t("2026-01-01T00:00:13Z"))
+        );
+        // Open with a chunk smaller than the follow step.
+        assert_eq!(
+            next_plan_due(None, s(2), s(1), t("2026-01-01T00:00:10Z"), s(1), MIN),
+            Some(t("2026-01-01T00:00:12Z"))
+        );
     }
 
     fn w(a: &str, b: &str) -> Window {
