@@ -615,6 +615,8 @@ mod tests {
         .unwrap();
         let stored = store.detector_state("orders").await.unwrap().last_event;
         let repaired = stored.expect("a newest event is kept");
+        // Stored to the millisecond.
+        let before = before - chrono::TimeDelta::milliseconds(1);
         assert!(repaired >= before && repaired <= Utc::now(), "{repaired}");
         assert_eq!(handle.status.borrow().last_event, Some(repaired));
         assert!(metrics.render().contains(
