@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs gapwatch's whole test suite on a fresh machine: installs the peers the
 # integration tests start (moto's server for SQS/CloudWatch, Prometheus' promtool
-# and server), then unit + integration tests, lint, and the ops checks.
+# and server, PostgreSQL), then unit + integration tests, lint, and the ops checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,8 @@ need_apt=()
 command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v kubectl >/dev/null 2>&1 || need_apt+=(kubectl)
+# The store suite and the replica tests start their own throwaway clusters.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]} (apt)"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -20,8 +22,10 @@ if ! command -v moto_server >/dev/null 2>&1; then
   python3 -m pip install --quiet 'moto[server]'
   hash -r
 fi
-# Prometheus' Debian package starts a server on :9090 we don't want in tests.
-if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus >/dev/null 2>&1 || true; fi
+# Prometheus' and Postgres' Debian packages start servers we don't want in tests.
+if command -v systemctl >/dev/null 2>&1; then
+  systemctl stop prometheus postgresql >/dev/null 2>&1 || true
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -29,7 +33,7 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-echo "== cargo test (unit + integration against moto, the vendor simulator, SQLite, promtool)"
+echo "== cargo test (unit + integration against moto, the vendor simulator, SQLite, Postgres, promtool)"
 cargo build --workspace --quiet
 cargo test --workspace -- --test-threads 2
 

@@ -151,7 +151,7 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             json,
         } => {
             let config = config.load(env)?;
-            let store = Store::open(&config.state.path).await?;
+            let store = Store::connect(&config.state.url).await?;
             let gaps = store
                 .gaps(&GapFilter {
                     feed,
@@ -271,7 +271,7 @@ async fn backfill(
         .as_ref()
         .with_context(|| format!("feed {feed:?} has no [feeds.backfill] section"))?;
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(&config.state.path).await?;
+    let store = Store::connect(&config.state.url).await?;
     let sqs = if crate::daemon::needs_aws(&config) {
         Some(crate::aws::sqs_client(
             &crate::aws::sdk_config(&config.aws).await,

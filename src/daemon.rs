@@ -34,9 +34,9 @@ pub fn needs_aws(config: &Config) -> bool {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let store = Store::open(&config.state.path)
+    let store = Store::connect(&config.state.url)
         .await
-        .with_context(|| format!("opening the state store {}", config.state.path.display()))?;
+        .with_context(|| format!("opening the state store {}", config.state.url.redacted()))?;
     let sdk = if needs_aws(&config) {
         Some(crate::aws::sdk_config(&config.aws).await)
     } else {

@@ -44,10 +44,49 @@ pub struct ServerConfig {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StateConfig {
-    /// The SQLite database file.
-    pub path: PathBuf,
+    /// Where the state lives.
+    pub url: StateUrl,
     /// How many record ids to keep on each side of a gap edge for dedupe.
     pub edge_ids: NonZeroUsize,
+}
+
+/// A state store location.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StateUrl {
+    /// A SQLite database file: one replica.
+    Sqlite(PathBuf),
+    /// A Postgres connection URL (it may carry a password): any number of replicas.
+    Postgres(Secret),
+}
+
+impl StateUrl {
+    /// The URL as it may be shown: a Postgres password is replaced.
+    pub fn redacted(&self) -> String {
+        match self {
+            StateUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StateUrl::Postgres(url) => match Url::parse(url.expose()) {
+                Ok(mut u) if u.password().is_some() => {
+                    // `Url` would percent-encode the brackets of a placeholder.
+                    let _ = u.set_password(Some("redacted"));
+                    u.to_string().replacen(":redacted@", ":<redacted>@", 1)
+                }
+                Ok(u) => u.to_string(),
+                Err(_) => "postgres://<redacted>".to_string(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for StateUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for StateUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.redacted())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -70,7 +70,10 @@ fn load(text: &str) -> Result<Config, String> {
 fn the_design_example_loads_with_real_types() {
     let c = load(GOOD).unwrap();
     assert_eq!(c.server.listen.port(), 9464);
-    assert_eq!(c.state.path, PathBuf::from("/tmp/gapwatch-test/state.db"));
+    assert_eq!(
+        c.state.url,
+        StateUrl::Sqlite(PathBuf::from("/tmp/gapwatch-test/state.db"))
+    );
     let f = &c.feeds[0];
     assert_eq!(f.watch.mode, WatchMode::Relay);
     assert_eq!(f.freshness.max_silence, Duration::from_secs(300));
@@ -125,7 +128,7 @@ fn env_overrides_use_double_underscores() {
     e.insert("GAPWATCH__STATE__URL".into(), "sqlite://other.db".into());
     let c = Config::from_toml(GOOD, &e).unwrap();
     assert_eq!(c.server.listen.port(), 19464);
-    assert_eq!(c.state.path, PathBuf::from("other.db"));
+    assert_eq!(c.state.url, StateUrl::Sqlite(PathBuf::from("other.db")));
 }
 
 /// Each bad value must produce an error naming its key.
@@ -252,4 +255,27 @@ path = "/tmp/same.ndjson"
     );
     let err = load(&text).unwrap_err();
     assert!(err.contains("feeds[1].backfill.sink.path: /tmp/same.ndjson is already the file sink of another feed"), "{err}");
+}
+
+#[test]
+fn a_postgres_state_url_is_accepted_and_its_password_never_shown() {
+    let text = GOOD.replace(
+        "url = \"sqlite:///tmp/gapwatch-test/state.db\"",
+        "url = \"postgres://gapwatch:pg-s3cret@db.internal:5432/gapwatch\"",
+    );
+    let c = load(&text).unwrap();
+    assert!(matches!(c.state.url, StateUrl::Postgres(_)));
+    let out = c.to_redacted_toml();
+    assert!(!out.contains("pg-s3cret"), "{out}");
+    assert!(out.contains("postgres://gapwatch:<redacted>@db.internal:5432/gapwatch"));
+    assert!(!format!("{c:?}").contains("pg-s3cret"));
+    let bad = GOOD.replace(
+        "url = \"sqlite:///tmp/gapwatch-test/state.db\"",
+        "url = \"postgres://u:pg-s3cret@[bad\"",
+    );
+    let err = load(&bad).unwrap_err();
+    assert!(
+        err.contains("state.url") && !err.contains("pg-s3cret"),
+        "{err}"
+    );
 }

@@ -12,7 +12,7 @@ use url::Url;
 use super::raw::{RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
 use super::{
     AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig, RateLimit,
-    Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, WatchConfig, WatchMode,
+    Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
 };
 use crate::detector::ActiveWindow;
 use crate::timefmt::Resolution;
@@ -223,7 +223,29 @@ impl Checker<'_> {
     }
 
     fn state(&mut self, raw: &RawConfig) -> Option<StateConfig> {
-        let url = self.string("state.url", &raw.state.url)?;
+        let url = self.state_url(&raw.state.url);
+        let edge_ids = usize::try_from(raw.state.edge_ids)
+            .ok()
+            .and_then(NonZeroUsize::new);
+        if edge_ids.is_none() {
+            self.fail("state.edge_ids", "must be a positive integer");
+        }
+        Some(StateConfig {
+            url: url?,
+            edge_ids: edge_ids?,
+        })
+    }
+
+    fn state_url(&mut self, raw: &str) -> Option<StateUrl> {
+        let url = self.string("state.url", raw)?;
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            if Url::parse(&url).is_err() {
+                // The URL may hold a password: never echo it.
+                self.fail("state.url", "not a valid postgres:// URL");
+                return None;
+            }
+            return Some(StateUrl::Postgres(Secret::hidden(url)));
+        }
         let path = if let Some(p) = url.strip_prefix("sqlite://") {
             Some(p)
         } else if let Some(p) = url.strip_prefix("sqlite:") {
@@ -233,7 +255,7 @@ impl Checker<'_> {
             self.fail(
                 "state.url",
                 format!(
-                    "unsupported store {scheme:?}: this build supports sqlite://PATH (e.g. sqlite:///var/lib/gapwatch/state.db)"
+                    "unsupported store {scheme:?}: write sqlite://PATH (one replica, e.g. sqlite:///var/lib/gapwatch/state.db) or postgres://USER:PASSWORD@HOST/DB (several replicas)"
                 ),
             );
             None
@@ -243,16 +265,7 @@ impl Checker<'_> {
             self.fail("state.url", "the sqlite URL has no file path");
             return None;
         }
-        let edge_ids = usize::try_from(raw.state.edge_ids)
-            .ok()
-            .and_then(NonZeroUsize::new);
-        if edge_ids.is_none() {
-            self.fail("state.edge_ids", "must be a positive integer");
-        }
-        Some(StateConfig {
-            path: PathBuf::from(path),
-            edge_ids: edge_ids?,
-        })
+        Some(StateUrl::Sqlite(PathBuf::from(path)))
     }
 
     fn aws(&mut self, raw: &RawConfig) -> Option<AwsConfig> {

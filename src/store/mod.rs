@@ -1,14 +1,260 @@
 //! Durable state: feeds' newest event, gaps, fill chunks with their page
 //! checkpoints, and the record ids that must not be delivered twice.
 //!
-//! SQLite through sqlx; the schema lives in `migrations/` and is applied on open.
+//! Two backends behind one [`Store`]: SQLite (one replica, the embedded
+//! default; schema in `migrations/`) and Postgres (any number of replicas;
+//! schema in `migrations/postgres/`). Both are applied on open, and the one test
+//! suite (`tests.rs`) runs against each.
 
+mod postgres;
 mod sqlite;
+
+use std::collections::HashSet;
+use std::path::Path;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
 
-pub use sqlite::Store;
+use crate::config::StateUrl;
+use crate::detector::DetectorState;
+use postgres::PgStore;
+use sqlite::SqliteStore;
+
+/// The state store. Cheap to clone (a pool handle).
+#[derive(Clone)]
+pub struct Store {
+    backend: Backend,
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+/// Calls the same method on whichever backend the store is.
+macro_rules! dispatch {
+    ($self:ident.$method:ident($($arg:expr),* $(,)?)) => {
+        match &$self.backend {
+            Backend::Sqlite(s) => s.$method($($arg),*).await,
+            Backend::Postgres(s) => s.$method($($arg),*).await,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store `url` names (creating and migrating it as needed).
+    pub async fn connect(url: &StateUrl) -> Result<Store, StoreError> {
+        match url {
+            StateUrl::Sqlite(path) => Self::open(path).await,
+            StateUrl::Postgres(url) => Self::postgres(url.expose()).await,
+        }
+    }
+
+    /// Opens (creating if needed) a SQLite database file and applies migrations.
+    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Sqlite(SqliteStore::open(path).await?),
+        })
+    }
+
+    /// A private in-memory SQLite database, for tests.
+    pub async fn memory() -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Sqlite(SqliteStore::memory().await?),
+        })
+    }
+
+    /// Connects to a Postgres database and applies migrations.
+    pub async fn postgres(url: &str) -> Result<Store, StoreError> {
+        Ok(Store {
+            backend: Backend::Postgres(PgStore::connect(url).await?),
+        })
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        dispatch!(self.ping())
+    }
+
+    pub async fn close(&self) {
+        dispatch!(self.close())
+    }
+
+    // === feeds ===
+
+    /// The detector state saved for a feed (nothing yet: default).
+    pub async fn detector_state(&self, feed: &str) -> Result<DetectorState, StoreError> {
+        dispatch!(self.detector_state(feed))
+    }
+
+    /// Records the newest event time (never moves it backwards).
+    pub async fn save_last_event(
+        &self,
+        feed: &str,
+        last_event: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.save_last_event(feed, last_event, now))
+    }
+
+    // === gaps ===
+
+    /// Opens a detected gap starting at `start`; returns its id. If the feed
+    /// already has an open gap (a restart raced the detector), returns that one.
+    pub async fn open_gap(
+        &self,
+        feed: &str,
+        start: DateTime<Utc>,
+        detected_at: DateTime<Utc>,
+        fill: FillState,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.open_gap(feed, start, detected_at, fill))
+    }
+
+    /// Closes the feed's open gap at `end`; returns its id (None: no open gap).
+    pub async fn close_gap(
+        &self,
+        feed: &str,
+        end: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        dispatch!(self.close_gap(feed, end, now))
+    }
+
+    /// A closed gap created by hand (`backfill`), to be filled over `[from, to)`.
+    /// `owner` is who fills it: `daemon`, or `cli` for a `gapwatch backfill` run.
+    pub async fn manual_gap(
+        &self,
+        feed: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.manual_gap(feed, from, to, owner, now))
+    }
+
+    pub async fn set_fill(
+        &self,
+        gap_id: i64,
+        fill: FillState,
+        error: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        dispatch!(self.set_fill(gap_id, fill, error, now))
+    }
+
+    /// Puts a failed or ignored gap back to work: failed chunks become pending.
+    pub async fn retry_gap(&self, gap_id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        dispatch!(self.retry_gap(gap_id, now))
+    }
+
+    pub async fn gap(&self, id: i64) -> Result<Option<Gap>, StoreError> {
+        dispatch!(self.gap(id))
+    }
+
+    /// Gaps, newest first.
+    pub async fn gaps(&self, filter: &GapFilter) -> Result<Vec<Gap>, StoreError> {
+        dispatch!(self.gaps(filter))
+    }
+
+    /// Gaps of `owner` whose fill still has work (pending or running), oldest first.
+    pub async fn gaps_to_fill(&self, feed: &str, owner: &str) -> Result<Vec<Gap>, StoreError> {
+        dispatch!(self.gaps_to_fill(feed, owner))
+    }
+
+    // === chunks ===
+
+    /// Appends chunks to a gap's plan (indexes continue after the last one).
+    pub async fn add_chunks(
+        &self,
+        gap_id: i64,
+        windows: &[(DateTime<Utc>, DateTime<Utc>)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.add_chunks(gap_id, windows, now))
+    }
+
+    pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
+        dispatch!(self.chunks(gap_id))
+    }
+
+    pub async fn start_chunk(&self, chunk_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        dispatch!(self.start_chunk(chunk_id, now))
+    }
+
+    /// Chunks left `running` by a crash go back to `pending`; their checkpoint
+    /// stays, so they resume at the page after the last one delivered.
+    pub async fn reset_running(&self, feed: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self.reset_running(feed, now))
+    }
+
+    /// The checkpoint of one delivered page, in one transaction: the ids it
+    /// delivered, its counts, and where the chunk goes next.
+    pub async fn commit_page(
+        &self,
+        feed: &str,
+        chunk_id: i64,
+        gap_id: i64,
+        page: PageCommit<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.commit_page(feed, chunk_id, gap_id, page, now))
+    }
+
+    /// The committed length of a feed's file sink output, if it wrote to `path`.
+    pub async fn sink_offset(&self, feed: &str, path: &str) -> Result<Option<u64>, StoreError> {
+        dispatch!(self.sink_offset(feed, path))
+    }
+
+    /// Seconds of the feed's gaps not recovered yet: gaps still to fill (or
+    /// without backfill) minus what their finished chunks cover.
+    pub async fn unfilled_seconds(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<f64, StoreError> {
+        dispatch!(self.unfilled_seconds(feed, now))
+    }
+
+    /// A chunk attempt failed; it is retried at `next_attempt` unless `give_up`.
+    pub async fn fail_chunk(
+        &self,
+        chunk_id: i64,
+        error: &str,
+        next_attempt: DateTime<Utc>,
+        give_up: bool,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        dispatch!(self.fail_chunk(chunk_id, error, next_attempt, give_up, now))
+    }
+
+    /// Chunk counts by state over the feed's gaps that are still being filled.
+    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        dispatch!(self.chunk_states(feed))
+    }
+
+    // === record ids ===
+
+    /// Remembers ids seen live near a gap edge (kept for dedupe).
+    pub async fn remember_live(
+        &self,
+        feed: &str,
+        gap_id: Option<i64>,
+        ids: &[(String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        dispatch!(self.remember_live(feed, gap_id, ids))
+    }
+
+    /// Which of `ids` gapwatch already knows (seen live near an edge, or delivered).
+    pub async fn known_ids(&self, feed: &str, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+        dispatch!(self.known_ids(feed, ids))
+    }
+
+    pub async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {
+        dispatch!(self.count_ids(feed, origin))
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

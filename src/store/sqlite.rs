@@ -16,9 +16,9 @@ use super::{
 };
 use crate::detector::DetectorState;
 
-/// The SQLite store. Cheap to clone (a pool handle).
+/// The SQLite store: one replica. Cheap to clone (a pool handle).
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct SqliteStore {
     pool: SqlitePool,
 }
 
@@ -33,9 +33,9 @@ const GAP_COLUMNS: &str = "g.id, g.feed, g.kind, g.state, g.start_ms, g.end_ms, 
      (SELECT COALESCE(SUM(rejected), 0) FROM chunks c WHERE c.gap_id = g.id) AS rejected, \
      (SELECT COALESCE(SUM(out_of_window), 0) FROM chunks c WHERE c.gap_id = g.id) AS out_of_window";
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
                 path: dir.display().to_string(),
@@ -54,12 +54,12 @@ impl Store {
     }
 
     /// A private in-memory database, for tests.
-    pub async fn memory() -> Result<Store, StoreError> {
+    pub async fn memory() -> Result<SqliteStore, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
         Self::connect(options).await
     }
 
-    async fn connect(options: SqliteConnectOptions) -> Result<Store, StoreError> {
+    async fn connect(options: SqliteConnectOptions) -> Result<SqliteStore, StoreError> {
         let pool = SqlitePoolOptions::new()
             // One writer at a time is what SQLite does anyway; a single connection
             // also keeps an in-memory database shared.
@@ -68,7 +68,7 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(SqliteStore { pool })
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {

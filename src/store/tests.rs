@@ -1,16 +1,69 @@
+//! The store's contract, written once and run against each backend: every
+//! `async fn NAME(db: Db)` listed in `suite!` runs as `sqlite::NAME` (a SQLite
+//! file) and `postgres::NAME` (its own database in a real Postgres cluster,
+//! one cluster per test binary).
+
 use chrono::{Duration, TimeZone, Utc};
 
 use super::*;
+
+#[path = "../../tests/common/postgres.rs"]
+mod pg_cluster;
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::sqlite()).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Db::postgres()).await
+            })*
+        }
+    };
+}
+
+suite!(
+    gaps_open_close_and_survive_reopening,
+    page_checkpoints_and_known_ids,
+    unfilled_seconds_subtract_done_chunks,
+    failed_chunks_come_back_on_retry,
+);
+
+/// A database to test against: opening it twice gives the same state.
+pub(super) enum Db {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl Db {
+    fn sqlite() -> Db {
+        Db::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn postgres() -> Db {
+        Db::Postgres(pg_cluster::shared_cluster().new_database())
+    }
+
+    async fn open(&self) -> Store {
+        match self {
+            Db::Sqlite(dir) => Store::open(&dir.path().join("state/gapwatch.db")).await,
+            Db::Postgres(url) => Store::postgres(url).await,
+        }
+        .unwrap()
+    }
+}
 
 fn t(min: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 2, 12, 0, 0).unwrap() + Duration::minutes(min)
 }
 
-#[tokio::test]
-async fn gaps_open_close_and_survive_reopening_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state/gapwatch.db");
-    let store = Store::open(&path).await.unwrap();
+async fn gaps_open_close_and_survive_reopening(db: Db) {
+    let store = db.open().await;
     store.save_last_event("orders", t(0), t(0)).await.unwrap();
     // Never backwards.
     store.save_last_event("orders", t(-5), t(1)).await.unwrap();
@@ -28,7 +81,7 @@ async fn gaps_open_close_and_survive_reopening_the_file() {
     );
     store.close().await;
 
-    let store = Store::open(&path).await.unwrap();
+    let store = db.open().await;
     let state = store.detector_state("orders").await.unwrap();
     assert_eq!(state.last_event, Some(t(0)));
     assert_eq!(state.open_gap_start, Some(t(0)));
@@ -62,9 +115,8 @@ fn done() -> PageCommit<'static> {
     }
 }
 
-#[tokio::test]
-async fn page_checkpoints_and_known_ids() {
-    let store = Store::memory().await.unwrap();
+async fn page_checkpoints_and_known_ids(db: Db) {
+    let store = db.open().await;
     let gap = store
         .manual_gap("orders", t(0), t(120), "daemon", t(200))
         .await
@@ -164,9 +216,8 @@ async fn page_checkpoints_and_known_ids() {
     assert_eq!(store.count_ids("orders", "delivered").await.unwrap(), 451);
 }
 
-#[tokio::test]
-async fn unfilled_seconds_subtract_done_chunks() {
-    let store = Store::memory().await.unwrap();
+async fn unfilled_seconds_subtract_done_chunks(db: Db) {
+    let store = db.open().await;
     let gap = store
         .manual_gap("orders", t(0), t(60), "daemon", t(100))
         .await
@@ -196,9 +247,8 @@ async fn unfilled_seconds_subtract_done_chunks() {
     assert_eq!(store.unfilled_seconds("orders", t(101)).await.unwrap(), 0.0);
 }
 
-#[tokio::test]
-async fn failed_chunks_come_back_on_retry() {
-    let store = Store::memory().await.unwrap();
+async fn failed_chunks_come_back_on_retry(db: Db) {
+    let store = db.open().await;
     let gap = store
         .manual_gap("orders", t(0), t(60), "cli", t(100))
         .await

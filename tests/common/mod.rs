@@ -1,7 +1,10 @@
 //! Real peers for integration tests: moto's server (SQS, CloudWatch), the vendor
-//! simulator, and the gapwatch binary itself, each on a free loopback port and
-//! stopped when the test ends.
+//! simulator, Postgres, and the gapwatch binary itself, each on a free loopback
+//! port and stopped when the test ends.
 #![allow(dead_code)]
+
+mod postgres;
+pub use postgres::{shared_cluster, PgCluster};
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
