@@ -97,6 +97,17 @@ impl Store {
         dispatch!(self.save_last_event(feed, last_event, now))
     }
 
+    /// Overwrites the newest event time, also downwards: only for repairing a
+    /// value that cannot be true (an event time in the future).
+    pub async fn repair_last_event(
+        &self,
+        feed: &str,
+        last_event: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.repair_last_event(feed, last_event, now))
+    }
+
     // === gaps ===
 
     /// Opens a detected gap starting at `start`; returns its id. If the feed

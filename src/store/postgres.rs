@@ -96,6 +96,21 @@ impl PgStore {
         Ok(())
     }
 
+    pub async fn repair_last_event(
+        &self,
+        feed: &str,
+        last_event: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE feeds SET last_event_ms = $1, updated_ms = $2 WHERE name = $3")
+            .bind(ms(last_event))
+            .bind(ms(now))
+            .bind(feed)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     // === gaps ===
 
     pub async fn open_gap(

@@ -3,8 +3,7 @@
 //! port and stopped when the test ends.
 #![allow(dead_code)]
 
-mod postgres;
-pub use postgres::{shared_cluster, PgCluster};
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
