@@ -29,7 +29,8 @@ const GAP_COLUMNS: &str = "g.id, g.feed, g.kind, g.state, g.start_ms, g.end_ms, 
      (SELECT COALESCE(SUM(pages), 0)::BIGINT FROM chunks c WHERE c.gap_id = g.id) AS pages, \
      (SELECT COALESCE(SUM(delivered), 0)::BIGINT FROM chunks c WHERE c.gap_id = g.id) AS delivered, \
      (SELECT COALESCE(SUM(duplicate), 0)::BIGINT FROM chunks c WHERE c.gap_id = g.id) AS duplicate, \
-     (SELECT COALESCE(SUM(rejected), 0)::BIGINT FROM chunks c WHERE c.gap_id = g.id) AS rejected";
+     (SELECT COALESCE(SUM(rejected), 0)::BIGINT FROM chunks c WHERE c.gap_id = g.id) AS rejected, \
+     (SELECT COALESCE(SUM(out_of_window), 0)::BIGINT FROM chunks c WHERE c.gap_id = g.id) AS out_of_window";
 
 impl PgStore {
     /// Connects and applies migrations (concurrent replicas serialize on
@@ -362,12 +363,14 @@ impl PgStore {
         let q = match advance {
             Some(_) => sqlx::query(
                 "UPDATE chunks SET delivered = delivered + $1, duplicate = duplicate + $2, \
-                 rejected = rejected + $3, updated_ms = $4, cursor = $6, state = $7, \
-                 pages = pages + 1, attempts = 0, last_error = NULL WHERE id = $5",
+                 rejected = rejected + $3, updated_ms = $4, out_of_window = out_of_window + $6, \
+                 cursor = $7, state = $8, pages = pages + 1, attempts = 0, last_error = NULL \
+                 WHERE id = $5",
             ),
             None => sqlx::query(
                 "UPDATE chunks SET delivered = delivered + $1, duplicate = duplicate + $2, \
-                 rejected = rejected + $3, updated_ms = $4 WHERE id = $5",
+                 rejected = rejected + $3, updated_ms = $4, out_of_window = out_of_window + $6 \
+                 WHERE id = $5",
             ),
         };
         let q = q
@@ -375,7 +378,8 @@ impl PgStore {
             .bind(c.duplicate)
             .bind(c.rejected)
             .bind(ms(now))
-            .bind(chunk_id);
+            .bind(chunk_id)
+            .bind(c.out_of_window);
         let q = match advance {
             Some((cursor, state)) => q.bind(cursor).bind(state),
             None => q,
@@ -550,6 +554,7 @@ fn gap_from_row(r: &PgRow) -> Result<Gap, StoreError> {
             records_delivered: r.get("delivered"),
             records_duplicate: r.get("duplicate"),
             records_rejected: r.get("rejected"),
+            records_out_of_window: r.get("out_of_window"),
         },
     })
 }
