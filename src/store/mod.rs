@@ -9,8 +9,10 @@
 mod postgres;
 mod sqlite;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::Serialize;
@@ -24,7 +26,52 @@ use sqlite::SqliteStore;
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// Set for a daemon replica: its leases, which fence its checkpoint
+    /// commits and chunk claims. None (a one-off CLI run) commits unfenced.
+    fence: Option<Arc<Fence>>,
 }
+
+/// This replica's name and the fencing token of each feed lease it holds.
+struct Fence {
+    replica: String,
+    tokens: Mutex<HashMap<String, i64>>,
+}
+
+impl Fence {
+    fn token(&self, feed: &str) -> Option<i64> {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(feed)
+            .copied()
+    }
+
+    fn set(&self, feed: &str, token: Option<i64>) {
+        let mut t = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        match token {
+            Some(token) => t.insert(feed.to_string(), token),
+            None => t.remove(feed),
+        };
+    }
+}
+
+/// Who holds a feed's lease, as the database saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseInfo {
+    pub holder: String,
+    pub token: i64,
+    /// Whether the holder is this replica.
+    pub mine: bool,
+}
+
+/// How long a feed lease lasts unless renewed (database time).
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// How long a chunk claim lasts after its last checkpoint: as long as a
+/// lease, so a dead replica's chunk is resumed about when its feed is taken.
+pub const CLAIM: Duration = LEASE_TTL;
+
+/// A fencing token to check: (replica, token). None: unfenced.
+pub(crate) type FenceArg<'a> = Option<(&'a str, i64)>;
 
 #[derive(Clone)]
 enum Backend {
@@ -55,6 +102,7 @@ impl Store {
     pub async fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::open(path).await?),
+            fence: None,
         })
     }
 
@@ -62,6 +110,7 @@ impl Store {
     pub async fn memory() -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::memory().await?),
+            fence: None,
         })
     }
 
@@ -69,7 +118,86 @@ impl Store {
     pub async fn postgres(url: &str) -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::Postgres(PgStore::connect(url).await?),
+            fence: None,
         })
+    }
+
+    /// The store as used by the daemon replica `replica`: checkpoint commits
+    /// and chunk claims then need a lease of that replica, taken with
+    /// [`Store::acquire_lease`].
+    pub fn for_replica(mut self, replica: &str) -> Store {
+        self.fence = Some(Arc::new(Fence {
+            replica: replica.to_string(),
+            tokens: Mutex::new(HashMap::new()),
+        }));
+        self
+    }
+
+    /// Whether several replicas may share this store (Postgres). A SQLite
+    /// file has one writer: its leases are always held.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    fn fence_for(&self, feed: &str) -> Result<FenceArg<'_>, StoreError> {
+        match &self.fence {
+            None => Ok(None),
+            Some(f) => match f.token(feed) {
+                Some(token) => Ok(Some((f.replica.as_str(), token))),
+                None => Err(StoreError::Fenced(feed.to_string())),
+            },
+        }
+    }
+
+    // === leases ===
+
+    /// Takes or renews this replica's lease of `feed` for `ttl` (database
+    /// time), unless another replica holds an unexpired one. A new holder gets
+    /// a greater fencing token. Returns the holder either way.
+    pub async fn acquire_lease(&self, feed: &str, ttl: Duration) -> Result<LeaseInfo, StoreError> {
+        let Some(fence) = &self.fence else {
+            return Err(StoreError::Fenced(feed.to_string()));
+        };
+        let result = match &self.backend {
+            Backend::Sqlite(_) => Ok(LeaseInfo {
+                holder: fence.replica.clone(),
+                token: 1,
+                mine: true,
+            }),
+            Backend::Postgres(s) => s.acquire_lease(feed, &fence.replica, ttl).await,
+        };
+        if let Ok(lease) = &result {
+            fence.set(feed, lease.mine.then_some(lease.token));
+        }
+        result
+    }
+
+    /// Forgets this replica's lease of `feed` locally: it lapsed (the database
+    /// could not renew it in time), so nothing may be committed under it.
+    pub fn lapse_lease(&self, feed: &str) {
+        if let Some(f) = &self.fence {
+            f.set(feed, None);
+        }
+    }
+
+    /// Claims up to `limit` chunks of a gap that are due at `now` (pending,
+    /// or running under a lapsed claim) and marks them running for this
+    /// replica for `claim` (database time; each checkpoint renews it);
+    /// concurrent claimers skip each other's rows.
+    pub async fn claim_chunks(
+        &self,
+        feed: &str,
+        gap_id: i64,
+        now: DateTime<Utc>,
+        claim: Duration,
+        limit: usize,
+    ) -> Result<Vec<Chunk>, StoreError> {
+        let fence = self.fence_for(feed)?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        match &self.backend {
+            Backend::Sqlite(s) => s.claim_chunks(gap_id, now, limit).await,
+            Backend::Postgres(s) => s.claim_chunks(feed, gap_id, now, claim, limit, fence).await,
+        }
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -210,7 +338,14 @@ impl Store {
         page: PageCommit<'_>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.commit_page(feed, chunk_id, gap_id, page, now))
+        let fence = self.fence_for(feed)?;
+        match &self.backend {
+            Backend::Sqlite(s) => s.commit_page(feed, chunk_id, gap_id, page, now).await,
+            Backend::Postgres(s) => {
+                s.commit_page(feed, chunk_id, gap_id, page, now, fence)
+                    .await
+            }
+        }
     }
 
     /// The committed length of a feed's file sink output, if it wrote to `path`.
@@ -280,6 +415,10 @@ pub enum StoreError {
     },
     #[error("state store: corrupt row: {0}")]
     Corrupt(String),
+    /// This replica does not hold the feed's lease (any more): what it was
+    /// about to commit is refused; the holder redoes it from the checkpoint.
+    #[error("feed {0}: lease not held by this replica; commit refused")]
+    Fenced(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

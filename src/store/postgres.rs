@@ -6,8 +6,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    from_ms, ms, Checkpoint, Chunk, FillState, Gap, GapFilter, GapKind, GapState, PageCommit,
-    Progress, StoreError,
+    from_ms, ms, Checkpoint, Chunk, FenceArg, FillState, Gap, GapFilter, GapKind, GapState,
+    LeaseInfo, PageCommit, Progress, StoreError,
 };
 use crate::detector::DetectorState;
 
@@ -20,6 +20,13 @@ pub(crate) struct PgStore {
 /// Connections per replica: the feed monitors, fillers and the API share them,
 /// and a handful keeps N replicas far below `max_connections`.
 const POOL_SIZE: u32 = 5;
+
+/// The database's clock in Unix milliseconds: claims and leases never use a
+/// replica's own clock.
+const DB_NOW_MS: &str = "(EXTRACT(EPOCH FROM now()) * 1000)::BIGINT";
+
+const CHUNK_COLUMNS: &str =
+    "id, gap_id, idx, start_ms, end_ms, state, cursor, attempts, next_attempt_ms, last_error";
 
 const GAP_COLUMNS: &str = "g.id, g.feed, g.kind, g.state, g.start_ms, g.end_ms, g.detected_ms, \
      g.closed_ms, g.fill, g.last_error, \
@@ -298,28 +305,88 @@ impl PgStore {
     }
 
     pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, gap_id, idx, start_ms, end_ms, state, cursor, attempts, next_attempt_ms, last_error \
-             FROM chunks WHERE gap_id = $1 ORDER BY idx",
+        let sql = format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE gap_id = $1 ORDER BY idx");
+        let rows = sqlx::query(&sql).bind(gap_id).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(chunk_from_row).collect())
+    }
+
+    // === coordination ===
+
+    pub async fn acquire_lease(
+        &self,
+        feed: &str,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<LeaseInfo, StoreError> {
+        let token: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO leases AS l (feed, holder, token, expires_at) \
+             VALUES ($1, $2, 1, now() + make_interval(secs => $3)) \
+             ON CONFLICT (feed) DO UPDATE SET holder = EXCLUDED.holder, \
+               token = CASE WHEN l.holder = EXCLUDED.holder AND l.expires_at > now() \
+                            THEN l.token ELSE l.token + 1 END, \
+               expires_at = EXCLUDED.expires_at \
+             WHERE l.holder = EXCLUDED.holder OR l.expires_at <= now() \
+             RETURNING token",
         )
-        .bind(gap_id)
-        .fetch_all(&self.pool)
+        .bind(feed)
+        .bind(replica)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Chunk {
-                id: r.get("id"),
-                gap_id: r.get("gap_id"),
-                idx: r.get("idx"),
-                start: from_ms(r.get("start_ms")),
-                end: from_ms(r.get("end_ms")),
-                state: r.get("state"),
-                cursor: r.get("cursor"),
-                attempts: r.get("attempts"),
-                next_attempt: from_ms(r.get("next_attempt_ms")),
-                last_error: r.get("last_error"),
-            })
-            .collect())
+        if let Some(token) = token {
+            return Ok(LeaseInfo {
+                holder: replica.to_string(),
+                token,
+                mine: true,
+            });
+        }
+        let (holder, token): (String, i64) =
+            sqlx::query_as("SELECT holder, token FROM leases WHERE feed = $1")
+                .bind(feed)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(LeaseInfo {
+            mine: holder == replica,
+            holder,
+            token,
+        })
+    }
+
+    pub async fn claim_chunks(
+        &self,
+        feed: &str,
+        gap_id: i64,
+        now: DateTime<Utc>,
+        claim: Duration,
+        limit: i64,
+        fence: FenceArg<'_>,
+    ) -> Result<Vec<Chunk>, StoreError> {
+        let (replica, token) = fence.map_or((None, None), |(r, t)| (Some(r), Some(t)));
+        let sql = format!(
+            "UPDATE chunks SET state = 'running', claimed_by = $4, claim_ms = $5, \
+               claim_until_ms = {DB_NOW_MS} + $5, updated_ms = $2 \
+             WHERE id IN ( \
+               SELECT id FROM chunks WHERE gap_id = $1 AND ( \
+                 (state = 'pending' AND next_attempt_ms <= $2) \
+                 OR (state = 'running' AND COALESCE(claim_until_ms, 0) < {DB_NOW_MS})) \
+               ORDER BY idx LIMIT $3 FOR UPDATE SKIP LOCKED) \
+             AND ($4::TEXT IS NULL OR EXISTS (SELECT 1 FROM leases \
+               WHERE feed = $6 AND holder = $4 AND token = $7 AND expires_at > now())) \
+             RETURNING {CHUNK_COLUMNS}"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(gap_id)
+            .bind(ms(now))
+            .bind(limit)
+            .bind(replica)
+            .bind(i64::try_from(claim.as_millis()).unwrap_or(i64::MAX))
+            .bind(feed)
+            .bind(token)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut chunks: Vec<Chunk> = rows.iter().map(chunk_from_row).collect();
+        chunks.sort_by_key(|c| c.idx);
+        Ok(chunks)
     }
 
     pub async fn start_chunk(&self, chunk_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -331,16 +398,19 @@ impl PgStore {
         Ok(())
     }
 
+    /// Only chunks whose claim lapsed: another replica may be running the rest.
     pub async fn reset_running(&self, feed: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        let n = sqlx::query(
-            "UPDATE chunks SET state = 'pending', updated_ms = $1 WHERE state = 'running' \
-             AND gap_id IN (SELECT id FROM gaps WHERE feed = $2)",
-        )
-        .bind(ms(now))
-        .bind(feed)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let sql = format!(
+            "UPDATE chunks SET state = 'pending', claimed_by = NULL, updated_ms = $1 \
+             WHERE state = 'running' AND COALESCE(claim_until_ms, 0) < {DB_NOW_MS} \
+             AND gap_id IN (SELECT id FROM gaps WHERE feed = $2)"
+        );
+        let n = sqlx::query(&sql)
+            .bind(ms(now))
+            .bind(feed)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         Ok(n)
     }
 
@@ -351,8 +421,24 @@ impl PgStore {
         gap_id: i64,
         page: PageCommit<'_>,
         now: DateTime<Utc>,
+        fence: FenceArg<'_>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
+        if let Some((replica, token)) = fence {
+            // The row lock holds a takeover back until this commit is done.
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT token FROM leases WHERE feed = $1 AND holder = $2 AND token = $3 \
+                 AND expires_at > now() FOR SHARE",
+            )
+            .bind(feed)
+            .bind(replica)
+            .bind(token)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if held.is_none() {
+                return Err(StoreError::Fenced(feed.to_string()));
+            }
+        }
         insert_ids(&mut tx, feed, page.delivered, "delivered", Some(gap_id)).await?;
         let c = page.counts;
         let advance = match page.checkpoint {
@@ -364,7 +450,8 @@ impl PgStore {
             Some(_) => sqlx::query(
                 "UPDATE chunks SET delivered = delivered + $1, duplicate = duplicate + $2, \
                  rejected = rejected + $3, updated_ms = $4, out_of_window = out_of_window + $6, \
-                 cursor = $7, state = $8, pages = pages + 1, attempts = 0, last_error = NULL \
+                 cursor = $7, state = $8, pages = pages + 1, attempts = 0, last_error = NULL, \
+                 claim_until_ms = (EXTRACT(EPOCH FROM now()) * 1000)::BIGINT + claim_ms \
                  WHERE id = $5",
             ),
             None => sqlx::query(
@@ -381,6 +468,7 @@ impl PgStore {
             .bind(chunk_id)
             .bind(c.out_of_window);
         let q = match advance {
+            // Each checkpoint renews the chunk's claim.
             Some((cursor, state)) => q.bind(cursor).bind(state),
             None => q,
         };
@@ -527,6 +615,21 @@ async fn insert_ids(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn chunk_from_row(r: &PgRow) -> Chunk {
+    Chunk {
+        id: r.get("id"),
+        gap_id: r.get("gap_id"),
+        idx: r.get("idx"),
+        start: from_ms(r.get("start_ms")),
+        end: from_ms(r.get("end_ms")),
+        state: r.get("state"),
+        cursor: r.get("cursor"),
+        attempts: r.get("attempts"),
+        next_attempt: from_ms(r.get("next_attempt_ms")),
+        last_error: r.get("last_error"),
+    }
 }
 
 fn gap_from_row(r: &PgRow) -> Result<Gap, StoreError> {

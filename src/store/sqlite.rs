@@ -361,6 +361,29 @@ impl SqliteStore {
             .collect())
     }
 
+    /// One writer: a claim is just the move to `running` (a crash's leftovers
+    /// are reset at start by [`SqliteStore::reset_running`]).
+    pub async fn claim_chunks(
+        &self,
+        gap_id: i64,
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Chunk>, StoreError> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE chunks SET state = 'running', updated_ms = ?2 WHERE id IN ( \
+               SELECT id FROM chunks WHERE gap_id = ?1 AND state = 'pending' \
+               AND next_attempt_ms <= ?2 ORDER BY idx LIMIT ?3) RETURNING id",
+        )
+        .bind(gap_id)
+        .bind(ms(now))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut chunks = self.chunks(gap_id).await?;
+        chunks.retain(|c| ids.contains(&c.id));
+        Ok(chunks)
+    }
+
     pub async fn start_chunk(&self, chunk_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
         sqlx::query("UPDATE chunks SET state = 'running', updated_ms = ? WHERE id = ?")
             .bind(ms(now))

@@ -32,6 +32,7 @@ suite!(
     page_checkpoints_and_known_ids,
     unfilled_seconds_subtract_done_chunks,
     failed_chunks_come_back_on_retry,
+    leases_fence_checkpoints_and_claims,
 );
 
 /// A database to test against: opening it twice gives the same state.
@@ -278,4 +279,106 @@ async fn failed_chunks_come_back_on_retry(db: Db) {
     assert_eq!(todo.len(), 1);
     assert_eq!(todo[0].fill, FillState::Pending);
     assert_eq!(store.chunks(gap).await.unwrap()[0].state, "pending");
+}
+
+fn page<'a>(ids: &'a [(String, DateTime<Utc>)], next: &'a str) -> PageCommit<'a> {
+    PageCommit {
+        delivered: ids,
+        counts: PageCounts {
+            delivered: ids.len() as i64,
+            ..PageCounts::default()
+        },
+        checkpoint: Checkpoint::Next(next),
+        sink_offset: None,
+    }
+}
+
+/// Two replicas on one store. On SQLite (one writer) every lease is held; on
+/// Postgres one replica holds a feed until its lease lapses, and what it
+/// commits after that is refused.
+async fn leases_fence_checkpoints_and_claims(db: Db) {
+    let ttl = std::time::Duration::from_millis(1500);
+    let a = db.open().await.for_replica("a");
+    let b = db.open().await.for_replica("b");
+    let gap = a
+        .manual_gap("orders", t(0), t(120), "daemon", t(200))
+        .await
+        .unwrap();
+    a.add_chunks(gap, &[(t(0), t(60)), (t(60), t(120))], t(200))
+        .await
+        .unwrap();
+    // Without a lease nothing is claimed or committed.
+    assert!(matches!(
+        a.claim_chunks("orders", gap, t(200), ttl, 1).await,
+        Err(StoreError::Fenced(_))
+    ));
+    let la = a.acquire_lease("orders", ttl).await.unwrap();
+    assert!(la.mine && la.holder == "a");
+    // Renewing keeps the token.
+    assert_eq!(
+        a.acquire_lease("orders", ttl).await.unwrap().token,
+        la.token
+    );
+    let lb = b.acquire_lease("orders", ttl).await.unwrap();
+    let claimed = a.claim_chunks("orders", gap, t(200), ttl, 1).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.idx).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(claimed[0].state, "running");
+    let first = [("r1".to_string(), t(1))];
+    a.commit_page("orders", claimed[0].id, gap, page(&first, "p2"), t(201))
+        .await
+        .unwrap();
+    if !a.is_shared() {
+        assert!(lb.mine, "a single-writer store's lease is always held");
+        return;
+    }
+    assert!(!lb.mine);
+    assert_eq!(lb.holder, "a");
+    assert!(matches!(
+        b.claim_chunks("orders", gap, t(200), ttl, 10).await,
+        Err(StoreError::Fenced(_))
+    ));
+
+    // a stops renewing; once the database's clock passes the expiry, b takes over.
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(300)).await;
+    let lb = b.acquire_lease("orders", ttl).await.unwrap();
+    assert!(lb.mine && lb.token > la.token, "{lb:?} after {la:?}");
+    // a still believes it holds the lease: its checkpoint is refused, whole.
+    let late = [("late".to_string(), t(2))];
+    let refused = a
+        .commit_page("orders", claimed[0].id, gap, page(&late, "p3"), t(202))
+        .await;
+    assert!(matches!(refused, Err(StoreError::Fenced(_))), "{refused:?}");
+    assert!(b.known_ids("orders", &["late"]).await.unwrap().is_empty());
+    // b resumes a's chunk (its claim lapsed with the lease) from a's checkpoint,
+    // and the chunk a never touched.
+    let resumed = b
+        .claim_chunks("orders", gap, t(203), ttl, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        resumed.iter().map(|c| c.idx).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    assert_eq!(resumed[0].cursor.as_deref(), Some("p2"));
+    // Claimed chunks are skipped by the next claim.
+    assert!(b
+        .claim_chunks("orders", gap, t(203), ttl, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    b.commit_page("orders", resumed[0].id, gap, page(&late, "p3"), t(204))
+        .await
+        .unwrap();
+    assert_eq!(
+        b.known_ids("orders", &["late", "r1"]).await.unwrap().len(),
+        2
+    );
+    // a learns it lost the feed.
+    let la2 = a.acquire_lease("orders", ttl).await.unwrap();
+    assert!(!la2.mine && la2.holder == "b");
+    // A one-off run (no replica) is not fenced.
+    let cli = db.open().await;
+    cli.commit_page("orders", resumed[1].id, gap, done(), t(205))
+        .await
+        .unwrap();
 }
