@@ -511,6 +511,92 @@ async fn malformed_pages_and_cursor_loops_fail_the_fill_saying_why() {
     );
 }
 
+/// A server that caps the page size below what was asked (15 < 40): a
+/// short page is not the last one, paging goes on until an empty page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_capping_the_page_size_is_paged_to_the_end() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "600",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    sim.control(
+        "/control/faults",
+        serde_json::json!({ "page_size_cap": 15 }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), ""),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(7);
+    let want = vendor_ids(&sim, from, to).await;
+    assert!(want.len() > 350, "history too small: {}", want.len());
+    for style in ["page", "offset"] {
+        let id = backfill(&gw, style, from, to).await;
+        let gap = wait_fill(&gw, id, "done", Duration::from_secs(60)).await;
+        let got = file_ids(&dir.path().join(format!("{style}.ndjson")));
+        let missing = want.iter().filter(|id| !got.contains_key(*id)).count();
+        assert_eq!(missing, 0, "{style}: {missing} of {} missing", want.len());
+        assert_eq!(got.len(), want.len(), "{style}");
+        assert!(got.values().all(|n| *n == 1), "{style}: duplicates");
+        assert_eq!(gap["progress"]["records_delivered"], want.len() as i64);
+    }
+}
+
+/// A `Link` header that cannot be parsed is a chunk failure naming it, not
+/// "no next page" (which would end the chunk after its first page).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_link_header_fails_the_chunk_saying_why() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "600",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    sim.control("/control/faults", serde_json::json!({ "bad_link": true }))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), "max_chunk_attempts = 1"),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(3);
+    let id = backfill(&gw, "link_header", from, to).await;
+    let gap = wait_fill(&gw, id, "failed", Duration::from_secs(30)).await;
+    let err = gap["last_error"].as_str().unwrap();
+    assert!(
+        err.contains("malformed Link header: unterminated '<' target"),
+        "{err}"
+    );
+    // Repaired at the source, a retry delivers everything once.
+    sim.control("/control/faults", serde_json::json!({ "bad_link": false }))
+        .await;
+    let (status, _) = gw
+        .post(&format!("/api/v1/gaps/{id}/retry"), Some(ADMIN), "")
+        .await;
+    assert_eq!(status, 200);
+    wait_fill(&gw, id, "done", Duration::from_secs(30)).await;
+    let want = vendor_ids(&sim, from, to).await;
+    let got = file_ids(&dir.path().join("link_header.ndjson"));
+    assert_eq!(got.len(), want.len());
+    assert!(want.iter().all(|id| got.get(id) == Some(&1)));
+}
+
 /// A vendor answering with a body that never ends: the page is refused at
 /// `source.max_page_bytes` while it streams in, the chunk fails saying so,
 /// the rejection is counted, the daemon stays up, and a restart does not

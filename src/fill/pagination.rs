@@ -34,8 +34,10 @@ pub enum Pagination {
     /// RFC 8288 `Link: <…>; rel="next"` response header (GitHub).
     LinkHeader,
     /// Numbered pages: `param` = page number starting at `start`, `size_param`
-    /// = `size` if set. `size` is also how a short (last) page is recognised,
-    /// so it must match what the server really returns.
+    /// = `size` if set. Paging ends on an empty page: a server may cap the
+    /// page size below `size`, so a short page proves nothing, unless
+    /// `short_page_is_last` says this server never does (one request less
+    /// per chunk).
     Page {
         param: String,
         #[serde(default = "default_page_start")]
@@ -43,12 +45,18 @@ pub enum Pagination {
         #[serde(default)]
         size_param: Option<String>,
         size: u64,
+        #[serde(default)]
+        short_page_is_last: bool,
     },
-    /// Record offsets: `param` = records skipped so far, `limit_param` = `limit`.
+    /// Record offsets: `param` = records skipped so far, `limit_param` =
+    /// `limit`. Ends on an empty page, or on a short one with
+    /// `short_page_is_last`, as for `page`.
     Offset {
         param: String,
         limit_param: String,
         limit: u64,
+        #[serde(default)]
+        short_page_is_last: bool,
     },
 }
 
@@ -126,6 +134,10 @@ pub enum PaginationError {
     /// A next URL that cannot be resolved against the source URL.
     #[error("invalid next url {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    /// A `Link` header that cannot be read, and carries no usable `next`:
+    /// taking it for "no next page" could end the chunk early.
+    #[error("malformed Link header: {reason}")]
+    BadLinkHeader { reason: &'static str },
     /// A next URL on another origin: following it would send the source's
     /// credentials (headers) to a host nobody configured.
     #[error("next url {url:?} leaves the source origin {origin}")]
@@ -175,9 +187,9 @@ impl Pagination {
             Pagination::NextUrl { next } => check_pointer("next", Some(next)),
             Pagination::Page {
                 param,
-                start: _,
                 size_param,
                 size,
+                ..
             } => {
                 check_param("param", param)?;
                 if let Some(p) = size_param {
@@ -192,6 +204,7 @@ impl Pagination {
                 param,
                 limit_param,
                 limit,
+                ..
             } => {
                 check_param("param", param)?;
                 check_param("limit_param", limit_param)?;
@@ -267,6 +280,7 @@ impl Pagination {
                     param,
                     limit_param,
                     limit,
+                    ..
                 },
                 PageCursor::Offset { offset },
             ) => PageRequest::Params(vec![
@@ -357,12 +371,24 @@ impl Pagination {
                 };
                 next_url(&at, url)
             }
-            Pagination::LinkHeader => next_url(&at, page.link_header.and_then(link_next)),
-            Pagination::Page { size, .. } => {
+            Pagination::LinkHeader => {
+                let next = match page.link_header {
+                    Some(h) => {
+                        link_next(h).map_err(|reason| PaginationError::BadLinkHeader { reason })?
+                    }
+                    None => None,
+                };
+                next_url(&at, next)
+            }
+            Pagination::Page {
+                size,
+                short_page_is_last,
+                ..
+            } => {
                 let PageCursor::Page { page: n } = at else {
                     return Ok(None);
                 };
-                if is_short(page.records.len(), *size) {
+                if is_last(page.records.len(), *size, *short_page_is_last) {
                     return Ok(None);
                 }
                 n.checked_add(1)
@@ -372,12 +398,16 @@ impl Pagination {
                         at: n,
                     })
             }
-            Pagination::Offset { limit, .. } => {
+            Pagination::Offset {
+                limit,
+                short_page_is_last,
+                ..
+            } => {
                 let PageCursor::Offset { offset } = at else {
                     return Ok(None);
                 };
                 let got = page.records.len();
-                if is_short(got, *limit) {
+                if is_last(got, *limit, *short_page_is_last) {
                     return Ok(None);
                 }
                 // Advance by what was returned, not by `limit`: a server that
@@ -403,9 +433,11 @@ impl Pagination {
     }
 }
 
-/// Empty, or fewer records than a full page: the last page.
-fn is_short(got: usize, size: u64) -> bool {
-    got == 0 || u64::try_from(got).is_ok_and(|n| n < size)
+/// Empty: the last page. Shorter than asked: the last page only if the
+/// source said so, since many servers cap the page size below what was
+/// asked and ending there would stop silently after page 1.
+fn is_last(got: usize, size: u64, short_page_is_last: bool) -> bool {
+    got == 0 || (short_page_is_last && u64::try_from(got).is_ok_and(|n| n < size))
 }
 
 fn next_url(at: &PageCursor, url: Option<String>) -> Result<Option<PageCursor>, PaginationError> {
@@ -512,22 +544,30 @@ pub fn resolve_url(base: &url::Url, target: &str) -> Result<url::Url, Pagination
 /// The target of the first link with relation type `next` in an RFC 8288
 /// `Link` header value. Handles several comma-separated links, quoted and
 /// unquoted `rel`, several relation types in one `rel` (`rel="next last"`),
-/// case-insensitive names, extra parameters and whitespace. Malformed links
-/// are skipped; `None` when there is no usable `next`.
-pub fn link_next(header: &str) -> Option<String> {
+/// case-insensitive names, extra parameters and whitespace.
+///
+/// `Ok(None)` only when the header is well formed and has no `next`; a
+/// header with a malformed part (an element not starting with `<`, an
+/// unterminated `<…>`, `rel="next"` with an empty target) and no usable
+/// `next` elsewhere is an error saying what was wrong (never quoting the
+/// header, whose URLs may carry credentials).
+pub fn link_next(header: &str) -> Result<Option<String>, &'static str> {
     let mut rest = header;
+    let mut malformed = None;
     loop {
         rest = rest.trim_start_matches(|c: char| c == ',' || c.is_whitespace());
         if rest.is_empty() {
-            return None;
+            return malformed.map_or(Ok(None), Err);
         }
         let Some(after_lt) = rest.strip_prefix('<') else {
-            // Not a link: skip to the next top-level comma.
+            malformed.get_or_insert("a link does not start with '<'");
             rest = skip_link(rest);
             continue;
         };
         // An unterminated target: nothing after it can be trusted.
-        let end = after_lt.find('>')?;
+        let Some(end) = after_lt.find('>') else {
+            return Err("unterminated '<' target");
+        };
         let target = after_lt[..end].trim();
         rest = &after_lt[end + 1..];
         let mut is_next = false;
@@ -548,8 +588,12 @@ pub fn link_next(header: &str) -> Option<String> {
                     .any(|r| r.eq_ignore_ascii_case("next"));
             }
         }
-        if is_next && !target.is_empty() {
-            return Some(target.to_owned());
+        if is_next {
+            if target.is_empty() {
+                malformed.get_or_insert("rel=\"next\" with an empty target");
+            } else {
+                return Ok(Some(target.to_owned()));
+            }
         }
         rest = skip_link(rest);
     }
@@ -884,30 +928,52 @@ mod tests {
 
     #[test]
     fn link_next_parsing() {
-        let cases: &[(&str, Option<&str>)] = &[
-            ("<https://a/2>; rel=\"next\"", Some("https://a/2")),
-            ("<https://a/2>; rel=next", Some("https://a/2")),
-            ("<https://a/2>;rel=NEXT", Some("https://a/2")),
-            ("  <https://a/2> ; REL = \"next\" ", Some("https://a/2")),
-            ("<https://a/9>; rel=\"last\", <https://a/2>; rel=\"next\"", Some("https://a/2")),
-            ("<https://a/2>; rel=\"next last\"", Some("https://a/2")),
-            ("<https://a/2>; rel=\"prev\"; title=\"next\"", None),
-            ("<https://a/2?x=a,b>; title=\"a, b; rel=next\"; rel=\"prev\", <https://a/3>; rel=\"next\"", Some("https://a/3")),
+        let cases: &[(&str, Result<Option<&str>, &str>)] = &[
+            ("<https://a/2>; rel=\"next\"", Ok(Some("https://a/2"))),
+            ("<https://a/2>; rel=next", Ok(Some("https://a/2"))),
+            ("<https://a/2>;rel=NEXT", Ok(Some("https://a/2"))),
+            ("  <https://a/2> ; REL = \"next\" ", Ok(Some("https://a/2"))),
+            ("<https://a/9>; rel=\"last\", <https://a/2>; rel=\"next\"", Ok(Some("https://a/2"))),
+            ("<https://a/2>; rel=\"next last\"", Ok(Some("https://a/2"))),
+            ("<https://a/2>; rel=\"prev\"; title=\"next\"", Ok(None)),
+            ("<https://a/2?x=a,b>; title=\"a, b; rel=next\"; rel=\"prev\", <https://a/3>; rel=\"next\"", Ok(Some("https://a/3"))),
             // Only the first rel counts.
-            ("<https://a/2>; rel=\"prev\"; rel=\"next\"", None),
-            ("<https://a/2>; type=\"text/html\"; rel=\"next\"; hreflang=en", Some("https://a/2")),
-            ("garbage, <https://a/2>; rel=next", Some("https://a/2")),
-            ("<https://a/2; rel=next", None),
-            ("<>; rel=next", None),
-            ("", None),
-            ("rel=next", None),
-            ("<https://a/2>; rel=\"next", Some("https://a/2")),
-            ("<https://a/2>; rel=\"nex\\\"t\", <https://a/3>; rel=\"next\"", Some("https://a/3")),
-            ("</issues?page=2>; rel=\"next\"", Some("/issues?page=2")),
+            ("<https://a/2>; rel=\"prev\"; rel=\"next\"", Ok(None)),
+            ("<https://a/2>; type=\"text/html\"; rel=\"next\"; hreflang=en", Ok(Some("https://a/2"))),
+            // A usable next wins over a malformed neighbour …
+            ("garbage, <https://a/2>; rel=next", Ok(Some("https://a/2"))),
+            // … but without one, a malformed part is an error, not "the end".
+            ("<https://a/2; rel=next", Err("unterminated '<' target")),
+            ("<https://a/1>; rel=prev, <https://a/2; rel=next", Err("unterminated '<' target")),
+            ("<>; rel=next", Err("rel=\"next\" with an empty target")),
+            ("", Ok(None)),
+            ("rel=next", Err("a link does not start with '<'")),
+            ("https://a/2; rel=next", Err("a link does not start with '<'")),
+            ("<https://a/2>; rel=\"next", Ok(Some("https://a/2"))),
+            ("<https://a/2>; rel=\"nex\\\"t\", <https://a/3>; rel=\"next\"", Ok(Some("https://a/3"))),
+            ("</issues?page=2>; rel=\"next\"", Ok(Some("/issues?page=2"))),
         ];
         for (header, want) in cases {
-            assert_eq!(link_next(header).as_deref(), *want, "{header}");
+            assert_eq!(
+                link_next(header).map(|o| o.map(|s| s.to_string())),
+                want.map(|o| o.map(str::to_string)),
+                "{header}"
+            );
         }
+        // Through the pagination style: a chunk failure, not the last page.
+        let p = cfg(json!({"type": "link_header"}));
+        let body = json!([{"id": 1}]);
+        let view = PageView {
+            body: &body,
+            link_header: Some("<https://a/2; rel=\"next\""),
+            records: body.as_array().unwrap(),
+        };
+        assert_eq!(
+            p.next(&PageCursor::First, &view).unwrap_err(),
+            PaginationError::BadLinkHeader {
+                reason: "unterminated '<' target"
+            }
+        );
     }
 
     #[test]
@@ -971,10 +1037,12 @@ mod tests {
             p.request(&p.first()),
             params(&[("page", "1"), ("per_page", "3")])
         );
+        // A short page does not end paging: the server may cap the size.
         let pages = [
             (json!({"results": [1, 2, 3]}), None),
             (json!({"results": [4, 5, 6]}), None),
             (json!({"results": [7]}), None),
+            (json!({"results": []}), None),
         ];
         let (seen, end) = walk(&p, "/results", &pages);
         assert_eq!(
@@ -982,20 +1050,30 @@ mod tests {
             vec![
                 PageCursor::Page { page: 1 },
                 PageCursor::Page { page: 2 },
-                PageCursor::Page { page: 3 }
+                PageCursor::Page { page: 3 },
+                PageCursor::Page { page: 4 }
             ]
         );
         assert_eq!(end, Ok(None));
-        // A full last page is followed by an empty one, which ends.
-        let pages = [
-            (json!({"results": [1, 2, 3]}), None),
+        // A server that caps per_page at 2 (asked for 3): every page is
+        // short, and all of them are read.
+        let capped = [
+            (json!({"results": [1, 2]}), None),
+            (json!({"results": [3, 4]}), None),
+            (json!({"results": [5]}), None),
             (json!({"results": []}), None),
         ];
-        assert_eq!(walk(&p, "/results", &pages).1, Ok(None));
+        let (seen, end) = walk(&p, "/results", &capped);
+        assert_eq!((seen.len(), end), (4, Ok(None)));
+        // Unless the source says a short page is the last one.
+        let p =
+            cfg(json!({"type": "page", "param": "page", "size": 3, "short_page_is_last": true}));
+        let (seen, end) = walk(&p, "/results", &pages[2..3]);
+        assert_eq!((seen.len(), end), (1, Ok(None)));
         // Zero-based pages without a size parameter.
         let p = cfg(json!({"type": "page", "param": "p", "start": 0, "size": 2}));
         assert_eq!(p.request(&p.first()), params(&[("p", "0")]));
-        let (seen, _) = walk(&p, "", &[(json!([1, 2]), None)]);
+        let (seen, _) = walk(&p, "", &[(json!([]), None)]);
         assert_eq!(seen, vec![PageCursor::Page { page: 0 }]);
         let over = p.next(
             &PageCursor::Page { page: u64::MAX },
@@ -1017,9 +1095,11 @@ mod tests {
             (json!({"rows": [1, 2], "total": 5}), None),
             (json!({"rows": [3, 4], "total": 5}), None),
             (json!({"rows": [5], "total": 5}), None),
+            (json!({"rows": [], "total": 5}), None),
         ];
         let (seen, end) = walk(&p, "/rows", &pages);
         assert_eq!(seen[2], PageCursor::Offset { offset: 4 });
+        assert_eq!(seen[3], PageCursor::Offset { offset: 5 });
         assert_eq!(
             p.request(&seen[2]),
             params(&[("offset", "4"), ("limit", "2")])
@@ -1104,7 +1184,8 @@ mod tests {
                 param: "page".into(),
                 start: 1,
                 size_param: None,
-                size: 100
+                size: 100,
+                short_page_is_last: false,
             }
         );
         assert!(serde_json::from_value::<Pagination>(

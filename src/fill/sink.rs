@@ -81,6 +81,9 @@ impl Sink {
                     client: reqwest::Client::builder()
                         .default_headers(h)
                         .timeout(*timeout)
+                        // A redirected POST turns into a GET elsewhere: the
+                        // records would count as delivered without arriving.
+                        .redirect(reqwest::redirect::Policy::none())
                         .build()
                         .map_err(|e| e.to_string())?,
                     url: url.clone(),
@@ -312,44 +315,52 @@ impl HttpSink {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let (retry_after, err) =
-                    match self.client.post(self.url.clone()).json(&body).send().await {
-                        Ok(resp) if resp.status().is_success() => {
-                            d.delivered.extend(&part);
-                            break;
+                let (retry_after, err) = match self
+                    .client
+                    .post(self.url.clone())
+                    .json(&body)
+                    .send()
+                    .await
+                {
+                    Ok(resp) if resp.status().is_success() => {
+                        d.delivered.extend(&part);
+                        break;
+                    }
+                    Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                        if part.len() == 1 {
+                            d.rejected
+                                .push((part[0], "the http sink answered 413 (too large)".into()));
+                        } else {
+                            let (a, b) = part.split_at(part.len() / 2);
+                            stack.push(b.to_vec());
+                            stack.push(a.to_vec());
                         }
-                        Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
-                            if part.len() == 1 {
-                                d.rejected.push((
-                                    part[0],
-                                    "the http sink answered 413 (too large)".into(),
+                        break;
+                    }
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let ra = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| {
+                                crate::retry::parse_retry_after(v, std::time::SystemTime::now())
+                            });
+                        if status.is_redirection() {
+                            return Err(format!(
+                                    "http sink answered {status}: redirects are not followed, configure the final url"
                                 ));
-                            } else {
-                                let (a, b) = part.split_at(part.len() / 2);
-                                stack.push(b.to_vec());
-                                stack.push(a.to_vec());
-                            }
-                            break;
                         }
-                        Ok(resp) => {
-                            let status = resp.status();
-                            let ra = resp
-                                .headers()
-                                .get(reqwest::header::RETRY_AFTER)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| {
-                                    crate::retry::parse_retry_after(v, std::time::SystemTime::now())
-                                });
-                            if !(status.is_server_error()
-                                || status.as_u16() == 429
-                                || status.as_u16() == 408)
-                            {
-                                return Err(format!("http sink answered {status}"));
-                            }
-                            (ra, format!("http sink answered {status}"))
+                        if !(status.is_server_error()
+                            || status.as_u16() == 429
+                            || status.as_u16() == 408)
+                        {
+                            return Err(format!("http sink answered {status}"));
                         }
-                        Err(e) => (None, format!("http sink: {}", e.without_url())),
-                    };
+                        (ra, format!("http sink answered {status}"))
+                    }
+                    Err(e) => (None, format!("http sink: {}", e.without_url())),
+                };
                 let delay = self.policy.delay(attempt, retry_after, &mut rand::rng());
                 match delay {
                     Some(delay) => tokio::time::sleep(delay).await,
@@ -446,10 +457,26 @@ impl FileSink {
                     ..Delivery::default()
                 }
             }
-            Err(e) => Delivery {
-                error: Some(format!("file sink {}: {e}", self.path.display())),
-                ..Delivery::default()
-            },
+            Err(e) => {
+                // Part of the page may be in the file: cut it, so the length
+                // committed with the next page is the truth and the retry
+                // writes each record once.
+                let cut = async {
+                    state.file.set_len(state.len).await?;
+                    state.file.sync_data().await
+                }
+                .await;
+                let mut error = format!("file sink {}: {e}", self.path.display());
+                if let Err(cut) = cut {
+                    error.push_str(&format!(
+                        "; cutting the partial page failed too ({cut}): it is cut on the next start"
+                    ));
+                }
+                Delivery {
+                    error: Some(error),
+                    ..Delivery::default()
+                }
+            }
         }
     }
 }

@@ -279,6 +279,8 @@ impl VendorShape {
 
 pub struct Gapwatch {
     child: Option<Child>,
+    /// A command the daemon is started through (e.g. `prlimit …`), if any.
+    wrapper: Vec<String>,
     pub port: u16,
     pub base: String,
     pub config: PathBuf,
@@ -293,11 +295,50 @@ pub fn bin() -> &'static str {
 impl Gapwatch {
     /// Writes `config` (with `{port}` replaced by a free port) into `dir` and starts `gapwatch run`.
     pub fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Gapwatch {
+        Self::start_through(dir, config, env, &[])
+    }
+
+    /// [`start`](Self::start), but with no file it writes allowed past
+    /// `bytes` (`RLIMIT_FSIZE`, with `SIGXFSZ` ignored so a write past it
+    /// fails with `EFBIG` instead of killing the process): a disk that fills
+    /// up. [`lift_file_size_limit`](Self::lift_file_size_limit) frees it.
+    pub fn start_with_file_size_limit(
+        dir: &Path,
+        config: &str,
+        env: &[(&str, &str)],
+        bytes: u64,
+    ) -> Gapwatch {
+        let wrapper = [
+            "sh",
+            "-c",
+            "trap '' XFSZ; exec \"$@\"",
+            "sh",
+            "prlimit",
+            &format!("--fsize={bytes}:unlimited"),
+            "--",
+        ];
+        Self::start_through(dir, config, env, &wrapper)
+    }
+
+    pub fn lift_file_size_limit(&self) {
+        let status = Command::new("prlimit")
+            .args(["--pid", &self.pid().to_string(), "--fsize=unlimited:unlimited"])
+            .status()
+            .expect("prlimit (util-linux)");
+        assert!(status.success());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gapwatch runs").id()
+    }
+
+    fn start_through(dir: &Path, config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gapwatch {
         let port = free_port();
         let path = dir.join("gapwatch.toml");
         std::fs::write(&path, config.replace("{port}", &port.to_string())).unwrap();
         let mut g = Gapwatch {
             child: None,
+            wrapper: wrapper.iter().map(|s| s.to_string()).collect(),
             port,
             base: format!("http://127.0.0.1:{port}"),
             config: path,
@@ -318,7 +359,15 @@ impl Gapwatch {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(bin())
+        let mut command = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&self.config)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -463,6 +512,82 @@ where
             panic!("timed out after {timeout:?} waiting for {what}");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+// === an HTTP sink ===
+
+/// An HTTP endpoint playing the app behind an `http` sink: `POST /ingest`
+/// takes a JSON array of records; `POST /moved` answers `301` to `/elsewhere`,
+/// which counts every request it gets (a client that follows the redirect
+/// turns the POST into a GET there and drops the records).
+pub struct HttpSinkPeer {
+    pub base: String,
+    pub state: std::sync::Arc<HttpSinkState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct HttpSinkState {
+    pub records: std::sync::Mutex<Vec<serde_json::Value>>,
+    pub elsewhere_hits: std::sync::atomic::AtomicU64,
+}
+
+impl HttpSinkPeer {
+    pub async fn start() -> HttpSinkPeer {
+        use axum::routing::{any, post};
+        use std::sync::atomic::Ordering;
+        let state = std::sync::Arc::new(HttpSinkState::default());
+        let app = axum::Router::new()
+            .route(
+                "/ingest",
+                post(
+                    |axum::extract::State(s): axum::extract::State<
+                        std::sync::Arc<HttpSinkState>,
+                    >,
+                     axum::Json(v): axum::Json<Vec<serde_json::Value>>| async move {
+                        s.records.lock().unwrap().extend(v);
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .route(
+                "/moved",
+                any(|| async {
+                    (
+                        axum::http::StatusCode::MOVED_PERMANENTLY,
+                        [(axum::http::header::LOCATION, "/elsewhere")],
+                    )
+                }),
+            )
+            .route(
+                "/elsewhere",
+                any(
+                    |axum::extract::State(s): axum::extract::State<
+                        std::sync::Arc<HttpSinkState>,
+                    >| async move {
+                        s.elsewhere_hits.fetch_add(1, Ordering::Relaxed);
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        HttpSinkPeer {
+            base: format!("http://{addr}"),
+            state,
+            task,
+        }
+    }
+}
+
+impl Drop for HttpSinkPeer {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

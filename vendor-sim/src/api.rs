@@ -72,20 +72,13 @@ pub async fn events(
             .into_response();
     }
 
-    let mut request = match parse_request(&sim, &params) {
+    let request = match parse_request(&sim, &params, faults.page_size_cap) {
         Ok(r) => r,
         Err(msg) => {
             Stats::bump(&sim.stats.bad_requests, 1);
             return error(StatusCode::BAD_REQUEST, &msg);
         }
     };
-
-    // Like servers that clamp `limit` / `per_page` to their own maximum.
-    if faults.page_size_cap > 0 {
-        if let Some(limit) = &mut request.query.limit {
-            *limit = (*limit).min(faults.page_size_cap);
-        }
-    }
 
     let page_no = sim.stats.served_pages.fetch_add(1, Ordering::Relaxed) + 1;
     if faults.malformed_every > 0 && page_no % faults.malformed_every == 0 {
@@ -210,15 +203,23 @@ fn number(params: &Params, name: &str) -> Result<Option<usize>, String> {
         .transpose()
 }
 
-fn page_size(params: &Params, name: &str) -> Result<usize, String> {
+/// The page size a request gets: what it asked for, clamped to the
+/// server's maximum (`cap`, when set, below `MAX_LIMIT`: like servers that
+/// clamp `limit` / `per_page` to their own maximum without saying so).
+fn page_size(params: &Params, name: &str, cap: usize) -> Result<usize, String> {
+    let max = if cap > 0 {
+        cap.min(MAX_LIMIT)
+    } else {
+        MAX_LIMIT
+    };
     match number(params, name)? {
         Some(0) => Err(format!("{name}: must be at least 1")),
-        Some(n) => Ok(n.min(MAX_LIMIT)),
-        None => Ok(DEFAULT_LIMIT),
+        Some(n) => Ok(n.min(max)),
+        None => Ok(DEFAULT_LIMIT.min(max)),
     }
 }
 
-fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
+fn parse_request(sim: &Sim, params: &Params, cap: usize) -> Result<Request, String> {
     let style = match param(params, "style") {
         Some(s) => Pagination::parse(s).ok_or_else(|| format!("style: unknown style {s:?}"))?,
         None => sim.settings.pagination,
@@ -239,7 +240,7 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
                 ),
                 None => Position::Start,
             };
-            (position, Some(page_size(params, "limit")?))
+            (position, Some(page_size(params, "limit", cap)?))
         }
         Pagination::CursorLast => {
             let position = match param(params, "starting_after") {
@@ -250,7 +251,7 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
                 ),
                 None => Position::Start,
             };
-            (position, Some(page_size(params, "limit")?))
+            (position, Some(page_size(params, "limit", cap)?))
         }
         Pagination::Stripe => {
             let position = match param(params, "starting_after") {
@@ -262,6 +263,7 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
                 None => Position::Start,
             };
             let limit = match number(params, "limit")? {
+                Some(n @ 1..=STRIPE_MAX_LIMIT) if cap > 0 => n.min(cap),
                 Some(n @ 1..=STRIPE_MAX_LIMIT) => n,
                 Some(n) => {
                     return Err(format!(
@@ -284,7 +286,7 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
             });
         }
         Pagination::Page => {
-            let per_page = page_size(params, "per_page")?;
+            let per_page = page_size(params, "per_page", cap)?;
             let page = number(params, "page")?.unwrap_or(1);
             if page == 0 {
                 return Err("page: pages start at 1".to_owned());
@@ -296,7 +298,10 @@ fn parse_request(sim: &Sim, params: &Params) -> Result<Request, String> {
         }
         Pagination::Offset => {
             let offset = number(params, "offset")?.unwrap_or(0);
-            (Position::Skip(offset), Some(page_size(params, "limit")?))
+            (
+                Position::Skip(offset),
+                Some(page_size(params, "limit", cap)?),
+            )
         }
     };
     Ok(Request {
