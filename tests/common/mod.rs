@@ -322,7 +322,11 @@ impl Gapwatch {
 
     pub fn lift_file_size_limit(&self) {
         let status = Command::new("prlimit")
-            .args(["--pid", &self.pid().to_string(), "--fsize=unlimited:unlimited"])
+            .args([
+                "--pid",
+                &self.pid().to_string(),
+                "--fsize=unlimited:unlimited",
+            ])
             .status()
             .expect("prlimit (util-linux)");
         assert!(status.success());
