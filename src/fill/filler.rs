@@ -458,51 +458,69 @@ impl Filler {
                     !dup
                 })
                 .collect();
-            let delivery = if fresh.is_empty() {
-                super::sink::Delivery::default()
-            } else {
-                self.sink.deliver(&fresh, gap_id).await
-            };
-            for (i, why) in delivery.rejected.iter().take(1) {
-                tracing::warn!(feed, gap_id, record_id = %fresh[*i].id, reason = %why, "sink refused a record");
+            // One destination batch at a time, each committed with the ids
+            // it delivered before the next one goes out: a kill -9 re-sends
+            // at most the batch that was in flight.
+            let sink_path = self.sink.file_path();
+            for range in self.sink.batches(&fresh) {
+                let batch = &fresh[range];
+                let delivery = self.sink.deliver(batch, gap_id).await;
+                for (i, why) in delivery.rejected.iter().take(1) {
+                    tracing::warn!(feed, gap_id, record_id = %batch[*i].id, reason = %why, "sink refused a record");
+                }
+                let delivered: Vec<(String, DateTime<Utc>)> = delivery
+                    .delivered
+                    .iter()
+                    .map(|&i| (batch[i].id.clone(), batch[i].time))
+                    .collect();
+                let counts = PageCounts {
+                    delivered: delivered.len() as i64,
+                    rejected: delivery.rejected.len() as i64,
+                    ..PageCounts::default()
+                };
+                let commit = PageCommit {
+                    delivered: &delivered,
+                    counts,
+                    checkpoint: Checkpoint::Stay,
+                    sink_offset: sink_path.as_deref().zip(delivery.sink_offset),
+                };
+                self.store
+                    .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Only now may another batch go into the file.
+                drop(delivery.hold);
+                self.count(counts);
+                if let Some(error) = delivery.error {
+                    return Err(error);
+                }
             }
-            let delivered: Vec<(String, DateTime<Utc>)> = delivery
-                .delivered
-                .iter()
-                .map(|&i| (fresh[i].id.clone(), fresh[i].time))
-                .collect();
+            // The page is delivered: move the checkpoint past it.
             let counts = PageCounts {
-                delivered: delivered.len() as i64,
                 duplicate,
-                rejected: page.rejected as i64 + delivery.rejected.len() as i64,
+                rejected: page.rejected as i64,
                 out_of_window,
+                ..PageCounts::default()
             };
             let next = page
                 .next
                 .as_ref()
                 .map(|c| serde_json::to_string(c).unwrap_or_default());
-            let checkpoint = match (&delivery.error, &next) {
-                (Some(_), _) => Checkpoint::Stay,
-                (None, Some(cursor)) => Checkpoint::Next(cursor),
-                (None, None) => Checkpoint::Done,
+            let checkpoint = match &next {
+                Some(cursor) => Checkpoint::Next(cursor),
+                None => Checkpoint::Done,
             };
-            let sink_path = self.sink.file_path();
             let commit = PageCommit {
-                delivered: &delivered,
+                delivered: &[],
                 counts,
                 checkpoint,
-                sink_offset: sink_path.as_deref().zip(delivery.sink_offset),
+                sink_offset: None,
             };
             self.store
                 .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
                 .await
                 .map_err(|e| e.to_string())?;
-            // Only now may another page go into the file.
-            drop(delivery.hold);
             self.count(counts);
-            if let Some(error) = delivery.error {
-                return Err(error);
-            }
             match page.next {
                 Some(n) => at = n,
                 None => return Ok(true),

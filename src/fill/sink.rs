@@ -1,5 +1,6 @@
 //! Where recovered records go: an SQS queue, an HTTP endpoint, or an NDJSON file.
 
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,10 @@ pub struct Delivery {
     /// … while this guard keeps other pages out of the file until then.
     pub hold: Option<tokio::sync::OwnedMutexGuard<FileState>>,
 }
+
+/// The message attribute carrying a recovered record's id, so a consumer can
+/// drop the rare repeat (a batch re-sent after a crash).
+pub const RECORD_ID_ATTRIBUTE: &str = "gapwatch-record-id";
 
 /// SQS refuses messages (and batches) above 256 KiB.
 pub const SQS_MAX_BYTES: usize = 256 * 1024;
@@ -112,14 +117,58 @@ impl Sink {
         }
     }
 
-    /// Delivers one page of records (already deduplicated) for gap `gap_id`.
-    pub async fn deliver(&self, records: &[Record], gap_id: i64) -> Delivery {
+    /// How a page of records (already deduplicated) splits into destination
+    /// batches, in order: one `SendMessageBatch` (at most 10 messages and
+    /// 256 KiB) for SQS, one POST for HTTP, the whole page for a file. Each
+    /// batch is delivered and committed before the next, so a crash re-sends
+    /// at most one.
+    pub fn batches(&self, records: &[Record]) -> Vec<Range<usize>> {
         match self {
-            Sink::Sqs(s) => s.deliver(records, gap_id).await,
-            Sink::Http(s) => s.deliver(records).await,
-            Sink::File(s) => s.deliver(records).await,
+            Sink::Sqs(_) => sqs_batches(records),
+            Sink::Http(_) => (0..records.len())
+                .step_by(HTTP_BATCH)
+                .map(|i| i..(i + HTTP_BATCH).min(records.len()))
+                .collect(),
+            Sink::File(_) if records.is_empty() => Vec::new(),
+            #[allow(clippy::single_range_in_vec_init)] // one batch: the whole page
+            Sink::File(_) => vec![0..records.len()],
         }
     }
+
+    /// Delivers one destination batch (see [`batches`](Self::batches)) for
+    /// gap `gap_id`; indexes in the result are into `batch`.
+    pub async fn deliver(&self, batch: &[Record], gap_id: i64) -> Delivery {
+        match self {
+            Sink::Sqs(s) => s.deliver(batch, gap_id).await,
+            Sink::Http(s) => s.deliver(batch).await,
+            Sink::File(s) => s.deliver(batch).await,
+        }
+    }
+}
+
+/// Bytes a record takes in an SQS batch: its body, its record id attribute,
+/// and a margin for the other attributes and their names.
+fn sqs_size(r: &Record) -> usize {
+    r.raw.to_string().len() + r.id.len() + 128
+}
+
+/// Consecutive runs of at most 10 records and 256 KiB; a record too large
+/// for SQS alone gets a batch of its own (and is rejected there).
+fn sqs_batches(records: &[Record]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, r) in records.iter().enumerate() {
+        let n = sqs_size(r);
+        if i > start && (i - start == 10 || size + n > SQS_MAX_BYTES) {
+            out.push(start..i);
+            (start, size) = (i, 0);
+        }
+        size += n;
+    }
+    if start < records.len() {
+        out.push(start..records.len());
+    }
+    out
 }
 
 // === impl SqsSink ===
@@ -155,39 +204,26 @@ pub fn dedup_id(record_id: &str) -> String {
 }
 
 impl SqsSink {
+    /// One `SendMessageBatch` (see [`sqs_batches`]), retrying failed entries.
     async fn deliver(&self, records: &[Record], gap_id: i64) -> Delivery {
         let mut d = Delivery::default();
-        let mut bodies = Vec::with_capacity(records.len());
+        let mut batch = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            let body = r.raw.to_string();
-            // Attributes add a few dozen bytes; keep a margin under the limit.
-            if body.len() + 64 > SQS_MAX_BYTES {
+            if sqs_size(r) > SQS_MAX_BYTES {
                 d.rejected.push((
                     i,
-                    format!("record is {} bytes, over SQS's 256 KiB limit", body.len()),
+                    format!(
+                        "record is {} bytes, over SQS's 256 KiB limit",
+                        r.raw.to_string().len()
+                    ),
                 ));
             } else {
-                bodies.push((i, body));
+                batch.push((i, r.raw.to_string()));
             }
-        }
-        let mut batch: Vec<(usize, String)> = Vec::new();
-        let mut size = 0;
-        let mut batches = Vec::new();
-        for (i, body) in bodies {
-            if !batch.is_empty() && (batch.len() == 10 || size + body.len() + 64 > SQS_MAX_BYTES) {
-                batches.push(std::mem::take(&mut batch));
-                size = 0;
-            }
-            size += body.len() + 64;
-            batch.push((i, body));
         }
         if !batch.is_empty() {
-            batches.push(batch);
-        }
-        for batch in batches {
             if let Err(e) = self.send_batch(&batch, records, gap_id, &mut d).await {
                 d.error = Some(e);
-                break;
             }
         }
         d
@@ -217,6 +253,14 @@ impl SqsSink {
                         MessageAttributeValue::builder()
                             .data_type("Number")
                             .string_value(gap_id.to_string())
+                            .build()
+                            .map_err(|e| e.to_string())?,
+                    )
+                    .message_attributes(
+                        RECORD_ID_ATTRIBUTE,
+                        MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value(&records[*i].id)
                             .build()
                             .map_err(|e| e.to_string())?,
                     )
@@ -288,14 +332,12 @@ pub struct HttpSink {
 const HTTP_BATCH: usize = 500;
 
 impl HttpSink {
+    /// One POST of the batch (split in halves on a 413).
     async fn deliver(&self, records: &[Record]) -> Delivery {
         let mut d = Delivery::default();
         let indexes: Vec<usize> = (0..records.len()).collect();
-        for part in indexes.chunks(HTTP_BATCH) {
-            if let Err(e) = self.post(part, records, &mut d).await {
-                d.error = Some(e);
-                break;
-            }
+        if let Err(e) = self.post(&indexes, records, &mut d).await {
+            d.error = Some(e);
         }
         d
     }
@@ -494,6 +536,24 @@ mod tests {
         assert!(a.len() <= 128);
         assert_ne!(dedup_id("a b"), dedup_id("a  b"));
         assert!(dedup_id("a b").bytes().all(|b| (0x21..=0x7e).contains(&b)));
+    }
+
+    #[test]
+    fn sqs_batches_hold_10_records_and_256_kib() {
+        let rec = |i: usize, bytes: usize| Record {
+            id: format!("r{i}"),
+            time: chrono::Utc::now(),
+            raw: serde_json::json!({ "id": i, "pad": "x".repeat(bytes) }),
+        };
+        let small: Vec<Record> = (0..25).map(|i| rec(i, 10)).collect();
+        assert_eq!(sqs_batches(&small), vec![0..10, 10..20, 20..25]);
+        assert_eq!(sqs_batches(&[]), Vec::<Range<usize>>::new());
+        // 100 KiB each: two fit in 256 KiB, a third does not.
+        let big: Vec<Record> = (0..5).map(|i| rec(i, 100 << 10)).collect();
+        assert_eq!(sqs_batches(&big), vec![0..2, 2..4, 4..5]);
+        // A record too large for SQS is alone in its batch (and rejected there).
+        let mixed = vec![rec(0, 10), rec(1, 300 << 10), rec(2, 10)];
+        assert_eq!(sqs_batches(&mixed), vec![0..1, 1..2, 2..3]);
     }
 
     #[tokio::test]
