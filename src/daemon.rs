@@ -15,6 +15,7 @@ use crate::feed::FeedMonitor;
 use crate::fill::sink::Sink;
 use crate::fill::source::Source;
 use crate::fill::{FillControl, Filler};
+use crate::lease::LeaseKeeper;
 use crate::metrics::Metrics;
 use crate::observe::Extractor;
 use crate::store::Store;
@@ -34,9 +35,21 @@ pub fn needs_aws(config: &Config) -> bool {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let replica = crate::lease::replica_name();
     let store = Store::connect(&config.state.url)
         .await
-        .with_context(|| format!("opening the state store {}", config.state.url.redacted()))?;
+        .with_context(|| format!("opening the state store {}", config.state.url.redacted()))?
+        .for_replica(&replica);
+    // Leases first: with one replica (SQLite) they are held from the start, so
+    // a gap that lasted through our own downtime is seen at once.
+    let mut keeper = LeaseKeeper::new(store.clone(), &replica, metrics.clone());
+    let leases: HashMap<String, _> = config
+        .feeds
+        .iter()
+        .map(|f| (f.name.clone(), keeper.watch(&f.name)))
+        .collect();
+    keeper.round().await;
+    tracing::info!(replica = %replica, shared = store.is_shared(), "state store open");
     let sdk = if needs_aws(&config) {
         Some(crate::aws::sdk_config(&config.aws).await)
     } else {
@@ -66,7 +79,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("restoring feed {}", feed.name))?;
-        monitors.spawn(monitor.run(monitors_stop.clone()));
+        let lease = leases[&feed.name].clone();
+        monitors.spawn(monitor.with_lease(lease.clone()).run(monitors_stop.clone()));
 
         if feed.watch.mode == WatchMode::Relay {
             if let (Some(sqs), Some(src), Some(dst)) =
@@ -98,7 +112,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 source,
                 Arc::new(sink),
                 "daemon",
-            );
+            )
+            .with_lease(lease.clone());
             producers.spawn(filler.run(handle.fill_wakeup.clone(), cancel.clone()));
         }
         fill_feeds.push((feed.clone(), handle.fill_wakeup.clone()));
@@ -116,6 +131,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         producers.spawn(watcher.run(cancel.clone()));
     }
+    // Renewed until the monitors stopped: their last saves need the lease.
+    let keeper_stop = CancellationToken::new();
+    let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
     producers.close();
     monitors.close();
 
@@ -157,6 +175,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     monitors_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), monitors.wait()).await;
+    keeper_stop.cancel();
+    let _ = keeper_task.await;
     store.close().await;
     server_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FeedConfig, WatchMode};
 use crate::detector::{ActiveWindow, Detector, GapEvent};
+use crate::lease::LeaseView;
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::Observation;
 use crate::store::{FillState, Store};
@@ -29,6 +30,9 @@ const UNFILLED_IDLE: Duration = Duration::from_secs(60);
 const RETRY: Duration = Duration::from_secs(1);
 /// A monitor with nothing due still looks around this often.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
+/// With a shared store: how often the feed's state written by every replica
+/// (the newest event, the holder's gap) is read back.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Capacity of a feed's observation channel, in batches (backpressure beyond).
 pub const CHANNEL_BATCHES: usize = 64;
 
@@ -42,6 +46,8 @@ pub struct FeedStatus {
     pub active: bool,
     pub open_gap: Option<OpenGap>,
     pub records_observed: u64,
+    /// The replica holding the feed's lease (it decides the feed's gaps and fills).
+    pub leader: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -91,6 +97,12 @@ pub struct FeedMonitor {
     /// How far behind the wall clock the detector runs (see [`FeedMonitor::start`]).
     clock_lag: chrono::TimeDelta,
     future_log: FutureLog,
+    /// The feed's lease: only its holder saves gap events.
+    lease: watch::Receiver<LeaseView>,
+    /// Whether this replica held the lease at the last sync.
+    led: bool,
+    /// With a shared store: when the feed's state was last read back.
+    last_sync: Option<Instant>,
 }
 
 /// Rate limit for the "event time in the future" warning: a vendor that stamps
@@ -176,6 +188,7 @@ impl FeedMonitor {
             active: detector.is_active(now),
             open_gap: None,
             records_observed: 0,
+            leader: None,
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let fill_wakeup = Arc::new(Notify::new());
@@ -208,8 +221,19 @@ impl FeedMonitor {
             last_unfilled_at: None,
             unfilled: 0.0,
             clock_lag,
+            lease: watch::channel(LeaseView::held()).1,
+            led: true,
+            last_sync: None,
         };
         Ok((monitor, handle))
+    }
+
+    /// Saves gap events only while this replica holds the feed's lease; the
+    /// rest of the time the feed's gap state follows what the holder stored.
+    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+        self.lease = lease;
+        self.led = false;
+        self
     }
 
     /// Runs until `stop` is cancelled, then takes what is still queued, saves,
@@ -263,9 +287,86 @@ impl FeedMonitor {
         if self.detector.state().last_event != self.last_saved {
             wake = wake.min(self.last_save_at.map_or(now, |at| at + SAVE_EVERY));
         }
+        if self.store.is_shared() {
+            wake = wake.min(self.last_sync.map_or(now, |at| at + SYNC_EVERY));
+        }
         let busy = self.open_gap_id.is_some() || self.unfilled > 0.0;
         let every = if busy { UNFILLED_EVERY } else { UNFILLED_IDLE };
         wake.min(self.last_unfilled_at.map_or(now, |at| at + every))
+    }
+
+    /// With a shared store: takes in the newest event any replica saw (so
+    /// replicas sharing a queue never see false silence) and, unless this
+    /// replica decides the feed's gaps, the holder's open gap.
+    async fn sync(&mut self, now: DateTime<Utc>) {
+        if !self.store.is_shared() || self.last_sync.is_some_and(|at| at.elapsed() < SYNC_EVERY) {
+            return;
+        }
+        self.last_sync = Some(Instant::now());
+        let feed = self.config.name.clone();
+        let leader = self.lease.borrow().is_mine();
+        let stored = match self.store.detector_state(&feed).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(feed = %feed, error = %e, "cannot read the shared feed state");
+                return;
+            }
+        };
+        let own = self.detector.state();
+        // A new holder adopts the stored gap state; then it is the one deciding.
+        if stored.open_gap_start != own.open_gap_start && (!leader || !self.led) {
+            let open_gap_id = match stored.open_gap_start {
+                None => Ok(None),
+                Some(_) => self
+                    .store
+                    .gaps(&crate::store::GapFilter {
+                        feed: Some(feed.clone()),
+                        state: Some("open".into()),
+                        limit: Some(10),
+                    })
+                    .await
+                    .map(|gaps| {
+                        gaps.into_iter()
+                            .find(|g| g.kind == crate::store::GapKind::Detected)
+                            .map(|g| g.id)
+                    }),
+            };
+            let Ok(open_gap_id) = open_gap_id else {
+                return;
+            };
+            // The ids this replica relayed next to the holder's gap edges are
+            // not to be filled again: remember them as the holder does its own.
+            let edge_gap = open_gap_id.or(self.open_gap_id);
+            if let Some(gap_id) = edge_gap {
+                let edge: Vec<_> = self.recent.iter().cloned().collect();
+                if let Err(e) = self.store.remember_live(&feed, Some(gap_id), &edge).await {
+                    tracing::warn!(feed = %feed, error = %e, "cannot save edge ids");
+                    return;
+                }
+                if open_gap_id.is_none() {
+                    self.after_edge = Some((gap_id, self.edge_ids));
+                }
+            }
+            self.detector = Detector::new(
+                self.config.freshness.max_silence,
+                self.config.freshness.window.clone(),
+                crate::detector::DetectorState {
+                    last_event: own.last_event.max(stored.last_event),
+                    open_gap_start: stored.open_gap_start,
+                },
+            );
+            self.open_gap_id = open_gap_id;
+            self.last_unfilled_at = None;
+        }
+        if let Some(t) = stored.last_event {
+            if let Some(event) = self.detector.observe(t, now) {
+                self.unsaved.push_back(event);
+            }
+        }
+        if !leader {
+            self.unsaved.clear();
+        }
+        self.led = leader;
     }
 
     /// The detector's clock.
@@ -326,6 +427,7 @@ impl FeedMonitor {
     }
 
     async fn tick(&mut self, now: DateTime<Utc>) {
+        self.sync(now).await;
         if let Some(event) = self.detector.tick(now) {
             self.unsaved.push_back(event);
         }
@@ -359,6 +461,10 @@ impl FeedMonitor {
     }
 
     async fn save_events(&mut self, now: DateTime<Utc>) {
+        if !self.lease.borrow().is_mine() {
+            // The holder decides; this replica follows the store (see `sync`).
+            self.unsaved.clear();
+        }
         while let Some(event) = self.unsaved.front().copied() {
             let feed = self.config.name.clone();
             let result = match event {
@@ -517,6 +623,7 @@ impl FeedMonitor {
             active: false,
             open_gap,
             records_observed: self.observed,
+            leader: self.lease.borrow().holder.clone(),
         };
         status.refresh(now, &self.config.freshness.window);
         status.set_clock_gauges(&self.metrics);

@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod detector;
 pub mod feed;
 pub mod fill;
+pub mod lease;
 pub mod metrics;
 pub mod observe;
 pub mod retry;

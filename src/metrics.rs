@@ -115,6 +115,7 @@ pub struct Metrics {
     pub queue_messages: IntGaugeVec,
     pub queue_oldest_age: GaugeVec,
     pub gap_open: IntGaugeVec,
+    pub feed_leader: IntGaugeVec,
     pub gaps_detected: IntCounterVec,
     pub gap_unfilled: GaugeVec,
     pub backfill_records: IntCounterVec,
@@ -170,6 +171,11 @@ impl Metrics {
             gap_open: gauge_vec_int(
                 "gapwatch_gap_open",
                 "1 while the feed has an open gap (silent inside its active window).",
+                &["feed"],
+            ),
+            feed_leader: gauge_vec_int(
+                "gapwatch_feed_leader",
+                "1 while this replica holds the feed's lease (it opens and closes gaps, plans and runs fills).",
                 &["feed"],
             ),
             gaps_detected: counter_vec(
@@ -252,6 +258,7 @@ impl Metrics {
             Box::new(self.queue_messages.clone()),
             Box::new(self.queue_oldest_age.clone()),
             Box::new(self.gap_open.clone()),
+            Box::new(self.feed_leader.clone()),
             Box::new(self.gaps_detected.clone()),
             Box::new(self.gap_unfilled.clone()),
             Box::new(self.backfill_records.clone()),
@@ -278,6 +285,8 @@ impl Metrics {
         self.feed_records_observed.with_label_values(&[feed]);
         self.feed_active.with_label_values(&[feed]);
         self.gap_open.with_label_values(&[feed]).set(0);
+        // Created at 0, never reset: the lease keeper may have set it already.
+        self.feed_leader.with_label_values(&[feed]);
         self.gaps_detected.with_label_values(&[feed]);
         self.gap_unfilled.with_label_values(&[feed]).set(0.0);
         for o in RelayOutcome::ALL {
@@ -388,6 +397,7 @@ mod tests {
             "gapwatch_queue_messages",
             "gapwatch_queue_oldest_message_age_seconds",
             "gapwatch_gap_open",
+            "gapwatch_feed_leader",
             "gapwatch_gaps_detected_total",
             "gapwatch_gap_unfilled_seconds",
             "gapwatch_backfill_records_total",

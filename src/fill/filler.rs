@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::pagination::PageCursor;
@@ -16,9 +16,11 @@ use super::plan::{self, Window};
 use super::sink::Sink;
 use super::source::{Record, Source};
 use crate::config::{BackfillConfig, FeedConfig};
+use crate::lease::LeaseView;
 use crate::metrics::{ChunkState, Metrics, RecordOutcome};
 use crate::store::{
-    Checkpoint, Chunk, FillState, Gap, GapKind, GapState, PageCommit, PageCounts, Store, StoreError,
+    Checkpoint, Chunk, FillState, Gap, GapKind, GapState, PageCommit, PageCounts, Store,
+    StoreError, CLAIM,
 };
 
 /// How often a feed's gaps are looked at when nothing is due and nothing woke
@@ -46,6 +48,8 @@ pub struct Filler {
     sink: Arc<Sink>,
     /// Whose gaps this filler takes (`daemon`, or `cli` for a one-off run).
     owner: String,
+    /// The feed's lease: only its holder fills.
+    lease: watch::Receiver<LeaseView>,
 }
 
 impl Filler {
@@ -64,7 +68,14 @@ impl Filler {
             source,
             sink,
             owner: owner.to_string(),
+            lease: watch::channel(LeaseView::held()).1,
         }
+    }
+
+    /// Fills only while this replica holds the feed's lease.
+    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+        self.lease = lease;
+        self
     }
 
     fn backfill(&self) -> &BackfillConfig {
@@ -81,6 +92,7 @@ impl Filler {
     /// settled), so recovery ends as early as the settle delay allows.
     pub async fn run(self, wakeup: Arc<Notify>, cancel: CancellationToken) {
         let feed = self.feed.name.clone();
+        let mut lease = self.lease.clone();
         match self.store.reset_running(&feed, Utc::now()).await {
             Ok(n) if n > 0 => {
                 tracing::info!(feed = %feed, chunks = n, "resuming chunks interrupted by a restart")
@@ -100,6 +112,8 @@ impl Filler {
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = wakeup.notified() => {}
+                // Taking the feed's lease starts work at once.
+                _ = lease.changed() => {}
                 _ = tokio::time::sleep(wait.min(IDLE_PASS)) => {}
             }
         }
@@ -112,6 +126,10 @@ impl Filler {
         &self,
         cancel: &CancellationToken,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        if !self.lease.borrow().is_mine() {
+            // Another replica fills this feed; taking the lease wakes us.
+            return Ok(None);
+        }
         let gaps = self
             .store
             .gaps_to_fill(&self.feed.name, &self.owner)
@@ -139,12 +157,16 @@ impl Filler {
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
         let b = self.backfill();
         let chunks = self.store.chunks(gap.id).await?;
+        let soon = now + chrono::Duration::from_std(DUE_RETRY).unwrap_or_default();
+        let claim_lapses = now + chrono::Duration::from_std(CLAIM / 2).unwrap_or_default();
         let retry = chunks
             .iter()
-            .filter(|c| c.state == "pending")
-            .map(|c| {
-                c.next_attempt
-                    .max(now + chrono::Duration::from_std(DUE_RETRY).unwrap_or_default())
+            .filter_map(|c| match c.state.as_str() {
+                "pending" => Some(c.next_attempt.max(soon)),
+                // Between passes none of ours runs: a replica that died holds
+                // it, and its claim lapses within `CLAIM`.
+                "running" => Some(claim_lapses),
+                _ => None,
             })
             .min();
         let overlap = match gap.kind {
@@ -214,12 +236,10 @@ impl Filler {
                 .set_fill(gap.id, FillState::Running, None, now)
                 .await?;
         }
-        let chunks = self.store.chunks(gap.id).await?;
-        let due: Vec<Chunk> = chunks
-            .iter()
-            .filter(|c| c.state == "pending" && c.next_attempt <= now)
-            .cloned()
-            .collect();
+        let due = self
+            .store
+            .claim_chunks(feed, gap.id, now, CLAIM, usize::MAX)
+            .await?;
         let concurrency = b.concurrency.get();
         futures::stream::iter(due)
             .for_each_concurrent(concurrency, |chunk| async move {
@@ -229,6 +249,10 @@ impl Filler {
                 self.run_chunk(gap.id, chunk, cancel).await;
             })
             .await;
+        if !self.lease.borrow().is_mine() {
+            // Lost the feed meanwhile: its new holder settles the gap.
+            return Ok(GapOutcome::InProgress);
+        }
 
         let chunks = self.store.chunks(gap.id).await?;
         if let Some(failed) = chunks.iter().find(|c| c.state == "failed") {
@@ -291,11 +315,17 @@ impl Filler {
     async fn run_chunk(&self, gap_id: i64, chunk: Chunk, cancel: &CancellationToken) {
         let feed = self.feed.name.as_str();
         let b = self.backfill();
-        if let Err(e) = self.store.start_chunk(chunk.id, Utc::now()).await {
-            tracing::error!(feed, gap_id, error = %e, "cannot start chunk");
+        let result = self.fetch_chunk(gap_id, &chunk, cancel).await;
+        if result != Ok(true) && !self.lease.borrow().is_mine() {
+            // Its checkpoint stands; the feed's new holder resumes from it.
+            tracing::warn!(
+                feed,
+                gap_id,
+                chunk = chunk.idx,
+                "feed lease lost; chunk left to its new holder"
+            );
             return;
         }
-        let result = self.fetch_chunk(gap_id, &chunk, cancel).await;
         match result {
             Ok(true) => {
                 let now = Utc::now();
