@@ -24,7 +24,7 @@ use clap::Parser;
 use peers::Env;
 use table::Figure;
 
-const ALL: &[&str] = &["detection", "fill", "rate", "relay", "idle", "aws"];
+const ALL: &[&str] = &["detection", "fill", "sqs", "rate", "relay", "idle", "aws"];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -186,7 +186,7 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         progress("1. detection latency, relay mode");
         figures.push(detection::relay(env, sizes.detection_reps).await?);
     }
-    if wanted("fill") || wanted("rate") {
+    if wanted("fill") || wanted("sqs") || wanted("rate") {
         progress(&format!(
             "seeding vendor-sim with {} records",
             table::thousands(sizes.big_fill as f64)
@@ -210,6 +210,8 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
                     figures.push(fill::peak(&r, &label(n)));
                 }
             }
+        }
+        if wanted("fill") || wanted("sqs") {
             progress("2. SQS baseline and fill into moto");
             figures.extend(fill::sqs_sink(env, &history, sizes.sqs_records).await?);
         }

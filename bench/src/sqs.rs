@@ -25,7 +25,7 @@ pub fn body(prefix: &str, seq: u64) -> String {
     )
 }
 
-/// Sends `n` bodies in batches of 10 from one sequential loop, with the two
+/// Sends `n` bodies in batches of 10 from one sequential loop, with the three
 /// message attributes gapwatch's sink adds; returns the seconds it took.
 pub async fn send_loop(
     sqs: &aws_sdk_sqs::Client,
@@ -60,6 +60,10 @@ pub async fn send_paced(
                 SendMessageBatchRequestEntry::builder()
                     .id((s - seq).to_string())
                     .message_body(body(prefix, s + 1))
+                    .message_attributes(
+                        "gapwatch-record-id",
+                        string_attr(&format!("{prefix}-{:012}", s + 1)),
+                    )
                     .message_attributes("gapwatch-gap-id", string_attr("1"))
                     .message_attributes("gapwatch-backfill", string_attr("true"))
                     .build()?,

@@ -238,6 +238,8 @@ pub enum SinkConfig {
     Sqs {
         queue_url: String,
         message_group_id: Option<String>,
+        /// `SendMessageBatch` calls a chunk has in flight at once (1 for FIFO).
+        in_flight: NonZeroUsize,
     },
     Http {
         url: Url,

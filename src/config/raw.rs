@@ -221,6 +221,8 @@ pub enum RawSink {
         queue_url: Option<String>,
         #[serde(default)]
         message_group_id: Option<String>,
+        #[serde(default = "default_in_flight")]
+        in_flight: i64,
     },
     Http {
         url: String,
@@ -304,6 +306,9 @@ fn default_timeout() -> String {
 }
 const fn default_max_retries() -> i64 {
     8
+}
+const fn default_in_flight() -> i64 {
+    1
 }
 fn default_max_page_bytes() -> String {
     "16MiB".into()

@@ -157,6 +157,8 @@ fn invalid_values_name_their_key() {
         ("max_retries = 8\n", "max_retries = 8\ntime_resolution = \"1500us\"\n", "feeds[0].backfill.source.time_resolution: must be a whole multiple of 1ms"),
         ("\n    time_format = \"rfc3339\"", "\ntime_format = \"unix_s\"\ntime_resolution = \"1500ms\"", "feeds[0].backfill.source.time_resolution: must be a whole multiple of 1s (what time_format unix_s can write)"),
         ("max_retries = 8\n", "max_retries = 8\nmax_page_bytes = \"lots\"\n", "feeds[0].backfill.source.max_page_bytes: invalid size"),
+        ("pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }", "pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }\n[feeds.backfill.sink]\ntype = \"sqs\"\nin_flight = 0", "feeds[0].backfill.sink.in_flight: must be between 1 and 16, got 0"),
+        ("pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }", "pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }\n[feeds.backfill.sink]\ntype = \"sqs\"\nqueue_url = \"http://127.0.0.1:5000/123456789012/app.fifo\"\nin_flight = 4", "feeds[0].backfill.sink.in_flight: must be 1 for a FIFO queue"),
         ("max_retries = 8\n", "max_retries = 8\nmax_page_bytes = \"0\"\n", "feeds[0].backfill.source.max_page_bytes: invalid size"),
     ];
     for (from, to, want) in cases {

@@ -625,6 +625,30 @@ impl Checker<'_> {
         res
     }
 
+    /// `in_flight` of an SQS sink: 1 to 16, and 1 for a FIFO queue (batches
+    /// sent side by side could reach it out of order).
+    fn in_flight(&mut self, key: &str, n: i64, queue: &str) -> Option<NonZeroUsize> {
+        let key = format!("{key}.in_flight");
+        let v = usize::try_from(n)
+            .ok()
+            .filter(|n| (1..=16).contains(n))
+            .and_then(NonZeroUsize::new);
+        match v {
+            None => {
+                self.fail(&key, format!("must be between 1 and 16, got {n}"));
+                None
+            }
+            Some(v) if v.get() > 1 && queue.ends_with(".fifo") => {
+                self.fail(
+                    &key,
+                    "must be 1 for a FIFO queue: batches sent side by side could arrive out of order",
+                );
+                None
+            }
+            v => v,
+        }
+    }
+
     /// `16MiB`, `512KiB`, `1000000` (bytes); KB/MB/GB are powers of 1000.
     fn byte_size(&mut self, key: &str, s: &str) -> Option<u64> {
         let s = self.string(key, s)?;
@@ -695,10 +719,15 @@ impl Checker<'_> {
                     }) => Some(self.string(&format!("{key}.message_group_id"), g)?),
                     _ => None,
                 };
+                let in_flight = match sink {
+                    Some(RawSink::Sqs { in_flight, .. }) => *in_flight,
+                    _ => 1,
+                };
                 match default_queue {
                     Some(q) => Some(SinkConfig::Sqs {
                         queue_url: q.to_string(),
                         message_group_id: group,
+                        in_flight: self.in_flight(key, in_flight, q)?,
                     }),
                     None => {
                         self.fail(
@@ -712,15 +741,18 @@ impl Checker<'_> {
             Some(RawSink::Sqs {
                 queue_url: Some(q),
                 message_group_id,
+                in_flight,
             }) => {
                 let queue_url = self.queue_url(&format!("{key}.queue_url"), q);
                 let group = match message_group_id {
                     Some(g) => Some(self.string(&format!("{key}.message_group_id"), g)?),
                     None => None,
                 };
+                let in_flight = self.in_flight(key, *in_flight, q);
                 Some(SinkConfig::Sqs {
                     queue_url: queue_url?,
                     message_group_id: group,
+                    in_flight: in_flight?,
                 })
             }
             Some(RawSink::Http {

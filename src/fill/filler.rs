@@ -488,13 +488,32 @@ impl Filler {
                     !dup
                 })
                 .collect();
-            // One destination batch at a time, each committed with the ids
-            // it delivered before the next one goes out: a kill -9 re-sends
-            // at most the batch that was in flight.
+            // Destination batches, each committed with the ids it delivered
+            // as soon as it is acknowledged: a kill -9 re-sends at most the
+            // batches in flight (`sink.in_flight`, 1 unless configured).
             let sink_path = self.sink.file_path();
-            for range in self.sink.batches(&fresh) {
+            let failed = std::sync::atomic::AtomicBool::new(false);
+            let mut deliveries = futures::stream::iter(self.sink.batches(&fresh))
+                .map(|range| {
+                    let (fresh, failed) = (&fresh, &failed);
+                    async move {
+                        // After a failure nothing new goes out; what is in
+                        // flight still lands and is committed.
+                        if failed.load(std::sync::atomic::Ordering::Relaxed) {
+                            return (range, None);
+                        }
+                        let d = self.sink.deliver(&fresh[range.clone()], gap_id).await;
+                        if d.error.is_some() {
+                            failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        (range, Some(d))
+                    }
+                })
+                .buffer_unordered(self.sink.in_flight());
+            let mut first_error = None;
+            while let Some((range, delivery)) = deliveries.next().await {
+                let Some(delivery) = delivery else { continue };
                 let batch = &fresh[range];
-                let delivery = self.sink.deliver(batch, gap_id).await;
                 for (i, why) in delivery.rejected.iter().take(1) {
                     tracing::warn!(feed, gap_id, record_id = %batch[*i].id, reason = %why, "sink refused a record");
                 }
@@ -521,9 +540,12 @@ impl Filler {
                 // Only now may another batch go into the file.
                 drop(delivery.hold);
                 self.count(counts);
-                if let Some(error) = delivery.error {
-                    return Err(error);
+                if first_error.is_none() {
+                    first_error = delivery.error;
                 }
+            }
+            if let Some(error) = first_error {
+                return Err(error);
             }
             // The page is delivered: move the checkpoint past it.
             let counts = PageCounts {

@@ -60,7 +60,9 @@ impl Sink {
             SinkConfig::Sqs {
                 queue_url,
                 message_group_id,
+                in_flight,
             } => Sink::Sqs(SqsSink {
+                in_flight: in_flight.get(),
                 client: sqs.ok_or("the sqs sink needs AWS")?,
                 queue_url: queue_url.clone(),
                 fifo: queue_url.ends_with(".fifo"),
@@ -135,6 +137,18 @@ impl Sink {
         }
     }
 
+    /// How many of a chunk's batches may be on their way at once: each is
+    /// still committed on its own as soon as it is acknowledged, so a crash
+    /// re-sends at most this many batches of the chunk.
+    pub fn in_flight(&self) -> usize {
+        match self {
+            Sink::Sqs(s) => s.in_flight,
+            // One POST at a time keeps the endpoint's order; the file has
+            // one writer.
+            Sink::Http(_) | Sink::File(_) => 1,
+        }
+    }
+
     /// Delivers one destination batch (see [`batches`](Self::batches)) for
     /// gap `gap_id`; indexes in the result are into `batch`.
     pub async fn deliver(&self, batch: &[Record], gap_id: i64) -> Delivery {
@@ -174,6 +188,8 @@ fn sqs_batches(records: &[Record]) -> Vec<Range<usize>> {
 // === impl SqsSink ===
 
 pub struct SqsSink {
+    /// Batches of one chunk sent side by side.
+    in_flight: usize,
     client: aws_sdk_sqs::Client,
     queue_url: String,
     fifo: bool,
