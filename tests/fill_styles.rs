@@ -597,6 +597,52 @@ async fn a_malformed_link_header_fails_the_chunk_saying_why() {
     assert!(want.iter().all(|id| got.get(id) == Some(&1)));
 }
 
+/// A fill of many more chunks than are planned ahead at once (180 one-second
+/// chunks): the plan grows as chunks finish, and ends exactly at the target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_fill_is_planned_a_stretch_at_a_time() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "600",
+        "--history-span",
+        "10m",
+        "--token",
+        TOKEN,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), "").replace("chunk = \"2m\"", "chunk = \"1s\""),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let second = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap();
+    let to = second(Utc::now() - chrono::Duration::seconds(5));
+    let from = to - chrono::Duration::minutes(3);
+    let want = vendor_ids(&sim, from, to).await;
+    let id = backfill(&gw, "cursor", from, to).await;
+    let most_planned = std::sync::atomic::AtomicI64::new(0);
+    let gap = eventually(Duration::from_secs(90), "the fill done", || {
+        let (gw, most) = (&gw, &most_planned);
+        async move {
+            let (_, v) = gw.get(&format!("/api/v1/gaps/{id}")).await;
+            let p = &v["progress"];
+            let open =
+                p["chunks_total"].as_i64().unwrap_or(0) - p["chunks_done"].as_i64().unwrap_or(0);
+            most.fetch_max(open, std::sync::atomic::Ordering::Relaxed);
+            (v["fill"] == "done").then_some(v)
+        }
+    })
+    .await;
+    let most_planned = most_planned.into_inner();
+    assert_eq!(gap["progress"]["chunks_total"], 180, "{gap}");
+    assert!(most_planned <= 64, "{most_planned} chunks planned ahead");
+    let got = file_ids(&dir.path().join("cursor.ndjson"));
+    assert_eq!(got.len(), want.len());
+    assert!(want.iter().all(|id| got.get(id) == Some(&1)));
+}
+
 /// A vendor answering with a body that never ends: the page is refused at
 /// `source.max_page_bytes` while it streams in, the chunk fails saying so,
 /// the rejection is counted, the daemon stays up, and a restart does not

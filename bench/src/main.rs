@@ -24,7 +24,16 @@ use clap::Parser;
 use peers::Env;
 use table::Figure;
 
-const ALL: &[&str] = &["detection", "fill", "sqs", "rate", "relay", "idle", "aws"];
+const ALL: &[&str] = &[
+    "detection",
+    "fill",
+    "sqs",
+    "span",
+    "rate",
+    "relay",
+    "idle",
+    "aws",
+];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,6 +67,8 @@ struct Sizes {
     small_fill: u64,
     big_fill: u64,
     sqs_records: u64,
+    /// Records over the 30-day span (one every 10 s in a full run).
+    span_records: u64,
     rate_requests: u64,
     rate_page: u32,
     rate: u32,
@@ -74,6 +85,7 @@ impl Sizes {
                 small_fill: 200,
                 big_fill: 2_000,
                 sqs_records: 200,
+                span_records: 8_640,
                 rate_requests: 30,
                 rate_page: 10,
                 rate: 20,
@@ -87,6 +99,7 @@ impl Sizes {
                 small_fill: 100_000,
                 big_fill: 1_000_000,
                 sqs_records: 2_000,
+                span_records: 259_200,
                 rate_requests: 300,
                 rate_page: 100,
                 rate: 20,
@@ -228,6 +241,10 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
                 .await?,
             );
         }
+    }
+    if wanted("span") {
+        progress("5. a fill over a 30-day span");
+        figures.push(fill::span_30d(env, sizes.span_records).await?);
     }
     if wanted("relay") {
         progress("4. relay throughput");

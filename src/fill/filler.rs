@@ -31,6 +31,15 @@ const PASS_RETRY: Duration = Duration::from_secs(5);
 /// A chunk still due right after a pass (it could not start) is tried again after this.
 const DUE_RETRY: Duration = Duration::from_secs(1);
 
+/// Chunks of a gap planned but not finished at most: a month-long gap is
+/// planned this many windows ahead, not all at once.
+const PLAN_AHEAD: usize = 64;
+
+/// Chunks still to run or running (failed ones count: they hold the gap).
+fn unfinished(chunks: &[Chunk]) -> usize {
+    chunks.iter().filter(|c| c.state != "done").count()
+}
+
 /// What a pass did to a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum GapOutcome {
@@ -177,14 +186,21 @@ impl Filler {
             || gap.start - chrono::Duration::from_std(overlap).unwrap_or_default(),
             |c| c.end,
         );
-        let plan = plan::next_plan_due(
-            gap.end,
-            overlap,
-            b.settle,
-            covered_to,
-            b.chunk,
-            b.follow_step,
-        );
+        // No room to plan more: the next chunk to finish makes some.
+        let room = unfinished(&chunks) < PLAN_AHEAD;
+        let plan = room
+            .then(|| {
+                plan::next_plan_due(
+                    gap.end,
+                    overlap,
+                    b.settle,
+                    covered_to,
+                    b.chunk,
+                    b.follow_step,
+                    b.source.time_resolution,
+                )
+            })
+            .flatten();
         Ok(retry.into_iter().chain(plan).min())
     }
 
@@ -215,8 +231,14 @@ impl Filler {
         if let Some(target) = target {
             let covered_to = chunks.last().map_or(target.start, |c| c.end);
             let res = b.source.time_resolution;
+            // A long gap is planned a bounded stretch at a time: the rest
+            // follows as chunks finish, so neither memory nor the store
+            // holds a month of windows at once.
+            let room = PLAN_AHEAD.saturating_sub(unfinished(&chunks));
             let new: Vec<Window> =
-                plan::extend(covered_to, target, b.chunk, b.follow_step, is_final, res).collect();
+                plan::extend(covered_to, target, b.chunk, b.follow_step, is_final, res)
+                    .take(room)
+                    .collect();
             if !new.is_empty() {
                 let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
                 self.store.add_chunks(gap.id, &windows, now).await?;

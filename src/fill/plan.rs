@@ -180,6 +180,11 @@ pub fn query_window(w: Window, res: Resolution) -> Window {
 /// (`gap_end + overlap`) is settled, so its last chunk is fetched at the
 /// earliest instant it is complete; an open gap once one more
 /// `min(chunk, follow_step)` is settled. `None`: the plan is complete.
+///
+/// Edges sit on `res` (see [`fill_target`]): a closed gap's plan ends at
+/// `gap_end + overlap` rounded up, and `now − settle` counts once rounded
+/// down, so that is when it is due (earlier, a pass would find nothing new
+/// and be due again at once).
 pub fn next_plan_due(
     gap_end: Option<DateTime<Utc>>,
     overlap: Duration,
@@ -187,13 +192,17 @@ pub fn next_plan_due(
     covered_to: DateTime<Utc>,
     chunk: Duration,
     follow_step: Duration,
+    res: Resolution,
 ) -> Option<DateTime<Utc>> {
     match gap_end {
         Some(end) => {
-            let wanted = add(end, overlap);
+            let wanted = res.ceil(add(end, overlap));
             (covered_to < wanted).then(|| add(wanted, settle))
         }
-        None => Some(add(add(covered_to, chunk.min(follow_step)), settle)),
+        None => Some(add(
+            res.ceil(add(covered_to, chunk.min(follow_step))),
+            settle,
+        )),
     }
 }
 
@@ -300,7 +309,8 @@ mod tests {
                 s(1),
                 t("2026-01-01T00:00:19Z"),
                 HOUR,
-                MIN
+                MIN,
+                Resolution::MILLISECOND
             ),
             Some(t("2026-01-01T00:00:23Z"))
         );
@@ -312,20 +322,74 @@ mod tests {
                 s(1),
                 t("2026-01-01T00:00:22Z"),
                 HOUR,
-                MIN
+                MIN,
+                Resolution::MILLISECOND
             ),
             None
         );
         // Open: one more follow step, settled.
         assert_eq!(
-            next_plan_due(None, s(2), s(1), t("2026-01-01T00:00:10Z"), HOUR, s(2)),
+            next_plan_due(
+                None,
+                s(2),
+                s(1),
+                t("2026-01-01T00:00:10Z"),
+                HOUR,
+                s(2),
+                Resolution::MILLISECOND
+            ),
             Some(t("2026-01-01T00:00:13Z"))
         );
         // Open with a chunk smaller than the follow step.
         assert_eq!(
-            next_plan_due(None, s(2), s(1), t("2026-01-01T00:00:10Z"), s(1), MIN),
+            next_plan_due(
+                None,
+                s(2),
+                s(1),
+                t("2026-01-01T00:00:10Z"),
+                s(1),
+                MIN,
+                Resolution::MILLISECOND
+            ),
             Some(t("2026-01-01T00:00:12Z"))
         );
+        // Whole seconds: the end (20.25 + 2) is asked for up to 23, settled at 24;
+        // a follow step of 1.5 s from 10 reaches the whole second 12.
+        assert_eq!(
+            next_plan_due(
+                Some(t("2026-01-01T00:00:20.250Z")),
+                s(2),
+                s(1),
+                t("2026-01-01T00:00:19Z"),
+                HOUR,
+                MIN,
+                SEC
+            ),
+            Some(t("2026-01-01T00:00:24Z"))
+        );
+        assert_eq!(
+            next_plan_due(
+                None,
+                s(2),
+                s(1),
+                t("2026-01-01T00:00:10Z"),
+                HOUR,
+                Duration::from_millis(1500),
+                SEC
+            ),
+            Some(t("2026-01-01T00:00:13Z"))
+        );
+        // And at that instant the plan indeed reaches the end.
+        let target = super::fill_target(
+            t("2026-01-01T00:00:05Z"),
+            Some(t("2026-01-01T00:00:20.250Z")),
+            s(2),
+            s(1),
+            t("2026-01-01T00:00:24Z"),
+            SEC,
+        )
+        .unwrap();
+        assert_eq!(target.end, t("2026-01-01T00:00:23Z"));
     }
 
     fn w(a: &str, b: &str) -> Window {
