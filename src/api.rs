@@ -1,9 +1,8 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz` and the JSON API under
 //! `/api/v1`. Every error is `{"error": "…"}` with a 4xx/5xx status.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
@@ -18,6 +17,7 @@ use serde_json::json;
 use crate::config::Secret;
 use crate::feed::FeedHandle;
 use crate::fill::FillControl;
+use crate::health::Health;
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::Observation;
 use crate::store::{GapFilter, Store};
@@ -26,42 +26,6 @@ use crate::store::{GapFilter, Store};
 pub const MAX_OBSERVATIONS: usize = 10_000;
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 * 1024 * 1024;
-
-/// What `/readyz` reports besides the store.
-#[derive(Default)]
-pub struct Health {
-    shutting_down: AtomicBool,
-    /// Problems with AWS resources, by resource (queue name, CloudWatch), reported
-    /// once per change.
-    problems: Mutex<BTreeMap<String, String>>,
-}
-
-impl Health {
-    pub fn shutting_down(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    /// Sets or clears the problem of a resource; returns whether it changed (so
-    /// the caller logs only changes).
-    pub fn set_problem(&self, resource: &str, problem: Option<String>) -> bool {
-        let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
-        match problem {
-            Some(msg) => p.insert(resource.to_string(), msg.clone()).as_ref() != Some(&msg),
-            None => p.remove(resource).is_some(),
-        }
-    }
-
-    pub fn problems(&self) -> BTreeMap<String, String> {
-        self.problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
 
 #[derive(Clone)]
 pub struct AppState {
@@ -76,7 +40,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/feeds", get(feeds))
         .route("/api/v1/gaps", get(gaps))
@@ -136,6 +100,19 @@ async fn metrics(State(s): State<AppState>) -> impl IntoResponse {
         )],
         s.metrics.render(),
     )
+}
+
+/// Alive unless a task kept dying past its restart budget: then Kubernetes
+/// should restart the container.
+async fn healthz(State(s): State<AppState>) -> Response {
+    let failed = s.health.failed_tasks();
+    if failed.is_empty() {
+        return "ok\n".into_response();
+    }
+    // Reasons stay in the log: this endpoint needs no token.
+    let tasks: Vec<&String> = failed.keys().collect();
+    let body = json!({ "alive": false, "failed_tasks": tasks });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
 }
 
 async fn readyz(State(s): State<AppState>) -> Response {

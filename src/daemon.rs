@@ -9,16 +9,18 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState, Health};
+use crate::api::{self, AppState};
 use crate::config::{Config, SinkConfig, WatchMode};
 use crate::feed::FeedMonitor;
 use crate::fill::sink::Sink;
 use crate::fill::source::Source;
 use crate::fill::{FillControl, Filler};
+use crate::health::Health;
 use crate::lease::LeaseKeeper;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TaskKind};
 use crate::observe::Extractor;
 use crate::store::Store;
+use crate::supervise::Supervisor;
 use crate::watch::{Relay, SqsQueues};
 
 /// Whether any part of the config talks to AWS.
@@ -57,6 +59,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let sqs = sdk.as_ref().map(crate::aws::sqs_client);
     let health = Arc::new(Health::default());
+    let supervisor = Supervisor::new(
+        metrics.clone(),
+        health.clone(),
+        std::env::var(crate::supervise::FAULT_ENV).ok().as_deref(),
+    );
 
     // Producers (relays, watchers, fillers) stop first; then the monitors take
     // what is still queued and save; then the HTTP server goes.
@@ -65,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server_stop = CancellationToken::new();
     let producers = TaskTracker::new();
     let monitors = TaskTracker::new();
+    let servers = TaskTracker::new();
 
     let mut handles = HashMap::new();
     let mut fill_feeds = Vec::new();
@@ -80,7 +88,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("restoring feed {}", feed.name))?;
         let lease = leases[&feed.name].clone();
-        monitors.spawn(monitor.with_lease(lease.clone()).run(monitors_stop.clone()));
+        let monitor = monitor.with_lease(lease.clone());
+        // Behind a lock so that a restarted run takes over the same channel
+        // and state; a panicking run drops its guard as it unwinds.
+        let monitor = Arc::new(tokio::sync::Mutex::new(monitor));
+        let stop = monitors_stop.clone();
+        supervisor.spawn(
+            &monitors,
+            TaskKind::FeedMonitor,
+            &feed.name,
+            monitors_stop.clone(),
+            move || {
+                let (monitor, stop) = (monitor.clone(), stop.clone());
+                async move { monitor.lock().await.run(stop).await }
+            },
+        );
 
         if feed.watch.mode == WatchMode::Relay {
             if let (Some(sqs), Some(src), Some(dst)) =
@@ -94,7 +116,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     handle.observations.clone(),
                     metrics.clone(),
                 );
-                producers.spawn(relay.run(cancel.clone()));
+                let relay = Arc::new(relay);
+                let stop = cancel.clone();
+                supervisor.spawn(
+                    &producers,
+                    TaskKind::Relay,
+                    &feed.name,
+                    cancel.clone(),
+                    move || {
+                        let (relay, stop) = (relay.clone(), stop.clone());
+                        async move { relay.run(stop).await }
+                    },
+                );
             }
         }
 
@@ -114,7 +147,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "daemon",
             )
             .with_lease(lease.clone());
-            producers.spawn(filler.run(handle.fill_wakeup.clone(), cancel.clone()));
+            let filler = Arc::new(filler);
+            let (wakeup, stop) = (handle.fill_wakeup.clone(), cancel.clone());
+            supervisor.spawn(
+                &producers,
+                TaskKind::Filler,
+                &feed.name,
+                cancel.clone(),
+                move || {
+                    let (filler, wakeup, stop) = (filler.clone(), wakeup.clone(), stop.clone());
+                    async move { filler.run(wakeup, stop).await }
+                },
+            );
         }
         fill_feeds.push((feed.clone(), handle.fill_wakeup.clone()));
         handles.insert(feed.name.clone(), handle);
@@ -129,11 +173,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             health.clone(),
             &handles,
         );
-        producers.spawn(watcher.run(cancel.clone()));
+        let watcher = Arc::new(tokio::sync::Mutex::new(watcher));
+        let stop = cancel.clone();
+        supervisor.spawn(
+            &producers,
+            TaskKind::QueueWatcher,
+            "",
+            cancel.clone(),
+            move || {
+                let (watcher, stop) = (watcher.clone(), stop.clone());
+                async move { watcher.lock().await.run(stop).await }
+            },
+        );
     }
     // Renewed until the monitors stopped: their last saves need the lease.
     let keeper_stop = CancellationToken::new();
-    let keeper_task = tokio::spawn(keeper.run(keeper_stop.clone()));
+    let keepers = TaskTracker::new();
+    {
+        let keeper = Arc::new(keeper);
+        let stop = keeper_stop.clone();
+        supervisor.spawn(
+            &keepers,
+            TaskKind::LeaseKeeper,
+            "",
+            keeper_stop.clone(),
+            move || {
+                let (keeper, stop) = (keeper.clone(), stop.clone());
+                async move { keeper.run(stop).await }
+            },
+        );
+    }
+    keepers.close();
     producers.close();
     monitors.close();
 
@@ -145,20 +215,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         health: health.clone(),
         fills: FillControl::new(store.clone(), fill_feeds, "daemon"),
     };
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
+    // Bound once, here, so a bad address fails the start; every (re)start of
+    // the server serves a clone of this socket.
+    let listener = std::net::TcpListener::bind(config.server.listen)
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     metrics.up.set(1);
     tracing::info!(listen = %addr, feeds = config.feeds.len(), version = env!("CARGO_PKG_VERSION"), "gapwatch started");
-    let server = {
+    {
         let stop = server_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        })
-    };
+        let router = api::router(state);
+        supervisor.spawn(
+            &servers,
+            TaskKind::Server,
+            "",
+            server_stop.clone(),
+            move || {
+                let (stop, router) = (stop.clone(), router.clone());
+                let listener = listener
+                    .try_clone()
+                    .and_then(tokio::net::TcpListener::from_std);
+                async move {
+                    let listener = match listener {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot reuse the server socket");
+                            return;
+                        }
+                    };
+                    let served = axum::serve(listener, router)
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "HTTP server failed");
+                    }
+                }
+            },
+        );
+    }
+    servers.close();
 
     shutdown_signal().await;
     let grace = config.server.shutdown_grace;
@@ -176,10 +272,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     monitors_stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), monitors.wait()).await;
     keeper_stop.cancel();
-    let _ = keeper_task.await;
+    keepers.wait().await;
     store.close().await;
     server_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), servers.wait()).await;
     tracing::info!(drained, "gapwatch stopped");
     Ok(())
 }

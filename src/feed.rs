@@ -238,7 +238,7 @@ impl FeedMonitor {
 
     /// Runs until `stop` is cancelled, then takes what is still queued, saves,
     /// and returns. Cancel `stop` only after the feed's producers finished.
-    pub async fn run(mut self, stop: CancellationToken) {
+    pub async fn run(&mut self, stop: CancellationToken) {
         // Before any observation: silence that lasted through our own downtime
         // must be seen first (an observation would otherwise close a gap that
         // was never opened).

@@ -135,7 +135,7 @@ impl LeaseKeeper {
 
     /// Renews until `cancel`; then lets the leases go by expiry (a stopping
     /// replica's last checkpoints must still commit).
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(&self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -46,6 +46,18 @@ pub enum AwsOutcome {
     Error,
 }
 
+/// A kind of long-running task (the `task` label of restarts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskKind {
+    Relay,
+    FeedMonitor,
+    QueueWatcher,
+    Filler,
+    Auditor,
+    LeaseKeeper,
+    Server,
+}
+
 /// Why a piece of input was not taken as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -94,6 +106,15 @@ label_enum!(RecordOutcome {
 label_enum!(ChunkState { Pending => "pending", Running => "running", Done => "done", Failed => "failed" });
 label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
 label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
+label_enum!(TaskKind {
+    Relay => "relay",
+    FeedMonitor => "feed_monitor",
+    QueueWatcher => "queue_watcher",
+    Filler => "filler",
+    Auditor => "auditor",
+    LeaseKeeper => "lease_keeper",
+    Server => "server",
+});
 label_enum!(Rejection {
     BodyNotJson => "body_not_json",
     NoEventTime => "no_event_time",
@@ -126,6 +147,7 @@ pub struct Metrics {
     pub relay_messages: IntCounterVec,
     pub aws_requests: IntCounterVec,
     pub rejected_input: IntCounterVec,
+    pub task_restarts: IntCounterVec,
     pub up: IntGauge,
 }
 
@@ -234,6 +256,11 @@ impl Metrics {
                 "Input that was refused or could not be used as it was, by reason.",
                 &["feed", "reason"],
             ),
+            task_restarts: counter_vec(
+                "gapwatch_task_restarts_total",
+                "Long-running tasks restarted after a panic or an unexpected exit, by kind of task.",
+                &["task"],
+            ),
             up: IntGauge::new(
                 "gapwatch_ready",
                 "1 when the daemon is ready (config loaded, store reachable), else 0.",
@@ -269,6 +296,7 @@ impl Metrics {
             Box::new(self.relay_messages.clone()),
             Box::new(self.aws_requests.clone()),
             Box::new(self.rejected_input.clone()),
+            Box::new(self.task_restarts.clone()),
             Box::new(self.up.clone()),
         ];
         for c in collectors {

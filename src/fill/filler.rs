@@ -99,7 +99,7 @@ impl Filler {
     /// retry by hand) and whenever the next piece of work falls due (a chunk's
     /// retry, the next follow step, the instant a closed gap's last window is
     /// settled), so recovery ends as early as the settle delay allows.
-    pub async fn run(self, wakeup: Arc<Notify>, cancel: CancellationToken) {
+    pub async fn run(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
         let feed = self.feed.name.clone();
         let mut lease = self.lease.clone();
         match self.store.reset_running(&feed, Utc::now()).await {

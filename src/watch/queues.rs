@@ -28,10 +28,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::inflow::{self, InflowTracker, Point};
-use crate::api::Health;
 use crate::aws::{classify, queue_name, AwsFailure};
 use crate::config::{Config, MonitorConfig, WatchMode};
 use crate::feed::{FeedHandle, FeedStatus};
+use crate::health::Health;
 use crate::metrics::{AwsOutcome, Metrics, QueueState};
 use crate::observe::Observation;
 use crate::retry::RetryPolicy;
@@ -251,7 +251,7 @@ impl QueueWatcher {
         }
     }
 
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(&mut self, cancel: CancellationToken) {
         if self.queues.is_empty() {
             cancel.cancelled().await;
             return;

@@ -56,7 +56,7 @@ impl<Q: RelayQueues> Relay<Q> {
 
     /// Runs until `cancel`; a receive already under way is finished, and its
     /// messages are forwarded and deleted before returning.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(&self, cancel: CancellationToken) {
         let mut failures: u32 = 0;
         tracing::info!(feed = %self.feed, "relay started");
         while !cancel.is_cancelled() {
