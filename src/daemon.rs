@@ -265,17 +265,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     health.shutting_down();
     metrics.up.set(0);
     cancel.cancel();
-    let drained = tokio::time::timeout(grace, producers.wait()).await.is_ok();
+    // Everything below fits in the grace: the producers get most of it, the
+    // monitors' last saves and the server what is left.
+    let deadline = tokio::time::Instant::now() + grace;
+    let reserve = (grace / 4).min(Duration::from_secs(5));
+    let drained = tokio::time::timeout_at(deadline - reserve, producers.wait())
+        .await
+        .is_ok();
     if !drained {
         tracing::warn!("producers did not stop within the grace period");
     }
     monitors_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), monitors.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, monitors.wait()).await;
     keeper_stop.cancel();
-    keepers.wait().await;
-    store.close().await;
+    let _ = tokio::time::timeout_at(deadline, keepers.wait()).await;
+    // Closing waits for connections still lent out (a producer that did not stop).
+    let _ = tokio::time::timeout_at(deadline, store.close()).await;
     server_stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(2), servers.wait()).await;
+    let _ = tokio::time::timeout_at(deadline, servers.wait()).await;
     tracing::info!(drained, "gapwatch stopped");
     Ok(())
 }

@@ -54,13 +54,20 @@ impl<Q: RelayQueues> Relay<Q> {
         self
     }
 
-    /// Runs until `cancel`; a receive already under way is finished, and its
-    /// messages are forwarded and deleted before returning.
+    /// Runs until `cancel`. A long poll under way is abandoned (it may wait
+    /// 20 s, longer than a shutdown may take): whatever SQS handed to it stays
+    /// in the vendor queue and becomes visible again after the queue's
+    /// visibility timeout, so nothing is lost. A batch already received is
+    /// forwarded and deleted before returning.
     pub async fn run(&self, cancel: CancellationToken) {
         let mut failures: u32 = 0;
         tracing::info!(feed = %self.feed, "relay started");
         while !cancel.is_cancelled() {
-            match self.queues.receive().await {
+            let received = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.queues.receive() => r,
+            };
+            match received {
                 Ok(msgs) => {
                     if failures > 0 {
                         tracing::info!(feed = %self.feed, "receiving from the vendor queue again");
