@@ -11,7 +11,9 @@ mod fill;
 mod footprint;
 mod peers;
 mod procfs;
+mod recovery;
 mod relay;
+mod scale;
 mod sqs;
 mod table;
 
@@ -33,6 +35,8 @@ const ALL: &[&str] = &[
     "relay",
     "idle",
     "aws",
+    "scale",
+    "recovery",
 ];
 
 #[derive(Parser, Debug)]
@@ -44,7 +48,7 @@ struct Args {
     /// Small sizes and one repetition: checks that every step still works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Only these benchmarks (comma-separated): detection, fill, rate, relay, idle, aws.
+    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where `gapwatch` and `vendor-sim` are (default: next to this binary).
@@ -75,6 +79,11 @@ struct Sizes {
     relay_messages: u64,
     idle_settle: Duration,
     aws_duration: Duration,
+    /// Feed counts of the idle-cost figure, its window and POSTs after it.
+    scale_feeds: &'static [usize],
+    scale_window: Duration,
+    scale_posts: usize,
+    outage: Duration,
 }
 
 impl Sizes {
@@ -92,6 +101,10 @@ impl Sizes {
                 relay_messages: 200,
                 idle_settle: Duration::from_secs(3),
                 aws_duration: Duration::from_secs(22),
+                scale_feeds: &[10, 100],
+                scale_window: Duration::from_secs(3),
+                scale_posts: 50,
+                outage: Duration::from_secs(6),
             }
         } else {
             Sizes {
@@ -106,6 +119,10 @@ impl Sizes {
                 relay_messages: 2_000,
                 idle_settle: Duration::from_secs(20),
                 aws_duration: Duration::from_secs(100),
+                scale_feeds: &[10, 100, 1000],
+                scale_window: Duration::from_secs(30),
+                scale_posts: 1000,
+                outage: Duration::from_secs(20),
             }
         }
     }
@@ -253,6 +270,16 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
     if wanted("idle") {
         progress("5. idle footprint with 10 feeds");
         figures.push(footprint::idle(env, sizes.idle_settle).await?);
+    }
+    if wanted("scale") {
+        for &n in sizes.scale_feeds {
+            progress(&format!("7. idle cost with {n} report feeds"));
+            figures.push(scale::idle(env, n, sizes.scale_window, sizes.scale_posts).await?);
+        }
+    }
+    if wanted("recovery") {
+        progress("8. recovery latency after the vendor resumes");
+        figures.push(recovery::after_resume(env, sizes.outage).await?);
     }
     if wanted("aws") {
         progress("6. AWS calls per feed");
