@@ -644,9 +644,10 @@ async fn a_long_fill_is_planned_a_stretch_at_a_time() {
 }
 
 /// A vendor answering with a body that never ends: the page is refused at
-/// `source.max_page_bytes` while it streams in, the chunk fails saying so,
-/// the rejection is counted, the daemon stays up, and a restart does not
-/// fetch the failed chunk again by itself.
+/// `source.max_page_bytes` while it streams in, the chunk fails saying so
+/// (at once: asking again would get the same page), the rejection is
+/// counted, the daemon stays up, and a restart does not fetch the failed
+/// chunk again by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endless_page_fails_the_chunk_saying_why() {
     let sim = VendorSim::start(&[
@@ -686,8 +687,8 @@ async fn an_endless_page_fails_the_chunk_saying_why() {
             &m,
             r#"gapwatch_rejected_input_total{feed="cursor",reason="page_too_large"}"#
         ),
-        Some(2.0),
-        "one per attempt"
+        Some(1.0),
+        "the same page would be as large: the chunk fails at once"
     );
     let (status, _) = gw.get("/healthz").await;
     assert_eq!(status, 200);

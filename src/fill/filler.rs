@@ -13,11 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::pagination::PageCursor;
 use super::plan::{self, Window};
-use super::sink::Sink;
-use super::source::{Record, Source};
+use super::sink::{Sink, SinkError};
+use super::source::{Record, Source, SourceError};
 use crate::config::{BackfillConfig, FeedConfig};
 use crate::lease::LeaseView;
 use crate::metrics::{ChunkState, Metrics, RecordOutcome};
+use crate::retry::{RetryPolicy, Retryable};
 use crate::store::{
     Checkpoint, Chunk, FillState, Gap, GapKind, GapState, PageCommit, PageCounts, Store,
     StoreError, CLAIM,
@@ -38,6 +39,51 @@ const PLAN_AHEAD: usize = 64;
 /// Chunks still to run or running (failed ones count: they hold the gap).
 fn unfinished(chunks: &[Chunk]) -> usize {
     chunks.iter().filter(|c| c.state != "done").count()
+}
+
+/// Why a chunk attempt failed. The chunk is tried again later (with the one
+/// jittered backoff of [`retry`](crate::retry)) while the error is retryable
+/// and `max_chunk_attempts` allows; otherwise its gap fails with this reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ChunkError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("more than {max} pages in one chunk: lower backfill.chunk or raise source.max_pages_per_chunk")]
+    TooManyPages { max: u64 },
+}
+
+impl Retryable for ChunkError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            ChunkError::Source(e) => e.is_retryable(),
+            ChunkError::Sink(e) => e.is_retryable(),
+            // The database may be back; a lost lease is the new holder's.
+            ChunkError::Store(e) => !matches!(e, StoreError::Fenced(_)),
+            ChunkError::TooManyPages { .. } => false,
+        }
+    }
+}
+
+/// How paging through a chunk ended, short of an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FetchEnd {
+    /// The last page is delivered and checkpointed.
+    Done,
+    /// Shutdown between pages: the checkpoint is where the next page starts.
+    Cancelled,
+}
+
+/// The backoff between attempts of a failing chunk: up to 10 minutes.
+fn chunk_policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        base: Duration::from_secs(5),
+        cap: Duration::from_secs(600),
+        max_retries: max_attempts.saturating_sub(1),
+    }
 }
 
 /// What a pass did to a gap.
@@ -338,7 +384,7 @@ impl Filler {
         let feed = self.feed.name.as_str();
         let b = self.backfill();
         let result = self.fetch_chunk(gap_id, &chunk, cancel).await;
-        if result != Ok(true) && !self.lease.borrow().is_mine() {
+        if !matches!(result, Ok(FetchEnd::Done)) && !self.lease.borrow().is_mine() {
             // Its checkpoint stands; the feed's new holder resumes from it.
             tracing::warn!(
                 feed,
@@ -349,7 +395,7 @@ impl Filler {
             return;
         }
         match result {
-            Ok(true) => {
+            Ok(FetchEnd::Done) => {
                 let now = Utc::now();
                 self.metrics
                     .backfill_last_success
@@ -364,8 +410,7 @@ impl Filler {
                     "chunk done"
                 );
             }
-            Ok(false) => {
-                // Cancelled between pages: the checkpoint is in place.
+            Ok(FetchEnd::Cancelled) => {
                 if let Err(e) = self
                     .store
                     .fail_chunk(
@@ -382,16 +427,17 @@ impl Filler {
             }
             Err(error) => {
                 let attempts = chunk.attempts + 1;
-                let give_up = attempts >= i64::from(b.max_chunk_attempts.get());
-                // 5 s, 10 s, 20 s … up to 10 min between tries of a failing chunk.
-                let backoff = Duration::from_secs(5)
-                    .saturating_mul(1 << attempts.clamp(0, 7) as u32)
-                    .min(Duration::from_secs(600));
+                let policy = chunk_policy(b.max_chunk_attempts.get());
+                let attempt = u32::try_from(attempts).unwrap_or(u32::MAX);
+                let backoff = policy.delay_for(attempt, &error, &mut rand::rng());
+                let give_up = backoff.is_none();
                 let now = Utc::now();
-                let next = now + chrono::Duration::from_std(backoff).unwrap_or_default();
+                let next = now
+                    + chrono::Duration::from_std(backoff.unwrap_or_default()).unwrap_or_default();
+                let message = error.to_string();
                 if let Err(e) = self
                     .store
-                    .fail_chunk(chunk.id, &error, next, give_up, now)
+                    .fail_chunk(chunk.id, &message, next, give_up, now)
                     .await
                 {
                     tracing::error!(feed, gap_id, error = %e, "cannot record chunk failure");
@@ -403,22 +449,23 @@ impl Filler {
                     from = %chunk.start.to_rfc3339(),
                     to = %chunk.end.to_rfc3339(),
                     attempts,
+                    retryable = error.is_retryable(),
                     give_up,
-                    retry_in_s = backoff.as_secs(),
-                    %error,
+                    retry_in_s = backoff.map_or(0, |d| d.as_secs()),
+                    error = %message,
                     "chunk failed"
                 );
             }
         }
     }
 
-    /// Pages through a chunk. Ok(true): done; Ok(false): cancelled; Err: why it failed.
+    /// Pages through a chunk from its checkpoint to its end.
     async fn fetch_chunk(
         &self,
         gap_id: i64,
         chunk: &Chunk,
         cancel: &CancellationToken,
-    ) -> Result<bool, String> {
+    ) -> Result<FetchEnd, ChunkError> {
         let feed = self.feed.name.as_str();
         let source = &self.source;
         let pagination = &source.config().pagination;
@@ -434,16 +481,14 @@ impl Filler {
         let mut warned_out_of_window = false;
         loop {
             if cancel.is_cancelled() {
-                return Ok(false);
+                return Ok(FetchEnd::Cancelled);
             }
             pages += 1;
             if pages > max_pages {
-                return Err(format!(
-                    "more than {max_pages} pages in one chunk: lower backfill.chunk or raise source.max_pages_per_chunk"
-                ));
+                return Err(ChunkError::TooManyPages { max: max_pages });
             }
             let page = tokio::select! {
-                _ = cancel.cancelled() => return Ok(false),
+                _ = cancel.cancelled() => return Ok(FetchEnd::Cancelled),
                 page = source.page(chunk.start, chunk.end, &at) => page,
             };
             let page = match page {
@@ -460,7 +505,7 @@ impl Filler {
                     if let Some(r) = rejection {
                         self.metrics.reject(feed, r);
                     }
-                    return Err(e.to_string());
+                    return Err(e.into());
                 }
             };
             if page.rejected > 0 && !warned_rejection {
@@ -496,11 +541,7 @@ impl Filler {
                 );
             }
             let ids: Vec<&str> = in_window.iter().map(|r| r.id.as_str()).collect();
-            let known = self
-                .store
-                .known_ids(feed, &ids)
-                .await
-                .map_err(|e| e.to_string())?;
+            let known = self.store.known_ids(feed, &ids).await?;
             let mut duplicate = 0i64;
             let fresh: Vec<Record> = in_window
                 .into_iter()
@@ -557,8 +598,7 @@ impl Filler {
                 };
                 self.store
                     .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                    .await?;
                 // Only now may another batch go into the file.
                 drop(delivery.hold);
                 self.count(counts);
@@ -567,7 +607,7 @@ impl Filler {
                 }
             }
             if let Some(error) = first_error {
-                return Err(error);
+                return Err(error.into());
             }
             // The page is delivered: move the checkpoint past it.
             let counts = PageCounts {
@@ -592,12 +632,11 @@ impl Filler {
             };
             self.store
                 .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             self.count(counts);
             match page.next {
                 Some(n) => at = n,
-                None => return Ok(true),
+                None => return Ok(FetchEnd::Done),
             }
         }
     }
@@ -631,5 +670,53 @@ impl Filler {
             }
             Err(e) => tracing::warn!(feed, error = %e, "cannot read chunk states"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_errors_are_retried_only_when_they_may_heal() {
+        let mut rng = rand::rng();
+        let policy = chunk_policy(10);
+        let retryable = [
+            ChunkError::from(SourceError::Exhausted {
+                attempts: 9,
+                last: "status 503".into(),
+            }),
+            ChunkError::from(SourceError::NotJson("eof".into())),
+            ChunkError::from(SinkError::HttpStatus { status: 503 }),
+            ChunkError::from(SinkError::Http("connection reset".into())),
+        ];
+        for e in &retryable {
+            assert!(e.is_retryable(), "{e}");
+            // Full jitter under the first step's ceiling, then give up after
+            // max_chunk_attempts.
+            let d = policy.delay_for(1, e, &mut rng).unwrap();
+            assert!(d <= Duration::from_secs(5), "{d:?}");
+            assert!(policy.delay_for(9, e, &mut rng).is_some());
+            assert!(policy.delay_for(10, e, &mut rng).is_none());
+        }
+        let final_ = [
+            ChunkError::from(SourceError::PageTooLarge { max: 1 }),
+            ChunkError::from(SourceError::Status {
+                status: 401,
+                body: String::new(),
+            }),
+            ChunkError::from(SinkError::Redirect { status: 301 }),
+            ChunkError::from(SinkError::HttpStatus { status: 400 }),
+            ChunkError::TooManyPages { max: 10 },
+            ChunkError::from(StoreError::Fenced("orders".into())),
+        ];
+        for e in &final_ {
+            assert!(!e.is_retryable(), "{e}");
+            assert!(policy.delay_for(1, e, &mut rng).is_none(), "{e}");
+        }
+        assert_eq!(
+            ChunkError::TooManyPages { max: 10 }.to_string(),
+            "more than 10 pages in one chunk: lower backfill.chunk or raise source.max_pages_per_chunk"
+        );
     }
 }

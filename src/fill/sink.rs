@@ -14,8 +14,46 @@ use super::source::Record;
 use crate::aws::classify;
 use crate::config::SinkConfig;
 use crate::metrics::{AwsOutcome, Metrics};
-use crate::retry::RetryPolicy;
+use crate::retry::{RetryPolicy, Retryable};
 use crate::store::Store;
+
+/// Why a sink could not deliver (part of) a batch. What it did deliver
+/// before is in the [`Delivery`] and is committed all the same.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// SQS refused the call (`retryable`: throttling, 5xx, a network
+    /// error; else credentials, a missing queue …), or retries ran out.
+    #[error("sqs sink: {message}")]
+    Sqs { message: String, retryable: bool },
+    /// A redirect is a failed delivery: following it would turn the POST
+    /// into a GET somewhere else.
+    #[error("http sink answered {status}: redirects are not followed, configure the final url")]
+    Redirect { status: u16 },
+    #[error("http sink answered {status}")]
+    HttpStatus { status: u16 },
+    /// Connection refused, reset, timed out …, after retries.
+    #[error("http sink: {0}")]
+    Http(String),
+    #[error("file sink {path}: {source}{}", cut_failed.as_ref().map(|c| format!("; cutting the partial page failed too ({c}): it is cut on the next start")).unwrap_or_default())]
+    File {
+        path: String,
+        source: std::io::Error,
+        cut_failed: Option<std::io::Error>,
+    },
+}
+
+impl crate::retry::Retryable for SinkError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Sqs { retryable, .. } => *retryable,
+            SinkError::Redirect { .. } => false,
+            SinkError::HttpStatus { status } => *status >= 500 || matches!(status, 408 | 429),
+            SinkError::Http(_) => true,
+            // The disk may have room again on the next try.
+            SinkError::File { .. } => true,
+        }
+    }
+}
 
 /// What happened to a page handed to a sink.
 #[derive(Debug, Default)]
@@ -26,7 +64,7 @@ pub struct Delivery {
     pub rejected: Vec<(usize, String)>,
     /// Set when some records could not be delivered now (the page is retried;
     /// what was delivered is recorded so it is not sent again).
-    pub error: Option<String>,
+    pub error: Option<SinkError>,
     /// File sink: the output's length with this page in it, to be committed
     /// with the page's checkpoint …
     pub sink_offset: Option<u64>,
@@ -251,7 +289,7 @@ impl SqsSink {
         records: &[Record],
         gap_id: i64,
         d: &mut Delivery,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let policy = RetryPolicy {
             base: Duration::from_millis(200),
             cap: Duration::from_secs(20),
@@ -270,7 +308,7 @@ impl SqsSink {
                             .data_type("Number")
                             .string_value(gap_id.to_string())
                             .build()
-                            .map_err(|e| e.to_string())?,
+                            .map_err(request_error)?,
                     )
                     .message_attributes(
                         RECORD_ID_ATTRIBUTE,
@@ -278,7 +316,7 @@ impl SqsSink {
                             .data_type("String")
                             .string_value(&records[*i].id)
                             .build()
-                            .map_err(|e| e.to_string())?,
+                            .map_err(request_error)?,
                     )
                     .message_attributes(
                         "gapwatch-backfill",
@@ -286,14 +324,14 @@ impl SqsSink {
                             .data_type("String")
                             .string_value("true")
                             .build()
-                            .map_err(|e| e.to_string())?,
+                            .map_err(request_error)?,
                     );
                 if self.fifo {
                     e = e
                         .message_group_id(&self.group_id)
                         .message_deduplication_id(dedup_id(&records[*i].id));
                 }
-                req = req.entries(e.build().map_err(|e| e.to_string())?);
+                req = req.entries(e.build().map_err(request_error)?);
             }
             let last = match req.send().await {
                 Ok(out) => {
@@ -321,7 +359,10 @@ impl SqsSink {
                     let f = classify(&e);
                     self.metrics.aws("sqs", "SendMessageBatch", f.outcome);
                     if !f.retryable {
-                        return Err(format!("sqs sink: {f}"));
+                        return Err(SinkError::Sqs {
+                            message: f.to_string(),
+                            retryable: false,
+                        });
                     }
                     f.to_string()
                 }
@@ -329,10 +370,27 @@ impl SqsSink {
             let delay = policy.delay(attempt, None, &mut rand::rng());
             match delay {
                 Some(delay) => tokio::time::sleep(delay).await,
-                None => return Err(format!("sqs sink: {last}")),
+                None => {
+                    return Err(SinkError::Sqs {
+                        message: last,
+                        retryable: true,
+                    })
+                }
             }
         }
-        Err("sqs sink: retries exhausted".into())
+        Err(SinkError::Sqs {
+            message: "retries exhausted".into(),
+            retryable: true,
+        })
+    }
+}
+
+/// A request that cannot be built (an attribute or entry missing a
+/// required field): a bug, not worth retrying.
+fn request_error(e: impl std::fmt::Display) -> SinkError {
+    SinkError::Sqs {
+        message: format!("cannot build the request: {e}"),
+        retryable: false,
     }
 }
 
@@ -365,7 +423,7 @@ impl HttpSink {
         part: &[usize],
         records: &[Record],
         d: &mut Delivery,
-    ) -> Result<(), String> {
+    ) -> Result<(), SinkError> {
         let mut stack = vec![part.to_vec()];
         while let Some(part) = stack.pop() {
             let body =
@@ -373,52 +431,46 @@ impl HttpSink {
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let (retry_after, err) = match self
-                    .client
-                    .post(self.url.clone())
-                    .json(&body)
-                    .send()
-                    .await
-                {
-                    Ok(resp) if resp.status().is_success() => {
-                        d.delivered.extend(&part);
-                        break;
-                    }
-                    Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
-                        if part.len() == 1 {
-                            d.rejected
-                                .push((part[0], "the http sink answered 413 (too large)".into()));
-                        } else {
-                            let (a, b) = part.split_at(part.len() / 2);
-                            stack.push(b.to_vec());
-                            stack.push(a.to_vec());
+                let (retry_after, err) =
+                    match self.client.post(self.url.clone()).json(&body).send().await {
+                        Ok(resp) if resp.status().is_success() => {
+                            d.delivered.extend(&part);
+                            break;
                         }
-                        break;
-                    }
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let ra = resp
-                            .headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| {
-                                crate::retry::parse_retry_after(v, std::time::SystemTime::now())
-                            });
-                        if status.is_redirection() {
-                            return Err(format!(
-                                    "http sink answered {status}: redirects are not followed, configure the final url"
+                        Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                            if part.len() == 1 {
+                                d.rejected.push((
+                                    part[0],
+                                    "the http sink answered 413 (too large)".into(),
                                 ));
+                            } else {
+                                let (a, b) = part.split_at(part.len() / 2);
+                                stack.push(b.to_vec());
+                                stack.push(a.to_vec());
+                            }
+                            break;
                         }
-                        if !(status.is_server_error()
-                            || status.as_u16() == 429
-                            || status.as_u16() == 408)
-                        {
-                            return Err(format!("http sink answered {status}"));
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let ra = resp
+                                .headers()
+                                .get(reqwest::header::RETRY_AFTER)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| {
+                                    crate::retry::parse_retry_after(v, std::time::SystemTime::now())
+                                });
+                            let status = status.as_u16();
+                            if (300..400).contains(&status) {
+                                return Err(SinkError::Redirect { status });
+                            }
+                            let e = SinkError::HttpStatus { status };
+                            if !e.is_retryable() {
+                                return Err(e);
+                            }
+                            (ra, e)
                         }
-                        (ra, format!("http sink answered {status}"))
-                    }
-                    Err(e) => (None, format!("http sink: {}", e.without_url())),
-                };
+                        Err(e) => (None, SinkError::Http(e.without_url().to_string())),
+                    };
                 let delay = self.policy.delay(attempt, retry_after, &mut rand::rng());
                 match delay {
                     Some(delay) => tokio::time::sleep(delay).await,
@@ -524,14 +576,12 @@ impl FileSink {
                     state.file.sync_data().await
                 }
                 .await;
-                let mut error = format!("file sink {}: {e}", self.path.display());
-                if let Err(cut) = cut {
-                    error.push_str(&format!(
-                        "; cutting the partial page failed too ({cut}): it is cut on the next start"
-                    ));
-                }
                 Delivery {
-                    error: Some(error),
+                    error: Some(SinkError::File {
+                        path: self.path.display().to_string(),
+                        source: e,
+                        cut_failed: cut.err(),
+                    }),
                     ..Delivery::default()
                 }
             }

@@ -56,6 +56,23 @@ pub enum SourceError {
     PageTooLarge { max: u64 },
 }
 
+impl crate::retry::Retryable for SourceError {
+    /// Whether the chunk is worth another try later. Transient answers were
+    /// already retried within the request; what is left retryable is what
+    /// may heal with time (retries ran out, a body cut short). An answer the
+    /// vendor would give again (4xx, a cursor loop, an oversized page) is not.
+    fn is_retryable(&self) -> bool {
+        match self {
+            SourceError::Exhausted { .. } | SourceError::NotJson(_) => true,
+            SourceError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
+            SourceError::NoRecords { .. }
+            | SourceError::Pagination(_)
+            | SourceError::Request(_)
+            | SourceError::PageTooLarge { .. } => false,
+        }
+    }
+}
+
 /// The source API of one feed. Cheap to clone; all clones share the rate limit.
 #[derive(Clone)]
 pub struct Source {
