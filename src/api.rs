@@ -299,6 +299,17 @@ async fn ignore_gap(
     Ok(Json(json!({ "gap_id": id, "fill": "ignored" })))
 }
 
+/// How a manual fill's refusal is answered.
+fn fill_status(e: &crate::fill::FillError) -> StatusCode {
+    use crate::fill::FillError as E;
+    match e {
+        E::UnknownFeed(_) => StatusCode::NOT_FOUND,
+        E::NoBackfill(_) => StatusCode::CONFLICT,
+        E::BadInterval(_) => StatusCode::BAD_REQUEST,
+        E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackfillRequest {
@@ -313,14 +324,14 @@ async fn backfill(
     State(s): State<AppState>,
     headers: HeaderMap,
     body: Result<Json<BackfillRequest>, JsonRejection>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<crate::fill::FillPlan>)> {
     require_admin(&s, &headers)?;
     let Json(req) = body.inspect_err(|_| s.metrics.reject("", Rejection::BadRequest))?;
     let outcome = s
         .fills
         .manual(&req.feed, req.from, req.to, req.dry_run)
         .await
-        .map_err(|e| ApiError::new(e.status(), e.to_string()))?;
+        .map_err(|e| ApiError::new(fill_status(&e), e.to_string()))?;
     let status = if req.dry_run {
         StatusCode::OK
     } else {

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DEFAULT_PATH};
-use crate::fill::{FillControl, Filler, GapOutcome};
+use crate::fill::{FillControl, GapOutcome};
 use crate::metrics::Metrics;
 use crate::store::{FillState, Gap, GapFilter, Store};
 
@@ -250,26 +250,18 @@ async fn backfill(
                 "feed {feed}: [{}, {}) in {} chunk(s); at least {} request(s), at least {:.1}s at {}/s",
                 from.to_rfc3339(),
                 to.to_rfc3339(),
-                plan["chunks"],
-                plan["estimated_requests"],
-                plan["estimated_min_duration_seconds"].as_f64().unwrap_or_default(),
-                plan["rate_limit_per_second"]
+                plan.chunks,
+                plan.estimated_requests,
+                plan.estimated_min_duration_seconds,
+                plan.rate_limit_per_second
             );
-            for w in plan["windows"].as_array().into_iter().flatten() {
-                println!(
-                    "  chunk {} .. {}",
-                    w["from"].as_str().unwrap_or(""),
-                    w["to"].as_str().unwrap_or("")
-                );
+            for w in &plan.windows {
+                println!("  chunk {} .. {}", w.from.to_rfc3339(), w.to.to_rfc3339());
             }
             println!("(dry run: nothing was sent)");
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let b = feed_config
-        .backfill
-        .as_ref()
-        .with_context(|| format!("feed {feed:?} has no [feeds.backfill] section"))?;
     let metrics = Arc::new(Metrics::new());
     let store = Store::connect(&config.state.url).await?;
     let sqs = if crate::daemon::needs_aws(&config) {
@@ -279,25 +271,15 @@ async fn backfill(
     } else {
         None
     };
-    let source = crate::fill::source::Source::new(feed, &b.source, metrics.clone())?;
-    let sink = crate::fill::sink::Sink::new(&b.sink, feed, sqs, metrics.clone(), &store)
-        .await
-        .map_err(|e| anyhow::anyhow!("backfill sink: {e}"))?;
+    let filler =
+        crate::fill::build_filler(feed_config.clone(), &store, metrics, sqs, "cli").await?;
     let control = FillControl::new(
         store.clone(),
         [(feed_config.clone(), Arc::new(tokio::sync::Notify::new()))],
         "cli",
     );
     let created = control.manual(feed, from, to, false).await?;
-    let gap_id = created["gap_id"].as_i64().context("no gap id")?;
-    let filler = Filler::new(
-        feed_config.clone(),
-        store.clone(),
-        metrics,
-        source,
-        Arc::new(sink),
-        "cli",
-    );
+    let gap_id = created.gap_id.context("no gap id")?;
     let cancel = CancellationToken::new();
     {
         let cancel = cancel.clone();

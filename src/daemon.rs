@@ -12,9 +12,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::{Config, SinkConfig, WatchMode};
 use crate::feed::FeedMonitor;
-use crate::fill::sink::Sink;
-use crate::fill::source::Source;
-use crate::fill::{FillControl, Filler};
+use crate::fill::FillControl;
 use crate::health::Health;
 use crate::lease::LeaseKeeper;
 use crate::metrics::{Metrics, TaskKind};
@@ -131,21 +129,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
 
-        if let Some(b) = &feed.backfill {
+        if feed.backfill.is_some() {
             metrics.init_backfill(&feed.name);
-            let source = Source::new(&feed.name, &b.source, metrics.clone())
-                .with_context(|| format!("feeds {}: backfill source", feed.name))?;
-            let sink = Sink::new(&b.sink, &feed.name, sqs.clone(), metrics.clone(), &store)
-                .await
-                .map_err(|e| anyhow::anyhow!("feed {}: backfill sink: {e}", feed.name))?;
-            let filler = Filler::new(
+            let filler = crate::fill::build_filler(
                 feed.clone(),
-                store.clone(),
+                &store,
                 metrics.clone(),
-                source,
-                Arc::new(sink),
+                sqs.clone(),
                 "daemon",
             )
+            .await?
             .with_lease(lease.clone());
             let filler = Arc::new(filler);
             let (wakeup, stop) = (handle.fill_wakeup.clone(), cancel.clone());

@@ -15,9 +15,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use serde_json::json;
+use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::config::FeedConfig;
@@ -37,15 +36,55 @@ pub enum FillError {
     Store(#[from] StoreError),
 }
 
-impl FillError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            FillError::UnknownFeed(_) => StatusCode::NOT_FOUND,
-            FillError::NoBackfill(_) => StatusCode::CONFLICT,
-            FillError::BadInterval(_) => StatusCode::BAD_REQUEST,
-            FillError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+/// Why a feed's fill pipeline could not be built from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("feed {0:?} has no [feeds.backfill] section")]
+    NoBackfill(String),
+    #[error("feed {feed}: backfill source: {source}")]
+    Source {
+        feed: String,
+        source: source::SourceError,
+    },
+    #[error("feed {feed}: backfill sink: {message}")]
+    Sink { feed: String, message: String },
+}
+
+/// Builds a feed's fill pipeline (source, sink, filler) from its config:
+/// the one place the daemon and the command line both get theirs from.
+/// `sqs` is needed by an `sqs` sink only; `owner` says whose gaps the filler
+/// takes (`daemon`, or `cli` for a one-off run).
+pub async fn build_filler(
+    feed: Arc<FeedConfig>,
+    store: &Store,
+    metrics: Arc<crate::metrics::Metrics>,
+    sqs: Option<aws_sdk_sqs::Client>,
+    owner: &str,
+) -> Result<Filler, BuildError> {
+    let b = feed
+        .backfill
+        .as_ref()
+        .ok_or_else(|| BuildError::NoBackfill(feed.name.clone()))?;
+    let source = source::Source::new(&feed.name, &b.source, metrics.clone()).map_err(|e| {
+        BuildError::Source {
+            feed: feed.name.clone(),
+            source: e,
         }
-    }
+    })?;
+    let sink = sink::Sink::new(&b.sink, &feed.name, sqs, metrics.clone(), store)
+        .await
+        .map_err(|message| BuildError::Sink {
+            feed: feed.name.clone(),
+            message,
+        })?;
+    Ok(Filler::new(
+        feed.clone(),
+        store.clone(),
+        metrics,
+        source,
+        Arc::new(sink),
+        owner,
+    ))
 }
 
 /// A feed's config and the notifier that wakes its filler.
@@ -84,20 +123,20 @@ impl FillControl {
     }
 
     /// A fill of `[from, to)` by hand. With `dry_run` only the plan is returned;
-    /// otherwise a `manual` gap is created and its id returned. Re-running an
-    /// interval delivers nothing new: delivered ids are remembered.
+    /// otherwise a `manual` gap is created and its id set in the plan. Re-running
+    /// an interval delivers nothing new: delivered ids are remembered.
     pub async fn manual(
         &self,
         feed: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         dry_run: bool,
-    ) -> Result<serde_json::Value, FillError> {
+    ) -> Result<FillPlan, FillError> {
         let (config, wakeup) = self
             .feeds
             .get(feed)
             .ok_or_else(|| FillError::UnknownFeed(feed.to_string()))?;
-        let plan = dry_run_plan(config, from, to, Utc::now())?;
+        let mut plan = dry_run_plan(config, from, to, Utc::now())?;
         if dry_run {
             return Ok(plan);
         }
@@ -107,20 +146,46 @@ impl FillControl {
             .await?;
         tracing::info!(feed, gap_id, from = %from.to_rfc3339(), to = %to.to_rfc3339(), "manual backfill requested");
         wakeup.notify_one();
-        let mut v = plan;
-        v["gap_id"] = json!(gap_id);
-        v["dry_run"] = json!(false);
-        Ok(v)
+        plan.gap_id = Some(gap_id);
+        plan.dry_run = false;
+        Ok(plan)
     }
 }
 
+/// A planned window, as shown by a dry run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedWindow {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
 /// The chunk plan of a manual fill and what it will cost under the rate limit.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FillPlan {
+    pub feed: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub dry_run: bool,
+    /// The manual gap created for the fill (not set by a dry run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gap_id: Option<i64>,
+    pub chunks: usize,
+    /// The first 100 windows.
+    pub windows: Vec<PlannedWindow>,
+    pub estimated_requests: u64,
+    pub estimated_min_duration_seconds: f64,
+    pub rate_limit_per_second: f64,
+    pub time_resolution: String,
+    pub note: &'static str,
+}
+
+/// The plan of a manual fill of `[from, to)` (nothing is sent).
 pub fn dry_run_plan(
     config: &FeedConfig,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     now: DateTime<Utc>,
-) -> Result<serde_json::Value, FillError> {
+) -> Result<FillPlan, FillError> {
     let b = config
         .backfill
         .as_ref()
@@ -152,21 +217,24 @@ pub fn dry_run_plan(
     let windows = plan::split(target.start, target.end, b.chunk, res);
     let rate = b.source.rate_limit.per_second();
     let est = plan::estimate(windows.clone().count(), 1, rate);
-    let shown: Vec<_> = windows
-        .take(100)
-        .map(|w| json!({ "from": w.start, "to": w.end }))
-        .collect();
-    Ok(json!({
-        "feed": config.name,
-        "from": from,
-        "to": to,
-        "dry_run": true,
-        "chunks": est.chunks,
-        "windows": shown,
-        "estimated_requests": est.requests,
-        "estimated_min_duration_seconds": est.min_duration.as_secs_f64(),
-        "rate_limit_per_second": rate,
-        "time_resolution": res.to_string(),
-        "note": "one request per chunk at least; every further page of a chunk adds one request and 1/rate seconds",
-    }))
+    Ok(FillPlan {
+        feed: config.name.clone(),
+        from,
+        to,
+        dry_run: true,
+        gap_id: None,
+        chunks: est.chunks,
+        windows: windows
+            .take(100)
+            .map(|w| PlannedWindow {
+                from: w.start,
+                to: w.end,
+            })
+            .collect(),
+        estimated_requests: est.requests,
+        estimated_min_duration_seconds: est.min_duration.as_secs_f64(),
+        rate_limit_per_second: rate,
+        time_resolution: res.to_string(),
+        note: "one request per chunk at least; every further page of a chunk adds one request and 1/rate seconds",
+    })
 }
