@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+pub use crate::store::ChunkState;
+
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -22,14 +24,6 @@ pub enum RecordOutcome {
     Rejected,
     /// Returned by the source for a query but outside the chunk's window.
     OutOfWindow,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ChunkState {
-    Pending,
-    Running,
-    Done,
-    Failed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,7 +97,6 @@ label_enum!(RecordOutcome {
     Rejected => "rejected",
     OutOfWindow => "out_of_window",
 });
-label_enum!(ChunkState { Pending => "pending", Running => "running", Done => "done", Failed => "failed" });
 label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
 label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
 label_enum!(TaskKind {

@@ -38,7 +38,10 @@ const PLAN_AHEAD: usize = 64;
 
 /// Chunks still to run or running (failed ones count: they hold the gap).
 fn unfinished(chunks: &[Chunk]) -> usize {
-    chunks.iter().filter(|c| c.state != "done").count()
+    chunks
+        .iter()
+        .filter(|c| c.state != ChunkState::Done)
+        .count()
 }
 
 /// Why a chunk attempt failed. The chunk is tried again later (with the one
@@ -216,11 +219,11 @@ impl Filler {
         let claim_lapses = now + chrono::Duration::from_std(CLAIM / 2).unwrap_or_default();
         let retry = chunks
             .iter()
-            .filter_map(|c| match c.state.as_str() {
-                "pending" => Some(c.next_attempt.max(soon)),
+            .filter_map(|c| match c.state {
+                ChunkState::Pending => Some(c.next_attempt.max(soon)),
                 // Between passes none of ours runs: a replica that died holds
                 // it, and its claim lapses within `CLAIM`.
-                "running" => Some(claim_lapses),
+                ChunkState::Running => Some(claim_lapses),
                 _ => None,
             })
             .min();
@@ -323,7 +326,7 @@ impl Filler {
         }
 
         let chunks = self.store.chunks(gap.id).await?;
-        if let Some(failed) = chunks.iter().find(|c| c.state == "failed") {
+        if let Some(failed) = chunks.iter().find(|c| c.state == ChunkState::Failed) {
             let reason = format!(
                 "chunk {} [{}, {}) failed {} times: {}",
                 failed.idx,
@@ -340,7 +343,7 @@ impl Filler {
         }
         let end = target.map(|t| t.end);
         let complete = is_final
-            && chunks.iter().all(|c| c.state == "done")
+            && chunks.iter().all(|c| c.state == ChunkState::Done)
             && match (chunks.last(), end) {
                 (Some(last), Some(end)) => last.end >= end,
                 (None, None) => true,
@@ -660,7 +663,7 @@ impl Filler {
                 for s in ChunkState::ALL {
                     let n = states
                         .iter()
-                        .find(|(name, _)| name == s.as_str())
+                        .find(|(state, _)| state == s)
                         .map_or(0, |(_, n)| *n);
                     self.metrics
                         .backfill_chunks

@@ -376,7 +376,7 @@ impl Store {
     }
 
     /// Chunk counts by state over the feed's gaps that are still being filled.
-    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
         dispatch!(self.chunk_states(feed))
     }
 
@@ -448,6 +448,40 @@ pub enum FillState {
     Ignored,
 }
 
+/// Where one chunk of a fill stands. Stored as text (`pending`, `running`,
+/// `done`, `failed`); the spelling is also the metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChunkState {
+    /// Waiting for its turn (or for its retry time).
+    Pending,
+    /// Claimed by a filler, fetching page by page.
+    Running,
+    /// Every page delivered.
+    Done,
+    /// Gave up: the gap's fill fails with the chunk's error.
+    Failed,
+}
+
+impl ChunkState {
+    pub const ALL: &'static [ChunkState] = &[
+        ChunkState::Pending,
+        ChunkState::Running,
+        ChunkState::Done,
+        ChunkState::Failed,
+    ];
+
+    fn from_row(s: &str) -> Result<ChunkState, StoreError> {
+        ChunkState::parse(s).ok_or_else(|| StoreError::Corrupt(format!("chunk state {s}")))
+    }
+}
+
+impl std::fmt::Display for ChunkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 macro_rules! str_enum {
     ($t:ident { $($v:ident => $s:literal),+ $(,)? }) => {
         impl $t {
@@ -462,6 +496,12 @@ macro_rules! str_enum {
 }
 str_enum!(GapKind { Detected => "detected", Manual => "manual" });
 str_enum!(GapState { Open => "open", Closed => "closed" });
+str_enum!(ChunkState {
+    Pending => "pending",
+    Running => "running",
+    Done => "done",
+    Failed => "failed",
+});
 str_enum!(FillState {
     None => "none",
     Pending => "pending",
@@ -509,7 +549,7 @@ pub struct Chunk {
     pub idx: i64,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
-    pub state: String,
+    pub state: ChunkState,
     /// The serialized page cursor to resume from (None: first page).
     pub cursor: Option<String>,
     pub attempts: i64,

@@ -6,8 +6,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    from_ms, ms, Checkpoint, Chunk, FenceArg, FillState, Gap, GapFilter, GapKind, GapState,
-    LeaseInfo, PageCommit, Progress, StoreError,
+    from_ms, ms, Checkpoint, Chunk, ChunkState, FenceArg, FillState, Gap, GapFilter, GapKind,
+    GapState, LeaseInfo, PageCommit, Progress, StoreError,
 };
 use crate::detector::DetectorState;
 
@@ -307,7 +307,7 @@ impl PgStore {
     pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
         let sql = format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE gap_id = $1 ORDER BY idx");
         let rows = sqlx::query(&sql).bind(gap_id).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(chunk_from_row).collect())
+        rows.iter().map(chunk_from_row).collect()
     }
 
     // === coordination ===
@@ -384,7 +384,7 @@ impl PgStore {
             .bind(token)
             .fetch_all(&self.pool)
             .await?;
-        let mut chunks: Vec<Chunk> = rows.iter().map(chunk_from_row).collect();
+        let mut chunks: Vec<Chunk> = rows.iter().map(chunk_from_row).collect::<Result<_, _>>()?;
         chunks.sort_by_key(|c| c.idx);
         Ok(chunks)
     }
@@ -538,14 +538,17 @@ impl PgStore {
         .await?)
     }
 
-    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
+    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT c.state, COUNT(*) FROM chunks c JOIN gaps g ON g.id = c.gap_id \
              WHERE g.feed = $1 AND g.fill IN ('pending', 'running', 'failed') GROUP BY c.state",
         )
         .bind(feed)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((ChunkState::from_row(&s)?, n)))
+            .collect()
     }
 
     // === record ids ===
@@ -617,19 +620,19 @@ async fn insert_ids(
     Ok(())
 }
 
-fn chunk_from_row(r: &PgRow) -> Chunk {
-    Chunk {
+fn chunk_from_row(r: &PgRow) -> Result<Chunk, StoreError> {
+    Ok(Chunk {
         id: r.get("id"),
         gap_id: r.get("gap_id"),
         idx: r.get("idx"),
         start: from_ms(r.get("start_ms")),
         end: from_ms(r.get("end_ms")),
-        state: r.get("state"),
+        state: ChunkState::from_row(r.get("state"))?,
         cursor: r.get("cursor"),
         attempts: r.get("attempts"),
         next_attempt: from_ms(r.get("next_attempt_ms")),
         last_error: r.get("last_error"),
-    }
+    })
 }
 
 fn gap_from_row(r: &PgRow) -> Result<Gap, StoreError> {

@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use super::{
-    from_ms, ms, Checkpoint, Chunk, FillState, Gap, GapFilter, GapKind, GapState, PageCommit,
-    Progress, StoreError,
+    from_ms, ms, Checkpoint, Chunk, ChunkState, FillState, Gap, GapFilter, GapKind, GapState,
+    PageCommit, Progress, StoreError,
 };
 use crate::detector::DetectorState;
 
@@ -344,21 +344,22 @@ impl SqliteStore {
         .bind(gap_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Chunk {
-                id: r.get("id"),
-                gap_id: r.get("gap_id"),
-                idx: r.get("idx"),
-                start: from_ms(r.get("start_ms")),
-                end: from_ms(r.get("end_ms")),
-                state: r.get("state"),
-                cursor: r.get("cursor"),
-                attempts: r.get("attempts"),
-                next_attempt: from_ms(r.get("next_attempt_ms")),
-                last_error: r.get("last_error"),
+        rows.iter()
+            .map(|r| {
+                Ok(Chunk {
+                    id: r.get("id"),
+                    gap_id: r.get("gap_id"),
+                    idx: r.get("idx"),
+                    start: from_ms(r.get("start_ms")),
+                    end: from_ms(r.get("end_ms")),
+                    state: ChunkState::from_row(r.get("state"))?,
+                    cursor: r.get("cursor"),
+                    attempts: r.get("attempts"),
+                    next_attempt: from_ms(r.get("next_attempt_ms")),
+                    last_error: r.get("last_error"),
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// One writer: a claim is just the move to `running` (a crash's leftovers
@@ -518,7 +519,7 @@ impl SqliteStore {
     }
 
     /// Chunk counts by state over the feed's gaps that are still being filled.
-    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT c.state, COUNT(*) FROM chunks c JOIN gaps g ON g.id = c.gap_id \
              WHERE g.feed = ? AND g.fill IN ('pending', 'running', 'failed') GROUP BY c.state",
@@ -526,7 +527,9 @@ impl SqliteStore {
         .bind(feed)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows)
+        rows.into_iter()
+            .map(|(s, n)| Ok((ChunkState::from_row(&s)?, n)))
+            .collect()
     }
 
     // === record ids ===

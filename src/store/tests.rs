@@ -150,7 +150,7 @@ async fn page_checkpoints_and_known_ids(db: Db) {
         .await
         .unwrap();
     let c = &store.chunks(gap).await.unwrap()[0];
-    assert_eq!(c.state, "running");
+    assert_eq!(c.state, ChunkState::Running);
     assert_eq!(
         store
             .sink_offset("orders", "/tmp/out.ndjson")
@@ -188,7 +188,7 @@ async fn page_checkpoints_and_known_ids(db: Db) {
         .await
         .unwrap();
     let c = &store.chunks(gap).await.unwrap()[1];
-    assert_eq!((c.state.as_str(), c.cursor.as_deref()), ("pending", None));
+    assert_eq!((c.state, c.cursor.as_deref()), (ChunkState::Pending, None));
     let g = store.gap(gap).await.unwrap().unwrap();
     assert_eq!(g.progress.records_delivered, 451);
     assert_eq!(g.progress.records_out_of_window, 3);
@@ -278,7 +278,10 @@ async fn failed_chunks_come_back_on_retry(db: Db) {
     let todo = store.gaps_to_fill("orders", "daemon").await.unwrap();
     assert_eq!(todo.len(), 1);
     assert_eq!(todo[0].fill, FillState::Pending);
-    assert_eq!(store.chunks(gap).await.unwrap()[0].state, "pending");
+    assert_eq!(
+        store.chunks(gap).await.unwrap()[0].state,
+        ChunkState::Pending
+    );
 }
 
 fn page<'a>(ids: &'a [(String, DateTime<Utc>)], next: &'a str) -> PageCommit<'a> {
@@ -322,7 +325,7 @@ async fn leases_fence_checkpoints_and_claims(db: Db) {
     let lb = b.acquire_lease("orders", ttl).await.unwrap();
     let claimed = a.claim_chunks("orders", gap, t(200), ttl, 1).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.idx).collect::<Vec<_>>(), vec![0]);
-    assert_eq!(claimed[0].state, "running");
+    assert_eq!(claimed[0].state, ChunkState::Running);
     let first = [("r1".to_string(), t(1))];
     a.commit_page("orders", claimed[0].id, gap, page(&first, "p2"), t(201))
         .await
