@@ -33,15 +33,17 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub admin_token: Option<Secret>,
+    /// Accepted by the observations endpoint besides the admin token.
+    pub report_token: Option<Secret>,
     pub health: Arc<Health>,
     pub fills: FillControl,
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+    let api_slots = Arc::new(tokio::sync::Semaphore::new(
+        crate::server::MAX_CONCURRENT_API,
+    ));
+    let api = Router::new()
         .route("/api/v1/feeds", get(feeds))
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/gaps/{id}", get(gap))
@@ -49,9 +51,46 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/gaps/{id}/ignore", post(ignore_gap))
         .route("/api/v1/backfills", post(backfill))
         .route("/api/v1/feeds/{feed}/observations", post(observations))
+        .layer(axum::middleware::from_fn_with_state(api_slots, api_slot));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn(request_timeout))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+/// Every request, reading its body included, is answered within
+/// [`crate::server::REQUEST_TIMEOUT`]: a client sending a body slowly cannot
+/// hold a slot for long.
+async fn request_timeout(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(crate::server::REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            ApiError::new(StatusCode::REQUEST_TIMEOUT, "request took too long").into_response()
+        }
+    }
+}
+
+/// At most [`crate::server::MAX_CONCURRENT_API`] API requests at a time; the
+/// rest are turned away at once (503) rather than queued. `/metrics` and the
+/// probes are outside this limit, so a flood of API calls never blinds them.
+async fn api_slot(
+    State(slots): State<Arc<tokio::sync::Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match slots.try_acquire() {
+        Ok(_slot) => next.run(req).await,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many API requests at once; retry shortly",
+        )
+        .into_response(),
+    }
 }
 
 /// An API error: status + `{"error": message}`.
@@ -72,8 +111,9 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
     fn internal(e: impl std::fmt::Display) -> Self {
+        let e = crate::redact::text(&e.to_string());
         tracing::error!(error = %e, "API request failed");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, e)
     }
 }
 
@@ -183,6 +223,7 @@ async fn gaps(
         })
         .await
         .map_err(ApiError::internal)?;
+    let gaps: Vec<_> = gaps.into_iter().map(redacted).collect();
     Ok(Json(json!({ "gaps": gaps })))
 }
 
@@ -206,13 +247,20 @@ async fn gap(
         .map(|c| {
             json!({
                 "idx": c.idx, "from": c.start, "to": c.end, "state": c.state,
-                "attempts": c.attempts, "last_error": c.last_error,
+                "attempts": c.attempts,
+                "last_error": c.last_error.as_deref().map(crate::redact::text),
             })
         })
         .collect();
-    let mut v = serde_json::to_value(&gap).map_err(ApiError::internal)?;
+    let mut v = serde_json::to_value(redacted(gap)).map_err(ApiError::internal)?;
     v["chunks"] = json!(chunks);
     Ok(Json(v))
+}
+
+/// Errors stored before redaction existed are redacted when served.
+fn redacted(mut gap: crate::store::Gap) -> crate::store::Gap {
+    gap.last_error = gap.last_error.as_deref().map(crate::redact::text);
+    gap
 }
 
 fn require_admin(s: &AppState, headers: &HeaderMap) -> ApiResult<()> {
@@ -351,8 +399,24 @@ async fn observations(
     State(s): State<AppState>,
     headers: HeaderMap,
     Path(feed): Path<String>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Json<serde_json::Value>> {
+    // The token first: neither the body is read nor is it told whether a feed
+    // exists before the caller is known. Config guarantees a token exists.
+    let known = s.feeds.contains_key(&feed);
+    let label = if known { feed.as_str() } else { "" };
+    let tokens = [s.report_token.as_ref(), s.admin_token.as_ref()];
+    if !tokens
+        .iter()
+        .flatten()
+        .any(|t| check_token(t, &headers).is_ok())
+    {
+        s.metrics.reject(label, Rejection::BadRequest);
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong token (Authorization: Bearer <server.report_token or server.admin_token>)",
+        ));
+    }
     let Some(handle) = s.feeds.get(&feed) else {
         s.metrics.reject("", Rejection::BadRequest);
         return Err(ApiError::new(
@@ -360,11 +424,17 @@ async fn observations(
             format!("unknown feed {feed:?}"),
         ));
     };
-    if let Some(token) = &s.admin_token {
-        check_token(token, &headers)
-            .inspect_err(|_| s.metrics.reject(&feed, Rejection::BadRequest))?;
-    }
-    let Json(body) = body.inspect_err(|_| s.metrics.reject(&feed, Rejection::BadRequest))?;
+    let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        s.metrics.reject(&feed, Rejection::BadRequest);
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body larger than {MAX_BODY} bytes, or cut short"),
+        )
+    })?;
+    let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+        s.metrics.reject(&feed, Rejection::BadRequest);
+        ApiError::bad_request(format!("body is not JSON: {e}"))
+    })?;
     // Either a bare array or {"observations": [...]}.
     let items = match body {
         serde_json::Value::Array(items) => items,

@@ -205,6 +205,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         store: store.clone(),
         metrics: metrics.clone(),
         admin_token: config.server.admin_token.clone(),
+        report_token: config.server.report_token.clone(),
         health: health.clone(),
         fills: FillControl::new(store.clone(), fill_feeds, "daemon"),
     };
@@ -237,12 +238,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                             return;
                         }
                     };
-                    let served = axum::serve(listener, router)
-                        .with_graceful_shutdown(async move { stop.cancelled().await })
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "HTTP server failed");
-                    }
+                    crate::server::serve(listener, router, stop).await;
                 }
             },
         );

@@ -38,6 +38,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub admin_token: Option<Secret>,
+    /// Accepted (besides the admin token) by `POST …/observations` only.
+    pub report_token: Option<Secret>,
     #[serde(with = "humantime_serde_compat")]
     pub shutdown_grace: Duration,
 }

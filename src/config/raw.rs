@@ -30,6 +30,8 @@ pub struct RawServer {
     pub listen: String,
     #[serde(default)]
     pub admin_token: Option<String>,
+    #[serde(default)]
+    pub report_token: Option<String>,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: String,
 }
@@ -39,6 +41,7 @@ impl Default for RawServer {
         Self {
             listen: default_listen(),
             admin_token: None,
+            report_token: None,
             shutdown_grace: default_shutdown_grace(),
         }
     }

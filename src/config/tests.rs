@@ -198,6 +198,8 @@ fn report_mode_needs_no_queue() {
     let text = r#"
 [state]
 url = "sqlite://x.db"
+[server]
+report_token = "r3port"
 [[feeds]]
 name = "clicks"
 [feeds.watch]
@@ -207,6 +209,24 @@ mode = "report"
     assert_eq!(c.feeds[0].watch.mode, WatchMode::Report);
     assert!(c.feeds[0].freshness.window.is_always());
     assert!(c.server.admin_token.is_none());
+    assert!(c.server.report_token.is_some());
+}
+
+#[test]
+fn report_mode_needs_a_token() {
+    let text = r#"
+[state]
+url = "sqlite://x.db"
+[[feeds]]
+name = "clicks"
+[feeds.watch]
+mode = "report"
+"#;
+    let err = load(text).unwrap_err();
+    assert!(
+        err.contains("feeds[0].watch.mode: report mode needs server.report_token"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -28,6 +28,9 @@ pub fn validate(raw: RawConfig, env: &HashMap<String, String>) -> Result<Config,
         errors: Vec::new(),
     };
     let config = c.config(raw);
+    if let Some(config) = &config {
+        c.report_token_rule(config);
+    }
     match config {
         Some(config) if c.errors.is_empty() => Ok(config),
         _ => Err(c.errors),
@@ -35,6 +38,37 @@ pub fn validate(raw: RawConfig, env: &HashMap<String, String>) -> Result<Config,
 }
 
 impl Checker<'_> {
+    /// Observations are never taken without a token: a report feed needs
+    /// `server.report_token` or `server.admin_token` (either is accepted).
+    fn report_token_rule(&mut self, config: &Config) {
+        if config.server.report_token.is_some() || config.server.admin_token.is_some() {
+            return;
+        }
+        for (i, f) in config.feeds.iter().enumerate() {
+            if f.watch.mode == WatchMode::Report {
+                self.fail(
+                    &format!("feeds[{i}].watch.mode"),
+                    "report mode needs server.report_token (or server.admin_token): observations are never accepted without a token",
+                );
+            }
+        }
+    }
+
+    /// An optional secret: absent, or non-empty.
+    fn token(&mut self, key: &str, raw: &Option<String>) -> Option<Option<Secret>> {
+        match raw {
+            None => Some(None),
+            Some(t) => self.string(key, t).and_then(|t| {
+                if t.trim().is_empty() {
+                    self.fail(key, "must not be empty when set");
+                    None
+                } else {
+                    Some(Some(Secret::hidden(t)))
+                }
+            }),
+        }
+    }
+
     fn fail(&mut self, key: &str, msg: impl std::fmt::Display) {
         self.errors.push(format!("{key}: {msg}"));
     }
@@ -203,21 +237,13 @@ impl Checker<'_> {
                     None
                 }
             });
-        let admin_token = match &raw.server.admin_token {
-            None => Some(None),
-            Some(t) => self.string("server.admin_token", t).and_then(|t| {
-                if t.trim().is_empty() {
-                    self.fail("server.admin_token", "must not be empty when set");
-                    None
-                } else {
-                    Some(Some(Secret::hidden(t)))
-                }
-            }),
-        };
+        let admin_token = self.token("server.admin_token", &raw.server.admin_token);
+        let report_token = self.token("server.report_token", &raw.server.report_token);
         let grace = self.duration("server.shutdown_grace", &raw.server.shutdown_grace, false);
         Some(ServerConfig {
             listen: listen?,
             admin_token: admin_token?,
+            report_token: report_token?,
             shutdown_grace: grace?,
         })
     }

@@ -455,7 +455,7 @@ impl Filler {
                     retryable = error.is_retryable(),
                     give_up,
                     retry_in_s = backoff.map_or(0, |d| d.as_secs()),
-                    error = %message,
+                    error = %crate::redact::text(&message),
                     "chunk failed"
                 );
             }

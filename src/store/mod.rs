@@ -280,6 +280,9 @@ impl Store {
         error: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        // Served by an unauthenticated GET: no query values, no vendor bodies.
+        let error = error.map(crate::redact::text);
+        let error = error.as_deref();
         dispatch!(self.set_fill(gap_id, fill, error, now))
     }
 
@@ -372,6 +375,8 @@ impl Store {
         give_up: bool,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
+        let error = crate::redact::text(error);
+        let error = error.as_str();
         dispatch!(self.fail_chunk(chunk_id, error, next_attempt, give_up, now))
     }
 
