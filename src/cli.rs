@@ -9,6 +9,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{Config, DEFAULT_PATH};
 use crate::fill::{FillControl, GapOutcome};
@@ -290,7 +291,10 @@ async fn backfill(
     }
     let outcome = loop {
         let gap = store.gap(gap_id).await?.context("the gap vanished")?;
-        let outcome = filler.fill_gap(&gap, &cancel).await?;
+        let outcome = filler
+            .fill_gap(&gap, &cancel)
+            .instrument(tracing::info_span!("feed", feed = %feed))
+            .await?;
         if outcome != GapOutcome::InProgress || cancel.is_cancelled() {
             break outcome;
         }

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::pagination::PageCursor;
 use super::plan::{self, Window};
@@ -149,21 +150,26 @@ impl Filler {
     /// retry, the next follow step, the instant a closed gap's last window is
     /// settled), so recovery ends as early as the settle delay allows.
     pub async fn run(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
+        let span = tracing::info_span!("feed", feed = %self.feed.name);
+        self.run_loop(wakeup, cancel).instrument(span).await
+    }
+
+    async fn run_loop(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
         let feed = self.feed.name.clone();
         let mut lease = self.lease.clone();
         match self.store.reset_running(&feed, Utc::now()).await {
             Ok(n) if n > 0 => {
-                tracing::info!(feed = %feed, chunks = n, "resuming chunks interrupted by a restart")
+                tracing::info!(chunks = n, "resuming chunks interrupted by a restart")
             }
             Ok(_) => {}
-            Err(e) => tracing::error!(feed = %feed, error = %e, "cannot reset interrupted chunks"),
+            Err(e) => tracing::error!(error = %e, "cannot reset interrupted chunks"),
         }
         while !cancel.is_cancelled() {
             let wait = match self.pass(&cancel).await {
                 Ok(Some(due)) => (due - Utc::now()).to_std().unwrap_or(Duration::ZERO),
                 Ok(None) => IDLE_PASS,
                 Err(e) => {
-                    tracing::error!(feed = %feed, error = %e, "fill pass failed");
+                    tracing::error!(error = %e, "fill pass failed");
                     PASS_RETRY
                 }
             };
@@ -175,7 +181,7 @@ impl Filler {
                 _ = tokio::time::sleep(wait.min(IDLE_PASS)) => {}
             }
         }
-        tracing::debug!(feed = %feed, "filler stopped");
+        tracing::debug!("filler stopped");
     }
 
     /// One pass over every gap of the feed that still has work; returns when
@@ -266,6 +272,7 @@ impl Filler {
 
     /// Plans what is new, runs the chunks that are due, and settles the gap's
     /// fill state.
+    #[tracing::instrument(name = "gap", skip_all, fields(gap_id = gap.id))]
     pub async fn fill_gap(
         &self,
         gap: &Gap,
@@ -292,8 +299,6 @@ impl Filler {
                 let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
                 self.store.add_chunks(gap.id, &windows, now).await?;
                 tracing::info!(
-                    feed,
-                    gap_id = gap.id,
                     from = %new[0].start.to_rfc3339(),
                     to = %new[new.len() - 1].end.to_rfc3339(),
                     chunks = new.len(),
@@ -338,7 +343,7 @@ impl Filler {
             self.store
                 .set_fill(gap.id, FillState::Failed, Some(&reason), Utc::now())
                 .await?;
-            tracing::error!(feed, gap_id = gap.id, error = %reason, "fill failed");
+            tracing::error!(error = %reason, "fill failed");
             return Ok(GapOutcome::Failed(reason));
         }
         let end = target.map(|t| t.end);
@@ -366,8 +371,6 @@ impl Filler {
             let g = self.store.gap(gap.id).await?;
             let p = g.map(|g| g.progress).unwrap_or_default();
             tracing::info!(
-                feed,
-                gap_id = gap.id,
                 from = %gap.start.to_rfc3339(),
                 to = %gap.end.map(|e| e.to_rfc3339()).unwrap_or_default(),
                 chunks = p.chunks_total,
@@ -383,18 +386,18 @@ impl Filler {
 
     /// Runs one chunk from its checkpoint to its end (or to an error, which
     /// schedules a retry or fails it for good).
+    #[tracing::instrument(
+        name = "chunk",
+        skip_all,
+        fields(chunk = chunk.idx, from = %chunk.start.to_rfc3339(), to = %chunk.end.to_rfc3339())
+    )]
     async fn run_chunk(&self, gap_id: i64, chunk: Chunk, cancel: &CancellationToken) {
         let feed = self.feed.name.as_str();
         let b = self.backfill();
         let result = self.fetch_chunk(gap_id, &chunk, cancel).await;
         if !matches!(result, Ok(FetchEnd::Done)) && !self.lease.borrow().is_mine() {
             // Its checkpoint stands; the feed's new holder resumes from it.
-            tracing::warn!(
-                feed,
-                gap_id,
-                chunk = chunk.idx,
-                "feed lease lost; chunk left to its new holder"
-            );
+            tracing::warn!("feed lease lost; chunk left to its new holder");
             return;
         }
         match result {
@@ -404,14 +407,7 @@ impl Filler {
                     .backfill_last_success
                     .with_label_values(&[feed])
                     .set(now.timestamp_millis() as f64 / 1000.0);
-                tracing::info!(
-                    feed,
-                    gap_id,
-                    chunk = chunk.idx,
-                    from = %chunk.start.to_rfc3339(),
-                    to = %chunk.end.to_rfc3339(),
-                    "chunk done"
-                );
+                tracing::info!("chunk done");
             }
             Ok(FetchEnd::Cancelled) => {
                 if let Err(e) = self
@@ -425,7 +421,7 @@ impl Filler {
                     )
                     .await
                 {
-                    tracing::error!(feed, gap_id, error = %e, "cannot park chunk");
+                    tracing::error!(error = %e, "cannot park chunk");
                 }
             }
             Err(error) => {
@@ -443,14 +439,9 @@ impl Filler {
                     .fail_chunk(chunk.id, &message, next, give_up, now)
                     .await
                 {
-                    tracing::error!(feed, gap_id, error = %e, "cannot record chunk failure");
+                    tracing::error!(error = %e, "cannot record chunk failure");
                 }
                 tracing::warn!(
-                    feed,
-                    gap_id,
-                    chunk = chunk.idx,
-                    from = %chunk.start.to_rfc3339(),
-                    to = %chunk.end.to_rfc3339(),
                     attempts,
                     retryable = error.is_retryable(),
                     give_up,
@@ -514,9 +505,6 @@ impl Filler {
             if page.rejected > 0 && !warned_rejection {
                 warned_rejection = true;
                 tracing::warn!(
-                    feed,
-                    gap_id,
-                    chunk = chunk.idx,
                     rejected = page.rejected,
                     reason = page.first_rejection.as_deref().unwrap_or(""),
                     "records without a usable id or time were skipped"
@@ -536,9 +524,6 @@ impl Filler {
             if out_of_window > 0 && !warned_out_of_window {
                 warned_out_of_window = true;
                 tracing::info!(
-                    feed,
-                    gap_id,
-                    chunk = chunk.idx,
                     out_of_window,
                     "the source returned records outside the chunk's window; counted, left to the neighbouring window"
                 );
@@ -581,7 +566,7 @@ impl Filler {
                 let Some(delivery) = delivery else { continue };
                 let batch = &fresh[range];
                 for (i, why) in delivery.rejected.iter().take(1) {
-                    tracing::warn!(feed, gap_id, record_id = %batch[*i].id, reason = %why, "sink refused a record");
+                    tracing::warn!(record_id = %batch[*i].id, reason = %why, "sink refused a record");
                 }
                 let delivered: Vec<(String, DateTime<Utc>)> = delivery
                     .delivered
@@ -671,7 +656,7 @@ impl Filler {
                         .set(n);
                 }
             }
-            Err(e) => tracing::warn!(feed, error = %e, "cannot read chunk states"),
+            Err(e) => tracing::warn!(error = %e, "cannot read chunk states"),
         }
     }
 }
