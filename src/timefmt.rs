@@ -489,5 +489,35 @@ mod tests {
             let s = TimeFormat::UnixS.format(t);
             proptest::prop_assert_eq!(TimeFormat::UnixS.parse_json(&json!(s)).unwrap(), whole);
         }
+
+        /// Any JSON scalar in any format: a time or a bounded error, never a panic.
+        #[test]
+        fn any_scalar_parses_or_fails_cleanly(
+            i in proptest::num::i64::ANY,
+            u in proptest::num::u64::ANY,
+            f in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO,
+            s in ".{0,64}",
+            n in "[-+ ]?[0-9]{0,25}(\\.[0-9]{0,12})?([eE][-+]?[0-9]{1,4})?",
+        ) {
+            for fmt in [TimeFormat::Rfc3339, TimeFormat::UnixS, TimeFormat::UnixMs] {
+                for v in [json!(i), json!(u), json!(f), json!(s.clone()), json!(n.clone()), json!(null), json!([1])] {
+                    if let Err(e) = fmt.parse_json(&v) {
+                        proptest::prop_assert!(e.to_string().len() < 400, "{}", e);
+                    }
+                }
+            }
+        }
+
+        /// Later instants format to later-or-equal instants once parsed back:
+        /// no format reorders events.
+        #[test]
+        fn parsing_keeps_order(a in -62_000_000_000_000_i64..250_000_000_000_000, d in 0i64..10_000_000) {
+            let t0 = DateTime::from_timestamp_millis(a).unwrap();
+            let t1 = DateTime::from_timestamp_millis(a + d).unwrap();
+            for f in [TimeFormat::Rfc3339, TimeFormat::UnixS, TimeFormat::UnixMs] {
+                let back = |t| f.parse_json(&json!(f.format(t))).unwrap();
+                proptest::prop_assert!(back(t0) <= back(t1));
+            }
+        }
     }
 }

@@ -207,6 +207,7 @@ pub struct SourceConfig {
     pub time_resolution: Resolution,
     /// A page body larger than this fails its chunk (read while streaming,
     /// so memory per in-flight page is bounded by it).
+    #[serde(serialize_with = "size_string")]
     pub max_page_bytes: u64,
 }
 
@@ -324,6 +325,19 @@ impl Config {
             Err(e) => format!("# cannot render config: {e}\n"),
         }
     }
+}
+
+/// Sizes written back the way the config reads them (`"16MiB"`), so a
+/// resolved config loads again.
+fn size_string<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let text = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
+        .iter()
+        .find(|(unit, _)| *n > 0 && n % unit == 0)
+        .map_or_else(
+            || n.to_string(),
+            |(unit, name)| format!("{}{name}", n / unit),
+        );
+    s.serialize_str(&text)
 }
 
 /// Durations written back the way users write them (`5m`, `1h 30m`).
