@@ -332,7 +332,7 @@ impl Config {
 fn size_string<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
     let text = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")]
         .iter()
-        .find(|(unit, _)| *n > 0 && n % unit == 0)
+        .find(|(unit, _)| *n > 0 && n.is_multiple_of(*unit))
         .map_or_else(
             || n.to_string(),
             |(unit, name)| format!("{}{name}", n / unit),
