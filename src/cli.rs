@@ -1,4 +1,4 @@
-//! The command line: `run`, `check-config`, `gaps`, `backfill`.
+//! The command line: `run`, `check-config`, `gaps`, `backfill`, `audit`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -74,6 +74,25 @@ pub enum Command {
         #[arg(long)]
         to: DateTime<Utc>,
         /// Print the plan (chunks, requests, duration under the rate limit); send nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare the vendor's records over an interval with the ledger and
+    /// deliver the missing ones.
+    Audit {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        feed: String,
+        /// Start of the interval (RFC 3339), inclusive.
+        #[arg(long)]
+        from: DateTime<Utc>,
+        /// End of the interval (RFC 3339), exclusive.
+        #[arg(long)]
+        to: DateTime<Utc>,
+        /// Count the missing records and show a sample of their ids; send nothing.
         #[arg(long)]
         dry_run: bool,
         #[arg(long)]
@@ -178,7 +197,79 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             dry_run,
             json,
         } => backfill(config.load(env)?, &feed, from, to, dry_run, json).await,
+        Command::Audit {
+            config,
+            feed,
+            from,
+            to,
+            dry_run,
+            json,
+        } => audit(config.load(env)?, &feed, from, to, dry_run, json).await,
     }
+}
+
+/// `gapwatch audit`: the ledger holds every id that reached the destination,
+/// so a fill of the interval delivers exactly the missing records; a dry run
+/// only lists and compares.
+async fn audit(
+    config: Config,
+    feed: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    dry_run: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let feed_config = config
+        .feed(feed)
+        .with_context(|| format!("unknown feed {feed:?}"))?
+        .clone();
+    if feed_config.audit.is_none() {
+        anyhow::bail!(
+            "feed {feed:?} has no [feeds.audit] section: without it the ledger does not hold every relayed or reported id"
+        );
+    }
+    if !dry_run {
+        return backfill(config, feed, from, to, false, json).await;
+    }
+    let b = feed_config
+        .backfill
+        .as_ref()
+        .with_context(|| format!("feed {feed:?} has no [feeds.backfill] section"))?;
+    if from >= to {
+        anyhow::bail!(
+            "from ({}) must be before to ({})",
+            from.to_rfc3339(),
+            to.to_rfc3339()
+        );
+    }
+    let metrics = Arc::new(Metrics::new());
+    let store = Store::connect(&config.state.url).await?;
+    let source = crate::fill::source::Source::new(feed, &b.source, metrics)?;
+    let report = crate::audit::list_missing(&feed_config, &source, &store, from, to).await?;
+    store.close().await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "feed {feed}: [{}, {}): {} record(s) listed, {} missing from the ledger ({} request(s))",
+            report.from.to_rfc3339(),
+            report.to.to_rfc3339(),
+            report.listed,
+            report.missing,
+            report.requests
+        );
+        for id in &report.sample {
+            println!("  missing {id}");
+        }
+        if report.missing > report.sample.len() as u64 {
+            println!(
+                "  … and {} more",
+                report.missing - report.sample.len() as u64
+            );
+        }
+        println!("(dry run: nothing was sent)");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn fmt_time(t: Option<DateTime<Utc>>) -> String {

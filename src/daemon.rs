@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
+use crate::audit::Auditor;
 use crate::config::{Config, SinkConfig, WatchMode};
 use crate::feed::FeedMonitor;
 use crate::fill::FillControl;
@@ -140,6 +141,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await?
             .with_lease(lease.clone());
+            if feed.audit.is_some() {
+                // Same source (one rate limit) and sink as the fills.
+                let auditor = Auditor::new(
+                    feed.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    filler.sibling(crate::audit::OWNER),
+                    handle.verified_until.clone(),
+                )
+                .with_lease(lease.clone());
+                // Behind a lock so that a restarted run keeps its state.
+                let auditor = Arc::new(tokio::sync::Mutex::new(auditor));
+                let stop = cancel.clone();
+                supervisor.spawn(
+                    &producers,
+                    TaskKind::Auditor,
+                    &feed.name,
+                    cancel.clone(),
+                    move || {
+                        let (auditor, stop) = (auditor.clone(), stop.clone());
+                        async move { auditor.lock().await.run(stop).await }
+                    },
+                );
+            }
             let filler = Arc::new(filler);
             let (wakeup, stop) = (handle.fill_wakeup.clone(), cancel.clone());
             supervisor.spawn(
@@ -150,6 +175,27 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 move || {
                     let (filler, wakeup, stop) = (filler.clone(), wakeup.clone(), stop.clone());
                     async move { filler.run(wakeup, stop).await }
+                },
+            );
+        }
+        if feed.audit.is_none() {
+            // Without an audit the ledger still holds delivered and edge ids.
+            let (store, metrics, feed, lease) =
+                (store.clone(), metrics.clone(), feed.clone(), lease.clone());
+            let stop = cancel.clone();
+            supervisor.spawn(
+                &producers,
+                TaskKind::Auditor,
+                &feed.name.clone(),
+                cancel.clone(),
+                move || {
+                    crate::audit::prune_loop(
+                        store.clone(),
+                        metrics.clone(),
+                        feed.clone(),
+                        lease.clone(),
+                        stop.clone(),
+                    )
                 },
             );
         }

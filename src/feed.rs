@@ -12,12 +12,13 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::audit::ledger::LedgerBuffer;
 use crate::config::{FeedConfig, WatchMode};
 use crate::detector::{ActiveWindow, Detector, GapEvent};
 use crate::lease::LeaseView;
 use crate::metrics::{Metrics, Rejection};
 use crate::observe::Observation;
-use crate::store::{FillState, Store};
+use crate::store::{FillState, Origin, Store};
 
 /// How often the newest event time is written to the store (at most).
 const SAVE_EVERY: Duration = Duration::from_secs(1);
@@ -48,6 +49,8 @@ pub struct FeedStatus {
     pub records_observed: u64,
     /// The replica holding the feed's lease (it decides the feed's gaps and fills).
     pub leader: Option<String>,
+    /// Audited feeds: every record older than this is proven delivered.
+    pub verified_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -68,6 +71,8 @@ pub struct FeedHandle {
     pub fill_wakeup: Arc<Notify>,
     /// How far behind the wall clock the feed's detector runs.
     clock_lag: chrono::TimeDelta,
+    /// The audit's watermark, published by the feed's auditor.
+    pub verified_until: Arc<watch::Sender<Option<DateTime<Utc>>>>,
 }
 
 pub struct FeedMonitor {
@@ -103,6 +108,8 @@ pub struct FeedMonitor {
     led: bool,
     /// With a shared store: when the feed's state was last read back.
     last_sync: Option<Instant>,
+    /// Audited feeds: every id observed, on its way to the ledger.
+    ledger: Option<LedgerBuffer>,
 }
 
 /// Rate limit for the "event time in the future" warning: a vendor that stamps
@@ -189,9 +196,15 @@ impl FeedMonitor {
             open_gap: None,
             records_observed: 0,
             leader: None,
+            verified_until: None,
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let fill_wakeup = Arc::new(Notify::new());
+        let ledger = config.audit.as_ref().and_then(|_| match config.watch.mode {
+            WatchMode::Relay => Some(LedgerBuffer::new(Origin::Relayed)),
+            WatchMode::Report => Some(LedgerBuffer::new(Origin::Reported)),
+            WatchMode::Passive => None,
+        });
         let handle = FeedHandle {
             name: config.name.clone(),
             config: config.clone(),
@@ -199,6 +212,7 @@ impl FeedMonitor {
             status: status_rx,
             fill_wakeup: fill_wakeup.clone(),
             clock_lag,
+            verified_until: Arc::new(watch::channel(None).0),
         };
         let monitor = FeedMonitor {
             config,
@@ -224,6 +238,7 @@ impl FeedMonitor {
             lease: watch::channel(LeaseView::held()).1,
             led: true,
             last_sync: None,
+            ledger,
         };
         Ok((monitor, handle))
     }
@@ -266,6 +281,7 @@ impl FeedMonitor {
         }
         self.last_save_at = None;
         self.tick(self.now()).await;
+        self.flush_ledger(true).await;
         tracing::debug!(feed = %self.config.name, "feed monitor stopped");
     }
 
@@ -289,6 +305,10 @@ impl FeedMonitor {
         }
         if self.store.is_shared() {
             wake = wake.min(self.last_sync.map_or(now, |at| at + SYNC_EVERY));
+        }
+        if let Some(due) = self.ledger.as_ref().and_then(LedgerBuffer::due) {
+            // A failing store is retried at the retry pace, not in a loop.
+            wake = wake.min(due.max(now + RETRY.min(crate::audit::ledger::FLUSH_EVERY)));
         }
         let busy = self.open_gap_id.is_some() || self.unfilled > 0.0;
         let every = if busy { UNFILLED_EVERY } else { UNFILLED_IDLE };
@@ -382,6 +402,9 @@ impl FeedMonitor {
             .inc_by(batch.len() as u64);
         self.observed += batch.len() as u64;
         for obs in batch {
+            if let Some(ledger) = &mut self.ledger {
+                ledger.push(obs.id.clone(), obs.event_time);
+            }
             if is_future(obs.event_time, now, self.config.freshness.max_future_skew) {
                 self.reject_future(&obs, now);
                 continue;
@@ -400,7 +423,19 @@ impl FeedMonitor {
         }
         self.save_events(now).await;
         self.flush_after_edge().await;
+        self.flush_ledger(false).await;
         self.publish(now);
+    }
+
+    /// Writes the ledger's pending ids when a batch is full or has waited
+    /// long enough (`force`: whatever is pending, at shutdown).
+    async fn flush_ledger(&mut self, force: bool) {
+        let Some(ledger) = &mut self.ledger else {
+            return;
+        };
+        if let Err(e) = ledger.flush(&self.store, &self.config.name, force).await {
+            tracing::warn!(feed = %self.config.name, pending = ledger.len(), error = %e, "cannot write the ledger; retrying");
+        }
     }
 
     /// The record was relayed (or accepted) already; only its time is not
@@ -434,6 +469,7 @@ impl FeedMonitor {
         self.save_events(now).await;
         self.flush_after_edge().await;
         self.save_last_event(now).await;
+        self.flush_ledger(false).await;
         self.update_unfilled(now).await;
         self.publish(now);
     }
@@ -624,6 +660,7 @@ impl FeedMonitor {
             open_gap,
             records_observed: self.observed,
             leader: self.lease.borrow().holder.clone(),
+            verified_until: None,
         };
         status.refresh(now, &self.config.freshness.window);
         status.set_clock_gauges(&self.metrics);
@@ -664,6 +701,7 @@ impl FeedHandle {
     /// derived when read, so an idle monitor need not wake to keep them true.
     pub fn current(&self) -> FeedStatus {
         let mut status = self.status.borrow().clone();
+        status.verified_until = *self.verified_until.borrow();
         status.refresh(Utc::now() - self.clock_lag, &self.config.freshness.window);
         status
     }

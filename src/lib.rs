@@ -6,6 +6,7 @@
 //! sink). `feed` runs one feed's loop; `api` serves HTTP; `cli` is the command line.
 
 pub mod api;
+pub mod audit;
 pub mod aws;
 pub mod cli;
 pub mod config;

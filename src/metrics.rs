@@ -26,6 +26,16 @@ pub enum RecordOutcome {
     OutOfWindow,
 }
 
+/// How an audit of one window ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditOutcome {
+    /// Every vendor record of the window is in the ledger (the missing ones
+    /// were delivered): the watermark may move.
+    Ok,
+    /// The window could not be listed or its missing records delivered.
+    Failed,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueState {
     Visible,
@@ -90,6 +100,7 @@ macro_rules! label_enum {
     };
 }
 
+label_enum!(AuditOutcome { Ok => "ok", Failed => "failed" });
 label_enum!(RelayOutcome { Forwarded => "forwarded", Failed => "failed" });
 label_enum!(RecordOutcome {
     Delivered => "delivered",
@@ -141,6 +152,10 @@ pub struct Metrics {
     pub aws_requests: IntCounterVec,
     pub rejected_input: IntCounterVec,
     pub task_restarts: IntCounterVec,
+    pub audit_runs: IntCounterVec,
+    pub audit_missing: IntCounterVec,
+    pub audit_verified_until: GaugeVec,
+    pub ledger_ids: IntGaugeVec,
     pub up: IntGauge,
 }
 
@@ -254,6 +269,26 @@ impl Metrics {
                 "Long-running tasks restarted after a panic or an unexpected exit, by kind of task.",
                 &["task"],
             ),
+            audit_runs: counter_vec(
+                "gapwatch_audit_runs_total",
+                "Audited windows, by outcome (ok: every vendor record is proven delivered).",
+                &["feed", "outcome"],
+            ),
+            audit_missing: counter_vec(
+                "gapwatch_audit_records_missing_total",
+                "Records the audit found missing from the destination, then delivered.",
+                &["feed"],
+            ),
+            audit_verified_until: gauge_vec(
+                "gapwatch_audit_verified_until_timestamp_seconds",
+                "Every record with an event time before this Unix timestamp is proven delivered.",
+                &["feed"],
+            ),
+            ledger_ids: gauge_vec_int(
+                "gapwatch_state_ledger_ids",
+                "Record ids the ledger holds for the feed (kept for the audit lookback plus a margin).",
+                &["feed"],
+            ),
             up: IntGauge::new(
                 "gapwatch_ready",
                 "1 when the daemon is ready (config loaded, store reachable), else 0.",
@@ -290,6 +325,10 @@ impl Metrics {
             Box::new(self.aws_requests.clone()),
             Box::new(self.rejected_input.clone()),
             Box::new(self.task_restarts.clone()),
+            Box::new(self.audit_runs.clone()),
+            Box::new(self.audit_missing.clone()),
+            Box::new(self.audit_verified_until.clone()),
+            Box::new(self.ledger_ids.clone()),
             Box::new(self.up.clone()),
         ];
         for c in collectors {
@@ -325,6 +364,15 @@ impl Metrics {
     pub fn init_backfill(&self, feed: &str) {
         self.backfill_requests.with_label_values(&[feed, "error"]);
         self.backfill_request_duration.with_label_values(&[feed]);
+    }
+
+    /// Series of an audited feed, at zero (the watermark stays absent until
+    /// a first window is verified).
+    pub fn init_audit(&self, feed: &str) {
+        for o in AuditOutcome::ALL {
+            self.audit_runs.with_label_values(&[feed, o.as_str()]);
+        }
+        self.audit_missing.with_label_values(&[feed]);
     }
 
     pub fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
@@ -408,6 +456,11 @@ mod tests {
             .with_label_values(&["orders"])
             .set(1.0);
         m.aws("sqs", "ReceiveMessage", AwsOutcome::Ok);
+        m.init_audit("orders");
+        m.audit_verified_until
+            .with_label_values(&["orders"])
+            .set(1.0);
+        m.ledger_ids.with_label_values(&["orders"]).set(3);
         let text = m.render();
         for family in [
             "gapwatch_build_info",
@@ -428,6 +481,10 @@ mod tests {
             "gapwatch_backfill_last_success_timestamp_seconds",
             "gapwatch_relay_messages_total",
             "gapwatch_aws_requests_total",
+            "gapwatch_audit_runs_total",
+            "gapwatch_audit_records_missing_total",
+            "gapwatch_audit_verified_until_timestamp_seconds",
+            "gapwatch_state_ledger_ids",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

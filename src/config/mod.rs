@@ -139,6 +139,39 @@ pub struct FeedConfig {
     pub watch: WatchConfig,
     pub freshness: FreshnessConfig,
     pub backfill: Option<BackfillConfig>,
+    pub audit: Option<AuditConfig>,
+}
+
+/// The completeness audit of a relay or report feed.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditConfig {
+    /// How often settled windows are audited.
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
+    /// How far back the audit looks, and how long the ledger keeps ids
+    /// (plus [`LEDGER_MARGIN`]).
+    #[serde(with = "humantime_serde_compat")]
+    pub lookback: Duration,
+    /// Only windows older than this are audited (the vendor has settled).
+    #[serde(with = "humantime_serde_compat")]
+    pub delay: Duration,
+}
+
+/// The ledger keeps ids this much longer than the audit's lookback, so an
+/// audit run that started just inside the lookback still finds them.
+pub const LEDGER_MARGIN: Duration = Duration::from_secs(3600);
+/// How long a feed without `[feeds.audit]` keeps its ids (delivered by fills,
+/// seen near gap edges): the default lookback.
+pub const DEFAULT_LEDGER_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+
+impl FeedConfig {
+    /// Ids older than this (event time before now − retention) are pruned.
+    pub fn ledger_retention(&self) -> Duration {
+        self.audit
+            .as_ref()
+            .map_or(DEFAULT_LEDGER_LOOKBACK, |a| a.lookback)
+            + LEDGER_MARGIN
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -111,6 +111,19 @@ pub struct RawFeed {
     pub freshness: RawFreshness,
     #[serde(default)]
     pub backfill: Option<RawBackfill>,
+    #[serde(default)]
+    pub audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    #[serde(default = "default_audit_every")]
+    pub every: String,
+    #[serde(default = "default_audit_lookback")]
+    pub lookback: String,
+    #[serde(default = "default_audit_delay")]
+    pub delay: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -241,6 +254,15 @@ pub enum RawSink {
     },
 }
 
+fn default_audit_every() -> String {
+    "15m".into()
+}
+fn default_audit_lookback() -> String {
+    "24h".into()
+}
+fn default_audit_delay() -> String {
+    "10m".into()
+}
 fn default_listen() -> String {
     "0.0.0.0:9464".into()
 }

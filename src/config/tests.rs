@@ -440,4 +440,52 @@ queue_url = "http://127.0.0.1:5000/1/vendor-{i}"
             prop_assert_eq!(second.feeds[0].freshness.max_future_skew, first.feeds[0].freshness.max_future_skew);
         }
     }
+
+#[test]
+fn the_audit_section_defaults_and_is_checked() {
+    let c = load(&format!("{GOOD}\n  [feeds.audit]\n")).unwrap();
+    let a = c.feeds[0].audit.as_ref().unwrap();
+    assert_eq!(
+        (a.every, a.lookback, a.delay),
+        (
+            Duration::from_secs(900),
+            Duration::from_secs(86_400),
+            Duration::from_secs(600)
+        )
+    );
+    // The ledger keeps ids for the lookback plus the margin.
+    assert_eq!(
+        c.feeds[0].ledger_retention(),
+        Duration::from_secs(86_400) + LEDGER_MARGIN
+    );
+    let c = load(&format!(
+        "{GOOD}\n  [feeds.audit]\n  every = \"1m\"\n  lookback = \"2h\"\n  delay = \"5m\"\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.feeds[0].ledger_retention(),
+        Duration::from_secs(7200) + LEDGER_MARGIN
+    );
+    for (audit, key) in [
+        (
+            "delay = \"10s\"",
+            "feeds[0].audit.delay: must be at least backfill.settle",
+        ),
+        (
+            "lookback = \"20m\"",
+            "feeds[0].audit.lookback: must be longer than delay + every",
+        ),
+        ("every = \"0s\"", "feeds[0].audit.every"),
+        ("often = \"1m\"", "unknown field `often`"),
+    ] {
+        let err = load(&format!("{GOOD}\n  [feeds.audit]\n  {audit}\n")).unwrap_err();
+        assert!(err.contains(key), "{audit}: {err}");
+    }
+    // Without a backfill section there is nothing to list records with.
+    let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
+    let err = load(&format!("{no_backfill}\n  [feeds.audit]\n")).unwrap_err();
+    assert!(
+        err.contains("feeds[0].audit: needs [feeds.backfill]"),
+        "{err}"
+    );
 }

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
+use super::raw::{RawAudit, RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
 use super::{
-    AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig, RateLimit,
-    Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
+    AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
+    RateLimit, Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, StateUrl, WatchConfig,
+    WatchMode,
 };
 use crate::detector::ActiveWindow;
 use crate::timefmt::Resolution;
@@ -399,6 +400,10 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let audit = match &f.audit {
+            Some(a) => Some(self.audit(key, a, mode, backfill.as_ref())?),
+            None => None,
+        };
         Some(FeedConfig {
             name: f.name.clone(),
             queue_url,
@@ -411,6 +416,61 @@ impl Checker<'_> {
             },
             freshness: freshness?,
             backfill,
+            audit,
+        })
+    }
+
+    fn audit(
+        &mut self,
+        feed_key: &str,
+        a: &RawAudit,
+        mode: WatchMode,
+        backfill: Option<&BackfillConfig>,
+    ) -> Option<AuditConfig> {
+        let key = format!("{feed_key}.audit");
+        let every = self.duration(&format!("{key}.every"), &a.every, false);
+        let lookback = self.duration(&format!("{key}.lookback"), &a.lookback, false);
+        let delay = self.duration(&format!("{key}.delay"), &a.delay, true);
+        if mode == WatchMode::Passive {
+            self.fail(
+                &key,
+                "needs the ids of what reached the destination: relay or report mode, not passive",
+            );
+        }
+        match backfill {
+            None => self.fail(
+                &key,
+                "needs [feeds.backfill] (its source lists the vendor's records, its sink takes the missing ones)",
+            ),
+            Some(b) => {
+                if let Some(delay) = delay.filter(|d| *d < b.settle) {
+                    self.fail(
+                        &format!("{key}.delay"),
+                        format!(
+                            "must be at least backfill.settle ({}), got {}",
+                            humantime::format_duration(b.settle),
+                            humantime::format_duration(delay)
+                        ),
+                    );
+                }
+            }
+        }
+        let (every, lookback, delay) = (every?, lookback?, delay?);
+        if lookback <= delay + every {
+            self.fail(
+                &format!("{key}.lookback"),
+                format!(
+                    "must be longer than delay + every ({}), got {}",
+                    humantime::format_duration(delay + every),
+                    humantime::format_duration(lookback)
+                ),
+            );
+            return None;
+        }
+        Some(AuditConfig {
+            every,
+            lookback,
+            delay,
         })
     }
 

@@ -137,6 +137,20 @@ impl Filler {
         self
     }
 
+    /// A filler of the same feed for another owner's gaps, sharing this one's
+    /// source (so one rate limit covers both), sink and lease.
+    pub fn sibling(&self, owner: &str) -> Self {
+        Self {
+            feed: self.feed.clone(),
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            source: self.source.clone(),
+            sink: self.sink.clone(),
+            owner: owner.to_string(),
+            lease: self.lease.clone(),
+        }
+    }
+
     fn backfill(&self) -> &BackfillConfig {
         // A filler is only built for feeds with a backfill section.
         self.feed

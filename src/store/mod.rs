@@ -405,6 +405,57 @@ impl Store {
     pub async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {
         dispatch!(self.count_ids(feed, origin))
     }
+
+    // === ledger and audit ===
+
+    /// Adds ids that reached the destination to the ledger, in one
+    /// transaction (an id already there keeps its first origin).
+    pub async fn ledger_add(
+        &self,
+        feed: &str,
+        origin: Origin,
+        ids: &[(String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        dispatch!(self.ledger_add(feed, origin, ids))
+    }
+
+    /// Forgets the feed's ids with an event time before `before`; returns how many.
+    pub async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        dispatch!(self.prune_ledger(feed, before))
+    }
+
+    /// How many ids the ledger holds for the feed.
+    pub async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
+        dispatch!(self.ledger_size(feed))
+    }
+
+    /// The feed's audit state; the first call starts it at `now` (the ledger
+    /// is complete from then on, so nothing older is ever audited).
+    pub async fn audit_state(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AuditState, StoreError> {
+        dispatch!(self.audit_state(feed, now))
+    }
+
+    /// The feed's audit watermark, if any window was verified yet.
+    pub async fn verified_until(&self, feed: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        dispatch!(self.verified_until(feed))
+    }
+
+    /// Moves the audit watermark forward to `until` (never backwards).
+    pub async fn set_verified_until(
+        &self,
+        feed: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        dispatch!(self.set_verified_until(feed, until, now))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -610,6 +661,26 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v)
         .single()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// How an id got into the ledger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Forwarded by the relay.
+    Relayed,
+    /// Reported by the app (`report` mode).
+    Reported,
+}
+
+str_enum!(Origin { Relayed => "relayed", Reported => "reported" });
+
+/// Where a feed's audit stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuditState {
+    /// Since when the ledger is complete: the audit never looks before it.
+    pub started: DateTime<Utc>,
+    /// Every record older than this is proven delivered (None: nothing yet).
+    pub verified_until: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

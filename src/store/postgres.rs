@@ -6,8 +6,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    from_ms, ms, Checkpoint, Chunk, ChunkState, FenceArg, FillState, Gap, GapFilter, GapKind,
-    GapState, LeaseInfo, PageCommit, Progress, StoreError,
+    from_ms, ms, AuditState, Checkpoint, Chunk, ChunkState, FenceArg, FillState, Gap, GapFilter,
+    GapKind, GapState, LeaseInfo, Origin, PageCommit, Progress, StoreError,
 };
 use crate::detector::DetectorState;
 
@@ -247,6 +247,7 @@ impl PgStore {
             "SELECT {GAP_COLUMNS} FROM gaps g \
              WHERE ($1::TEXT IS NULL OR g.feed = $1) \
                AND ($2::TEXT IS NULL OR g.state = $2 OR g.fill = $2) \
+               AND g.owner <> 'audit' \
              ORDER BY g.id DESC LIMIT $3"
         );
         let rows = sqlx::query(&sql)
@@ -508,7 +509,7 @@ impl PgStore {
             "SELECT SUM(GREATEST(0, (COALESCE(g.end_ms, $2) - g.start_ms) - COALESCE(( \
                  SELECT SUM(GREATEST(0, LEAST(c.end_ms, COALESCE(g.end_ms, $2)) - GREATEST(c.start_ms, g.start_ms))) \
                  FROM chunks c WHERE c.gap_id = g.id AND c.state = 'done'), 0)))::BIGINT \
-             FROM gaps g WHERE g.feed = $1 AND g.fill NOT IN ('done', 'ignored')",
+             FROM gaps g WHERE g.feed = $1 AND g.fill NOT IN ('done', 'ignored') AND g.owner <> 'audit'",
         )
         .bind(feed)
         .bind(ms(now))
@@ -579,6 +580,88 @@ impl PgStore {
             );
         }
         Ok(known)
+    }
+
+    pub async fn ledger_add(
+        &self,
+        feed: &str,
+        origin: Origin,
+        ids: &[(String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_ids(&mut tx, feed, ids, origin.as_str(), None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM record_ids WHERE feed = $1 AND event_ms < $2")
+                .bind(feed)
+                .bind(ms(before))
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    pub async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM record_ids WHERE feed = $1")
+                .bind(feed)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn audit_state(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AuditState, StoreError> {
+        sqlx::query(
+            "INSERT INTO audits (feed, started_ms, updated_ms) VALUES ($1, $2, $2) \
+             ON CONFLICT (feed) DO NOTHING",
+        )
+        .bind(feed)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        let r = sqlx::query("SELECT started_ms, verified_until_ms FROM audits WHERE feed = $1")
+            .bind(feed)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(AuditState {
+            started: from_ms(r.get("started_ms")),
+            verified_until: r.get::<Option<i64>, _>("verified_until_ms").map(from_ms),
+        })
+    }
+
+    pub async fn verified_until(&self, feed: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let v: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT verified_until_ms FROM audits WHERE feed = $1")
+                .bind(feed)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.flatten().map(from_ms))
+    }
+
+    pub async fn set_verified_until(
+        &self,
+        feed: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE audits SET verified_until_ms = GREATEST(COALESCE(verified_until_ms, 0), $1), \
+             updated_ms = $2 WHERE feed = $3",
+        )
+        .bind(ms(until))
+        .bind(ms(now))
+        .bind(feed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {

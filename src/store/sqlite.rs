@@ -11,8 +11,8 @@ use sqlx::sqlite::{
 use sqlx::Row;
 
 use super::{
-    from_ms, ms, Checkpoint, Chunk, ChunkState, FillState, Gap, GapFilter, GapKind, GapState,
-    PageCommit, Progress, StoreError,
+    from_ms, ms, AuditState, Checkpoint, Chunk, ChunkState, FillState, Gap, GapFilter, GapKind,
+    GapState, Origin, PageCommit, Progress, StoreError,
 };
 use crate::detector::DetectorState;
 
@@ -280,6 +280,7 @@ impl SqliteStore {
         let sql = format!(
             "SELECT {GAP_COLUMNS} FROM gaps g \
              WHERE (?1 IS NULL OR g.feed = ?1) AND (?2 IS NULL OR g.state = ?2 OR g.fill = ?2) \
+               AND g.owner <> 'audit' \
              ORDER BY g.id DESC LIMIT ?3"
         );
         let rows = sqlx::query(&sql)
@@ -486,7 +487,7 @@ impl SqliteStore {
             "SELECT SUM(MAX(0, (COALESCE(g.end_ms, ?2) - g.start_ms) - COALESCE(( \
                  SELECT SUM(MAX(0, MIN(c.end_ms, COALESCE(g.end_ms, ?2)) - MAX(c.start_ms, g.start_ms))) \
                  FROM chunks c WHERE c.gap_id = g.id AND c.state = 'done'), 0))) \
-             FROM gaps g WHERE g.feed = ?1 AND g.fill NOT IN ('done', 'ignored')",
+             FROM gaps g WHERE g.feed = ?1 AND g.fill NOT IN ('done', 'ignored') AND g.owner <> 'audit'",
         )
         .bind(feed)
         .bind(ms(now))
@@ -562,6 +563,88 @@ impl SqliteStore {
             known.extend(q.fetch_all(&self.pool).await?);
         }
         Ok(known)
+    }
+
+    pub async fn ledger_add(
+        &self,
+        feed: &str,
+        origin: Origin,
+        ids: &[(String, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_ids(&mut tx, feed, ids, origin.as_str(), None).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(
+            sqlx::query("DELETE FROM record_ids WHERE feed = ? AND event_ms < ?")
+                .bind(feed)
+                .bind(ms(before))
+                .execute(&self.pool)
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    pub async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT COUNT(*) FROM record_ids WHERE feed = ?")
+                .bind(feed)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn audit_state(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<AuditState, StoreError> {
+        sqlx::query(
+            "INSERT INTO audits (feed, started_ms, updated_ms) VALUES (?1, ?2, ?2) \
+             ON CONFLICT (feed) DO NOTHING",
+        )
+        .bind(feed)
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        let r = sqlx::query("SELECT started_ms, verified_until_ms FROM audits WHERE feed = ?")
+            .bind(feed)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(AuditState {
+            started: from_ms(r.get("started_ms")),
+            verified_until: r.get::<Option<i64>, _>("verified_until_ms").map(from_ms),
+        })
+    }
+
+    pub async fn verified_until(&self, feed: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let v: Option<Option<i64>> =
+            sqlx::query_scalar("SELECT verified_until_ms FROM audits WHERE feed = ?")
+                .bind(feed)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(v.flatten().map(from_ms))
+    }
+
+    pub async fn set_verified_until(
+        &self,
+        feed: &str,
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE audits SET verified_until_ms = MAX(COALESCE(verified_until_ms, 0), ?), \
+             updated_ms = ? WHERE feed = ?",
+        )
+        .bind(ms(until))
+        .bind(ms(now))
+        .bind(feed)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {

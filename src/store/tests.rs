@@ -33,6 +33,8 @@ suite!(
     unfilled_seconds_subtract_done_chunks,
     failed_chunks_come_back_on_retry,
     leases_fence_checkpoints_and_claims,
+    ledger_is_pruned_by_event_time,
+    audit_watermark_starts_once_and_only_moves_forward,
 );
 
 /// A database to test against: opening it twice gives the same state.
@@ -384,4 +386,80 @@ async fn leases_fence_checkpoints_and_claims(db: Db) {
     cli.commit_page("orders", resumed[1].id, gap, done(), t(205))
         .await
         .unwrap();
+}
+
+async fn ledger_is_pruned_by_event_time(db: Db) {
+    let store = db.open().await;
+    let relayed: Vec<(String, DateTime<Utc>)> = (0..300).map(|i| (format!("r{i}"), t(i))).collect();
+    store
+        .ledger_add("orders", Origin::Relayed, &relayed)
+        .await
+        .unwrap();
+    store
+        .ledger_add("orders", Origin::Reported, &[("r5".into(), t(5))])
+        .await
+        .unwrap();
+    store
+        .ledger_add("other", Origin::Reported, &[("o1".into(), t(0))])
+        .await
+        .unwrap();
+    // An id keeps its first origin.
+    assert_eq!(store.count_ids("orders", "relayed").await.unwrap(), 300);
+    assert_eq!(store.ledger_size("orders").await.unwrap(), 300);
+    let gap = store
+        .manual_gap("orders", t(0), t(10), "daemon", t(400))
+        .await
+        .unwrap();
+    store
+        .remember_live("orders", Some(gap), &[("edge".into(), t(100))])
+        .await
+        .unwrap();
+    // Strictly older than the horizon goes, whatever the origin; the rest stays.
+    let pruned = store.prune_ledger("orders", t(100)).await.unwrap();
+    assert_eq!(pruned, 100);
+    assert_eq!(store.ledger_size("orders").await.unwrap(), 201);
+    let known = store
+        .known_ids("orders", &["r0", "r99", "r100", "r299", "edge"])
+        .await
+        .unwrap();
+    let mut known: Vec<_> = known.into_iter().collect();
+    known.sort();
+    assert_eq!(known, vec!["edge", "r100", "r299"]);
+    // Other feeds are untouched.
+    assert_eq!(store.ledger_size("other").await.unwrap(), 1);
+}
+
+async fn audit_watermark_starts_once_and_only_moves_forward(db: Db) {
+    let store = db.open().await;
+    assert_eq!(store.verified_until("orders").await.unwrap(), None);
+    let s = store.audit_state("orders", t(0)).await.unwrap();
+    assert_eq!(
+        s,
+        AuditState {
+            started: t(0),
+            verified_until: None
+        }
+    );
+    // A later start (a restart) keeps the first.
+    assert_eq!(
+        store.audit_state("orders", t(9)).await.unwrap().started,
+        t(0)
+    );
+    store
+        .set_verified_until("orders", t(20), t(30))
+        .await
+        .unwrap();
+    store
+        .set_verified_until("orders", t(10), t(31))
+        .await
+        .unwrap();
+    assert_eq!(store.verified_until("orders").await.unwrap(), Some(t(20)));
+    let reopened = db.open().await;
+    assert_eq!(
+        reopened.audit_state("orders", t(40)).await.unwrap(),
+        AuditState {
+            started: t(0),
+            verified_until: Some(t(20))
+        }
+    );
 }

@@ -181,13 +181,16 @@ pub async fn stats(State(sim): State<Arc<Sim>>) -> Response {
     let produced = Stats::get(&s.produced);
     let published = Stats::get(&s.published);
     let silenced = Stats::get(&s.silenced);
+    let dropped = Stats::get(&s.dropped);
     Json(json!({
         "seeded": Stats::get(&s.seeded),
         "produced": produced,
         "published": published,
         "silenced": silenced,
+        "dropped": dropped,
+        "drop_rate": controls.drop_rate,
         "pending_publish": if sim.settings.queue_url.is_some() {
-            produced.saturating_sub(published + silenced)
+            produced.saturating_sub(published + silenced + dropped)
         } else {
             0
         },
@@ -220,6 +223,9 @@ pub struct RecordsQuery {
     #[serde(default)]
     offset: usize,
     limit: Option<usize>,
+    /// Only the records lost on their way to SQS.
+    #[serde(default)]
+    dropped: bool,
 }
 
 /// `{"count": total in [from, to), "offset", "ids": [...]}`; `limit` bounds `ids` (`0`: count only).
@@ -235,6 +241,16 @@ pub async fn records(State(sim): State<Arc<Sim>>, Query(q): Query<RecordsQuery>)
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let history = sim.history();
+    if q.dropped {
+        let ids: Vec<String> = {
+            let (lo, hi) = history.range(from, to);
+            (lo..hi)
+                .filter(|&i| history.records()[i].dropped)
+                .map(|i| record_id(history.prefix(), i as u64 + 1))
+                .collect()
+        };
+        return Json(json!({ "count": ids.len(), "offset": 0, "ids": ids })).into_response();
+    }
     let (lo, hi) = history.range(from, to);
     let start = lo.saturating_add(q.offset).min(hi);
     let end = q.limit.map_or(hi, |l| start.saturating_add(l).min(hi));

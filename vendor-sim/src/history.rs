@@ -42,6 +42,8 @@ pub struct Record {
     pub created_at_ms: i64,
     /// Created while the feed was silenced: kept and served, never published.
     pub silenced: bool,
+    /// Lost on the way to SQS (a lossy vendor): kept and served, never published.
+    pub dropped: bool,
 }
 
 #[derive(Debug)]
@@ -117,10 +119,16 @@ impl History {
     /// Appends a record; its `created_at` is raised to the newest one's if it
     /// is older, so the history stays sorted. Returns its index.
     pub fn push(&mut self, created_at_ms: i64, silenced: bool) -> usize {
+        self.push_lossy(created_at_ms, silenced, false)
+    }
+
+    /// [`push`](Self::push) for a record that may be `dropped` on its way to SQS.
+    pub fn push_lossy(&mut self, created_at_ms: i64, silenced: bool, dropped: bool) -> usize {
         let floor = self.records.last().map_or(i64::MIN, |r| r.created_at_ms);
         self.records.push(Record {
             created_at_ms: created_at_ms.max(floor),
             silenced,
+            dropped,
         });
         self.records.len() - 1
     }

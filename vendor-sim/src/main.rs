@@ -77,6 +77,10 @@ struct Cli {
     /// Cursor styles return the same cursor forever.
     #[arg(long)]
     cursor_loop: bool,
+    /// Probability that a live record is lost on its way to SQS while the API
+    /// still serves it (a vendor that drops records without going silent).
+    #[arg(long, default_value_t = 0.0)]
+    drop_rate: f64,
     /// Start a silence this many seconds after start.
     #[arg(long)]
     silence_after: Option<f64>,
@@ -127,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
         history,
         Controls {
             rate: cli.rate,
+            drop_rate: cli.drop_rate,
             silences,
             faults: Faults {
                 error_rate: cli.error_rate,
@@ -221,6 +226,9 @@ fn validate(cli: &Cli) -> anyhow::Result<()> {
     }
     if !cli.rate.is_finite() || cli.rate < 0.0 {
         bail!("--rate: must be a number >= 0");
+    }
+    if !(0.0..=1.0).contains(&cli.drop_rate) {
+        bail!("--drop-rate: must be within 0..=1");
     }
     if !(0.0..=1.0).contains(&cli.error_rate) {
         bail!("--error-rate: must be within 0..=1");

@@ -1,4 +1,5 @@
-//! Publishes live records to the vendor's SQS queue, skipping silenced ones.
+//! Publishes live records to the vendor's SQS queue, skipping silenced (and
+//! dropped) ones.
 //!
 //! Follows the history by index, so nothing is buffered twice and a slow queue
 //! delays publication without losing records: every batch is retried until it
@@ -37,7 +38,7 @@ impl Publisher {
                 let history = sim.history();
                 let upto = history.len().min(self.next + BATCH * PARALLEL);
                 let bodies: Vec<(u64, String)> = (self.next..upto)
-                    .filter(|&i| !history.records()[i].silenced)
+                    .filter(|&i| !history.records()[i].silenced && !history.records()[i].dropped)
                     .map(|i| {
                         let view = history.view(i);
                         let body = serde_json::to_string(&view).unwrap_or_default();

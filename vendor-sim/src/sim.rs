@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
+use rand::Rng;
 use serde::Serialize;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -84,6 +85,9 @@ impl Serialize for Silence {
 #[derive(Debug)]
 pub struct Controls {
     pub rate: f64,
+    /// Probability that a live record is lost on its way to SQS (the API
+    /// still serves it): a vendor that drops records without going silent.
+    pub drop_rate: f64,
     pub silences: Vec<Silence>,
     pub faults: Faults,
 }
@@ -94,6 +98,7 @@ pub struct Stats {
     pub produced: AtomicU64,
     pub published: AtomicU64,
     pub silenced: AtomicU64,
+    pub dropped: AtomicU64,
     pub publish_errors: AtomicU64,
     pub served_requests: AtomicU64,
     pub served_pages: AtomicU64,
@@ -173,18 +178,25 @@ impl Sim {
         if times.is_empty() {
             return;
         }
-        let silences = self.controls().silences.clone();
-        let mut silenced = 0;
+        let (silences, drop_rate) = {
+            let c = self.controls();
+            (c.silences.clone(), c.drop_rate.clamp(0.0, 1.0))
+        };
+        let (mut silenced, mut dropped) = (0, 0);
         {
+            let mut rng = rand::rng();
             let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
             for &t in times {
                 let quiet = silences.iter().any(|s| s.contains(t));
+                let lost = !quiet && drop_rate > 0.0 && rng.random_bool(drop_rate);
                 silenced += u64::from(quiet);
-                history.push(t, quiet);
+                dropped += u64::from(lost);
+                history.push_lossy(t, quiet, lost);
             }
         }
         Stats::bump(&self.stats.produced, times.len() as u64);
         Stats::bump(&self.stats.silenced, silenced);
+        Stats::bump(&self.stats.dropped, dropped);
         self.appended.notify_one();
     }
 }

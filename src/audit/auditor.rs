@@ -1,0 +1,412 @@
+//! The auditor of one feed: every `every`, the due window (see `window`) is
+//! audited as a fill of owner `audit` — the filler lists the vendor's records
+//! with the feed's source and delivers those the ledger lacks — and the
+//! watermark moves once the window is done. A window that fails leaves the
+//! watermark where it was; the next run starts there again. The ledger is
+//! pruned on the same schedule.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::window::{advance, due_window, Due};
+use super::OWNER;
+use crate::config::{AuditConfig, FeedConfig};
+use crate::fill::plan::Window;
+use crate::fill::{Filler, GapOutcome};
+use crate::lease::LeaseView;
+use crate::metrics::{AuditOutcome, Metrics};
+use crate::store::{Gap, GapFilter, GapKind, Store, StoreError};
+
+/// The first run waits this long after start (the fillers reset chunks a
+/// crash left running first), or `every` if that is shorter.
+const FIRST_RUN: Duration = Duration::from_secs(5);
+/// While an audit window has chunks waiting for a retry: how often it is looked at.
+const RETRY_PASS: Duration = Duration::from_secs(1);
+/// How often the ledger is pruned (at most; also once per run).
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
+/// Finished fills looked at per run for a post-fill audit.
+const RECENT_FILLS: i64 = 100;
+
+/// One audited window, as logged and counted.
+struct WindowAudited<'a> {
+    feed: &'a str,
+    window: Window,
+    outcome: AuditOutcome,
+    missing: i64,
+    listed: i64,
+    error: Option<&'a str>,
+}
+
+impl WindowAudited<'_> {
+    fn emit(&self, metrics: &Metrics) {
+        metrics
+            .audit_runs
+            .with_label_values(&[self.feed, self.outcome.as_str()])
+            .inc();
+        let from = self.window.start.to_rfc3339();
+        let to = self.window.end.to_rfc3339();
+        match self.outcome {
+            AuditOutcome::Ok => {
+                if self.missing > 0 {
+                    metrics
+                        .audit_missing
+                        .with_label_values(&[self.feed])
+                        .inc_by(self.missing as u64);
+                    tracing::warn!(
+                        from,
+                        to,
+                        missing = self.missing,
+                        listed = self.listed,
+                        "audit found records missing; delivered"
+                    );
+                } else {
+                    tracing::info!(from, to, listed = self.listed, "audit window complete");
+                }
+            }
+            AuditOutcome::Failed => tracing::error!(
+                from,
+                to,
+                delivered = self.missing,
+                error = self.error.unwrap_or("unknown error"),
+                "audit window failed; watermark not moved"
+            ),
+        }
+    }
+}
+
+pub struct Auditor {
+    feed: Arc<FeedConfig>,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Delivers audit windows: the feed's source and sink, owner `audit`.
+    filler: Filler,
+    lease: watch::Receiver<LeaseView>,
+    /// Where the watermark is published (`/api/v1/feeds`).
+    published: Arc<watch::Sender<Option<DateTime<Utc>>>>,
+    /// Fills finished up to this gap id were audited (or predate this run).
+    fills_seen: i64,
+    last_prune: Option<tokio::time::Instant>,
+}
+
+impl Auditor {
+    /// `filler` must be built for this feed with owner [`OWNER`].
+    pub fn new(
+        feed: Arc<FeedConfig>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        filler: Filler,
+        published: Arc<watch::Sender<Option<DateTime<Utc>>>>,
+    ) -> Self {
+        metrics.init_audit(&feed.name);
+        Self {
+            feed,
+            store,
+            metrics,
+            filler,
+            lease: watch::channel(LeaseView::held()).1,
+            published,
+            fills_seen: i64::MAX,
+            last_prune: None,
+        }
+    }
+
+    /// Audits only while this replica holds the feed's lease.
+    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    fn config(&self) -> &AuditConfig {
+        self.feed
+            .audit
+            .as_ref()
+            .expect("auditor built for a feed with [feeds.audit]")
+    }
+
+    pub async fn run(&mut self, cancel: CancellationToken) {
+        let span = tracing::info_span!("audit", feed = %self.feed.name);
+        async move {
+            let every = self.config().every;
+            let mut wait = FIRST_RUN.min(every);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                wait = every;
+                if !self.lease.borrow().is_mine() {
+                    continue;
+                }
+                if let Err(e) = self.round(&cancel).await {
+                    tracing::error!(error = %e, "audit run failed");
+                }
+                self.prune().await;
+            }
+            tracing::debug!("auditor stopped");
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One run: windows left by a previous run, the fills that finished
+    /// behind the watermark, then the window that is due.
+    pub async fn round(&mut self, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let feed = self.feed.name.clone();
+        let now = Utc::now();
+        let state = self.store.audit_state(&feed, now).await?;
+        self.publish(state.verified_until);
+        for gap in self.store.gaps_to_fill(&feed, OWNER).await? {
+            self.audit_gap(gap, cancel).await?;
+        }
+        self.audit_finished_fills(cancel).await?;
+        let state = self.store.audit_state(&feed, Utc::now()).await?;
+        let Some(b) = &self.feed.backfill else {
+            return Ok(());
+        };
+        let c = self.config();
+        let due = Due {
+            now: Utc::now(),
+            started: state.started,
+            verified_until: state.verified_until,
+            lookback: c.lookback,
+            delay: c.delay,
+            fill_from: self.fills_under_way().await?,
+            resolution: b.source.time_resolution,
+        };
+        if let Some(window) = due_window(&due) {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let id = self
+                .store
+                .manual_gap(&feed, window.start, window.end, OWNER, Utc::now())
+                .await?;
+            if let Some(gap) = self.store.gap(id).await? {
+                self.audit_gap(gap, cancel).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The earliest start of a fill (not an audit) still under way, overlap included.
+    async fn fills_under_way(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let overlap = self
+            .feed
+            .backfill
+            .as_ref()
+            .map_or(Duration::ZERO, |b| b.overlap);
+        let mut earliest: Option<DateTime<Utc>> = None;
+        for state in ["pending", "running"] {
+            let gaps = self
+                .store
+                .gaps(&GapFilter {
+                    feed: Some(self.feed.name.clone()),
+                    state: Some(state.into()),
+                    limit: Some(1000),
+                })
+                .await?;
+            for g in gaps {
+                let start = match g.kind {
+                    GapKind::Detected => {
+                        g.start - chrono::Duration::from_std(overlap).unwrap_or_default()
+                    }
+                    GapKind::Manual => g.start,
+                };
+                earliest = Some(earliest.map_or(start, |e| e.min(start)));
+            }
+        }
+        Ok(earliest)
+    }
+
+    /// Fills that finished since the last run over windows the watermark had
+    /// passed already are audited once more (a fill that lost records is
+    /// caught here); the watermark stays.
+    async fn audit_finished_fills(&mut self, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let feed = self.feed.name.clone();
+        let done = self
+            .store
+            .gaps(&GapFilter {
+                feed: Some(feed.clone()),
+                state: Some("done".into()),
+                limit: Some(RECENT_FILLS),
+            })
+            .await?;
+        let newest = done.iter().map(|g| g.id).max().unwrap_or(0);
+        if self.fills_seen == i64::MAX {
+            // The first run: fills before this process are not looked at again.
+            self.fills_seen = newest;
+            return Ok(());
+        }
+        let Some(verified) = self.store.verified_until(&feed).await? else {
+            self.fills_seen = self.fills_seen.max(newest);
+            return Ok(());
+        };
+        let overlap = self
+            .feed
+            .backfill
+            .as_ref()
+            .map_or(Duration::ZERO, |b| b.overlap);
+        let overlap = chrono::Duration::from_std(overlap).unwrap_or_default();
+        let mut fresh: Vec<&Gap> = done.iter().filter(|g| g.id > self.fills_seen).collect();
+        fresh.sort_by_key(|g| g.id);
+        for g in fresh {
+            let (pad, end) = match g.kind {
+                GapKind::Detected => (overlap, g.end.map(|e| e + overlap)),
+                GapKind::Manual => (chrono::Duration::zero(), g.end),
+            };
+            let start = g.start - pad;
+            if let Some(end) = end.map(|e| e.min(verified)).filter(|e| *e > start) {
+                if cancel.is_cancelled() {
+                    return Ok(());
+                }
+                tracing::info!(
+                    gap_id = g.id,
+                    "auditing a finished fill behind the watermark"
+                );
+                let id = self
+                    .store
+                    .manual_gap(&feed, start, end, OWNER, Utc::now())
+                    .await?;
+                if let Some(gap) = self.store.gap(id).await? {
+                    self.audit_gap(gap, cancel).await?;
+                }
+            }
+            self.fills_seen = g.id;
+        }
+        Ok(())
+    }
+
+    /// Delivers an audit window's missing records (a fill of owner `audit`)
+    /// and moves the watermark if it is done.
+    async fn audit_gap(&mut self, gap: Gap, cancel: &CancellationToken) -> Result<(), StoreError> {
+        let feed = self.feed.name.clone();
+        let window = Window {
+            start: gap.start,
+            end: gap.end.unwrap_or(gap.start),
+        };
+        let outcome = loop {
+            let Some(current) = self.store.gap(gap.id).await? else {
+                return Ok(());
+            };
+            let outcome = self.filler.fill_gap(&current, cancel).await?;
+            if outcome != GapOutcome::InProgress
+                || cancel.is_cancelled()
+                || !self.lease.borrow().is_mine()
+            {
+                break outcome;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break GapOutcome::InProgress,
+                _ = tokio::time::sleep(RETRY_PASS) => {}
+            }
+        };
+        let progress = self
+            .store
+            .gap(gap.id)
+            .await?
+            .map(|g| g.progress)
+            .unwrap_or_default();
+        let listed = progress.records_delivered + progress.records_duplicate;
+        match outcome {
+            // Resumed from its checkpoint by the next run (or the next holder).
+            GapOutcome::InProgress => {}
+            GapOutcome::Done => {
+                WindowAudited {
+                    feed: &feed,
+                    window,
+                    outcome: AuditOutcome::Ok,
+                    missing: progress.records_delivered,
+                    listed,
+                    error: None,
+                }
+                .emit(&self.metrics);
+                // Due windows start at the watermark; a fill's window
+                // behind it leaves it where it is.
+                let state = self.store.audit_state(&feed, Utc::now()).await?;
+                let until = advance(state.verified_until, window);
+                self.store
+                    .set_verified_until(&feed, until, Utc::now())
+                    .await?;
+                self.publish(Some(until));
+            }
+            GapOutcome::Failed(reason) => {
+                WindowAudited {
+                    feed: &feed,
+                    window,
+                    outcome: AuditOutcome::Failed,
+                    missing: progress.records_delivered,
+                    listed,
+                    error: Some(&reason),
+                }
+                .emit(&self.metrics);
+                // Kept as failed for the record; the next run audits the
+                // window again from the watermark.
+            }
+        }
+        Ok(())
+    }
+
+    fn publish(&self, verified_until: Option<DateTime<Utc>>) {
+        if let Some(v) = verified_until {
+            self.metrics
+                .audit_verified_until
+                .with_label_values(&[&self.feed.name])
+                .set(v.timestamp_millis() as f64 / 1000.0);
+        }
+        self.published.send_replace(verified_until);
+    }
+
+    /// Forgets ids older than the lookback plus margin (at most every
+    /// [`PRUNE_EVERY`]) and exports the ledger's size.
+    async fn prune(&mut self) {
+        if self.last_prune.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        self.last_prune = Some(tokio::time::Instant::now());
+        prune_ledger(&self.store, &self.metrics, &self.feed).await;
+    }
+}
+
+/// Prunes one feed's ledger to its retention and sets `gapwatch_state_ledger_ids`.
+pub(crate) async fn prune_ledger(store: &Store, metrics: &Metrics, feed: &FeedConfig) {
+    let retention = chrono::Duration::from_std(feed.ledger_retention()).unwrap_or_default();
+    let before = Utc::now() - retention;
+    match store.prune_ledger(&feed.name, before).await {
+        Ok(n) if n > 0 => {
+            tracing::info!(feed = %feed.name, pruned = n, before = %before.to_rfc3339(), "ledger pruned")
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(feed = %feed.name, error = %e, "cannot prune the ledger"),
+    }
+    match store.ledger_size(&feed.name).await {
+        Ok(n) => metrics.ledger_ids.with_label_values(&[&feed.name]).set(n),
+        Err(e) => tracing::warn!(feed = %feed.name, error = %e, "cannot read the ledger size"),
+    }
+}
+
+/// The ledger of a feed without an audit (ids delivered by fills, seen near
+/// gap edges) is pruned on the same schedule, by the feed's lease holder.
+pub async fn prune_loop(
+    store: Store,
+    metrics: Arc<Metrics>,
+    feed: Arc<FeedConfig>,
+    lease: watch::Receiver<LeaseView>,
+    cancel: CancellationToken,
+) {
+    let mut wait = FIRST_RUN;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = PRUNE_EVERY;
+        if lease.borrow().is_mine() {
+            prune_ledger(&store, &metrics, &feed).await;
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! Compare without delivering: the vendor's records over an interval against
+//! the ledger (`gapwatch audit --dry-run`). Memory is one page plus a sample.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::config::FeedConfig;
+use crate::fill::plan;
+use crate::fill::source::{Source, SourceError};
+use crate::store::{Store, StoreError};
+
+/// Ids shown of the missing ones.
+pub const SAMPLE: usize = 20;
+
+/// What an audit of an interval would deliver.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MissingReport {
+    pub feed: String,
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    /// Records the vendor listed inside the interval.
+    pub listed: u64,
+    /// Of those, the ones the ledger does not hold.
+    pub missing: u64,
+    /// The first missing ids (at most [`SAMPLE`]).
+    pub sample: Vec<String>,
+    /// Requests made to the vendor.
+    pub requests: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListingError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("more than {0} pages in one chunk: lower backfill.chunk or raise source.max_pages_per_chunk")]
+    TooManyPages(u64),
+}
+
+/// Lists `[from, to)` (widened to the source's resolution) page by page and
+/// counts the ids the ledger lacks.
+pub async fn list_missing(
+    feed: &FeedConfig,
+    source: &Source,
+    store: &Store,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<MissingReport, ListingError> {
+    let config = source.config();
+    let res = config.time_resolution;
+    let chunk = feed
+        .backfill
+        .as_ref()
+        .map_or(std::time::Duration::from_secs(3600), |b| b.chunk);
+    let (start, end) = (res.floor(from), res.ceil(to));
+    let mut report = MissingReport {
+        feed: feed.name.clone(),
+        from: start,
+        to: end,
+        ..MissingReport::default()
+    };
+    for w in plan::split(start, end, chunk, res) {
+        let mut at = config.pagination.first();
+        let mut pages = 0u64;
+        loop {
+            pages += 1;
+            if pages > config.max_pages_per_chunk {
+                return Err(ListingError::TooManyPages(config.max_pages_per_chunk));
+            }
+            let page = source.page(w.start, w.end, &at).await?;
+            report.requests += 1;
+            let ids: Vec<&str> = page
+                .records
+                .iter()
+                .filter(|r| r.time >= w.start && r.time < w.end)
+                .map(|r| r.id.as_str())
+                .collect();
+            let known = store.known_ids(&feed.name, &ids).await?;
+            report.listed += ids.len() as u64;
+            for id in ids.iter().filter(|id| !known.contains(**id)) {
+                report.missing += 1;
+                if report.sample.len() < SAMPLE {
+                    report.sample.push((*id).to_string());
+                }
+            }
+            match page.next {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+    }
+    Ok(report)
+}
