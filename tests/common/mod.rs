@@ -221,6 +221,17 @@ queue_url = "{vendor_q}"
     )
 }
 
+/// A `[feeds.audit]` block to append to a feed.
+pub fn audit_block(every: &str, lookback: &str, delay: &str) -> String {
+    format!(
+        r#"  [feeds.audit]
+  every = "{every}"
+  lookback = "{lookback}"
+  delay = "{delay}"
+"#
+    )
+}
+
 /// The API shapes the vendor simulator serves, as gapwatch configures them.
 #[derive(Clone, Copy, Debug)]
 pub enum VendorShape {
