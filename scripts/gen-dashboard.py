@@ -39,6 +39,7 @@ def threshold(alert: str, pattern: str) -> float:
 FRESHNESS_MAX = threshold("GapwatchFeedStale", r"gapwatch_feed_freshness_seconds > ([0-9.]+)")
 BACKLOG_AGE_MAX = threshold("GapwatchConsumerBacklogOld", r"gapwatch_queue_oldest_message_age_seconds > ([0-9.]+)")
 VENDOR_ERROR_SHARE = threshold("GapwatchVendorErrors", r"\)\s*> ([0-9.]+)")
+AUDIT_LAG_MAX = threshold("GapwatchAuditBehind", r"gapwatch_audit_verified_until_timestamp_seconds > ([0-9.]+)")
 
 
 # === panel builders ===
@@ -264,6 +265,31 @@ def panels() -> list:
         "Since the last successful fill",
         [target(f"time() - max by (feed) (gapwatch_backfill_last_success_timestamp_seconds{{{FEED}}} > 0)",
                 "{{feed}}")], 12, 6, unit="s"))
+
+    p.append(row("Completeness audit"))
+    p.append(timeseries(
+        "Verified-until lag",
+        [target(f"time() - max by (feed) (gapwatch_audit_verified_until_timestamp_seconds{{{FEED}}})",
+                "{{feed}}")], 12, 8, unit="s", limit=AUDIT_LAG_MAX, min_=0,
+        description=(f"Now minus the audit's watermark: every record older than it is proven "
+                     f"delivered. Normal: about delay + every. Dashed line: the GapwatchAuditBehind "
+                     f"threshold ({AUDIT_LAG_MAX}s).")))
+    p.append(timeseries(
+        "Records found missing by the audit (then delivered)",
+        [target(f"sum by (feed) (increase(gapwatch_audit_records_missing_total{{{FEED}}}[$__rate_interval]))",
+                "{{feed}}")], 4, 8, min_=0, bars=True,
+        description="Records the vendor's API has but the destination never got (the vendor dropped them, or a fill lost them)."))
+    p.append(timeseries(
+        "Audit windows by outcome",
+        [target(f"sum by (feed, outcome) (increase(gapwatch_audit_runs_total{{{FEED}}}[$__rate_interval]))",
+                "{{feed}} {{outcome}}")],
+        4, 8, min_=0, bars=True,
+        overrides=[color_override(".* failed", "red"), color_override(".* ok", "green")],
+        description="Audited windows: ok (the watermark moved) or failed (it stayed)."))
+    p.append(stat(
+        "Ledger ids",
+        [target(f"max by (feed) (gapwatch_state_ledger_ids{{{FEED}}})", "{{feed}}")], 4, 8,
+        description="Record ids the ledger holds (kept for the audit's lookback plus a margin, then pruned)."))
 
     p.append(row("Vendor API"))
     p.append(timeseries(

@@ -91,10 +91,11 @@ cloudwatch_interval = "1s"
 cloudwatch_delay = "0s"
 cloudwatch_lookback = "10m"
 
-{feed}"#,
+{feed}{audit}"#,
         state = dir.join("state.db").display(),
         endpoint = moto.endpoint,
         feed = relay_feed_with_backfill(FEED, vendor_q, app_q, vendor_url, 4),
+        audit = audit_block("1s", "10m", "3s"),
     )
 }
 
@@ -190,6 +191,16 @@ impl Scenario {
         self.wait_for("records relayed", Duration::from_secs(20), &observed, |v| {
             v >= 10.0
         })
+        .await;
+        // … and audited: the watermark exists once a first window is verified.
+        let verified =
+            format!(r#"gapwatch_audit_verified_until_timestamp_seconds{{feed="{FEED}"}}"#);
+        self.wait_for(
+            "a verified audit window",
+            Duration::from_secs(30),
+            &verified,
+            |v| v > 0.0,
+        )
         .await;
     }
 

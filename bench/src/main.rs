@@ -5,6 +5,7 @@
 //! breaks (a fill that never finishes, a lost or duplicated record) fails the
 //! run. Run it through `scripts/bench.sh`, which builds the release binaries.
 
+mod audit;
 mod aws_calls;
 mod detection;
 mod fill;
@@ -37,6 +38,7 @@ const ALL: &[&str] = &[
     "aws",
     "scale",
     "recovery",
+    "audit",
 ];
 
 #[derive(Parser, Debug)]
@@ -48,7 +50,7 @@ struct Args {
     /// Small sizes and one repetition: checks that every step still works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery.
+    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery, audit.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where `gapwatch` and `vendor-sim` are (default: next to this binary).
@@ -84,6 +86,8 @@ struct Sizes {
     scale_window: Duration,
     scale_posts: usize,
     outage: Duration,
+    /// The audit's cost: records/s, page size, `every` (s), measured span.
+    audit: (u32, u32, u64, Duration),
 }
 
 impl Sizes {
@@ -105,6 +109,7 @@ impl Sizes {
                 scale_window: Duration::from_secs(3),
                 scale_posts: 50,
                 outage: Duration::from_secs(6),
+                audit: (20, 50, 2, Duration::from_secs(6)),
             }
         } else {
             Sizes {
@@ -123,6 +128,7 @@ impl Sizes {
                 scale_window: Duration::from_secs(30),
                 scale_posts: 1000,
                 outage: Duration::from_secs(20),
+                audit: (100, 100, 5, Duration::from_secs(60)),
             }
         }
     }
@@ -284,6 +290,11 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
     if wanted("aws") {
         progress("6. AWS calls per feed");
         figures.extend(aws_calls::per_feed(env, sizes.aws_duration).await?);
+    }
+    if wanted("audit") {
+        progress("9. the audit's vendor requests");
+        let (rate, page, every, span) = sizes.audit;
+        figures.push(audit::cost(env, rate, page, every, span).await?);
     }
 
     let header = format!(

@@ -169,6 +169,14 @@ impl Auditor {
             return Ok(());
         };
         let c = self.config();
+        let horizon = Utc::now() - chrono::Duration::from_std(c.lookback).unwrap_or_default();
+        if let Some(v) = state.verified_until.filter(|v| *v < horizon) {
+            tracing::warn!(
+                verified_until = %v.to_rfc3339(),
+                resumes_at = %horizon.to_rfc3339(),
+                "watermark older than the lookback: the stretch before cannot be audited any more"
+            );
+        }
         let due = Due {
             now: Utc::now(),
             started: state.started,

@@ -295,7 +295,7 @@ impl Store {
         dispatch!(self.gap(id))
     }
 
-    /// Gaps, newest first.
+    /// Gaps, newest first (audit windows are not gaps and are left out).
     pub async fn gaps(&self, filter: &GapFilter) -> Result<Vec<Gap>, StoreError> {
         dispatch!(self.gaps(filter))
     }
@@ -357,7 +357,7 @@ impl Store {
     }
 
     /// Seconds of the feed's gaps not recovered yet: gaps still to fill (or
-    /// without backfill) minus what their finished chunks cover.
+    /// without backfill) minus what their finished chunks cover; audit windows apart.
     pub async fn unfilled_seconds(
         &self,
         feed: &str,
@@ -380,7 +380,8 @@ impl Store {
         dispatch!(self.fail_chunk(chunk_id, error, next_attempt, give_up, now))
     }
 
-    /// Chunk counts by state over the feed's gaps that are still being filled.
+    /// Chunk counts by state over the feed's gaps that are still being filled
+    /// (audit windows apart: a failed one shows in the audit's metrics).
     pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
         dispatch!(self.chunk_states(feed))
     }

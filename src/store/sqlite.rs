@@ -523,7 +523,7 @@ impl SqliteStore {
     pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT c.state, COUNT(*) FROM chunks c JOIN gaps g ON g.id = c.gap_id \
-             WHERE g.feed = ? AND g.fill IN ('pending', 'running', 'failed') GROUP BY c.state",
+             WHERE g.feed = ? AND g.fill IN ('pending', 'running', 'failed') AND g.owner <> 'audit' GROUP BY c.state",
         )
         .bind(feed)
         .fetch_all(&self.pool)
