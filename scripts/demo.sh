@@ -4,13 +4,17 @@
 # and a small consumer plays the app. The vendor goes silent; gapwatch notices,
 # recovers the missing records from the vendor's API while the outage goes on, and
 # the final check compares what the vendor produced with what the app received.
+# The vendor also loses a few records on their way to its queue without going
+# silent: gapwatch's completeness audit finds exactly those and delivers them.
 #
-#   ./scripts/demo.sh            # SILENCE=20 RATE=20 to change the outage and the rate
+#   ./scripts/demo.sh            # SILENCE=20 RATE=20 DROP_RATE=0.03 LOSSY=15 to change the outage, rate, losses
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 SILENCE=${SILENCE:-20}
 RATE=${RATE:-20}
+DROP_RATE=${DROP_RATE:-0.03}
+LOSSY=${LOSSY:-15}
 
 say() { printf '\033[1m[demo %s]\033[0m %s\n' "$(date +%H:%M:%S)" "$*"; }
 
@@ -125,6 +129,27 @@ while [ "$(date +%s)" -lt $(( silence_end + 120 )) ]; do
   fi
 done
 
+# A vendor that loses records without going silent: no gap opens, the audit
+# (every 5s, on windows older than 5s) finds them in the vendor's API.
+say ">>> the vendor now loses a share of $DROP_RATE of its records on the way to its queue, for ${LOSSY}s (no silence: no gap opens)"
+curl -s -X POST -H 'content-type: application/json' -d "{\"rate\": $RATE, \"drop_rate\": $DROP_RATE}" "$VENDOR_URL/control/rate" >/dev/null
+for _ in $(seq "$LOSSY"); do
+  sleep 1
+done
+say "lost so far: $(curl -s "$VENDOR_URL/control/stats" | json 'd["dropped"]'); found missing by the audit so far: $(curl -s "$API/metrics" | awk 'index($0, "gapwatch_audit_records_missing_total{") == 1 { print $2 }')"
+# The audit proves completeness up to its watermark. Once the vendor stops losing
+# records, wait until the watermark passes that instant: every lost record is then
+# delivered. (Stopping the vendor opens a gap, which holds the audit behind it.)
+curl -s -X POST -H 'content-type: application/json' -d "{\"rate\": $RATE, \"drop_rate\": 0}" "$VENDOR_URL/control/rate" >/dev/null
+no_drops=$(date +%s)
+say ">>> the vendor stops losing records; waiting for the audit's watermark to pass $(date -u -d "@$no_drops" +%H:%M:%S)"
+for _ in $(seq 120); do
+  sleep 1
+  vu=$(feed 'd["feeds"][0]["verified_until"] or ""')
+  [ -n "$vu" ] && [ "$(date -u -d "$vu" +%s)" -gt "$no_drops" ] && break
+done
+say "verified until $vu"
+
 say "stopping the vendor and letting the app drain its queue"
 curl -s -X POST -H 'content-type: application/json' -d '{"rate": 0}' "$VENDOR_URL/control/rate" >/dev/null
 prev=-1
@@ -143,12 +168,21 @@ duplicates=$(( received - unique ))
 missing=$(comm -23 "$WORK/vendor-ids.txt" <(uniq "$WORK/app-sorted.txt") | wc -l)
 recovered=$(grep -c ' recovered$' "$WORK/app-ids.txt" || true)
 silenced=$(curl -s "$VENDOR_URL/control/stats" | json 'd["silenced"]')
-say "vendor produced $produced records ($silenced during the silence, never sent to its queue)"
+dropped=$(curl -s "$VENDOR_URL/control/stats" | json 'd["dropped"]')
+curl -s "$VENDOR_URL/control/records?dropped=true" | json '"\n".join(d["ids"])' | sort >"$WORK/dropped-ids.txt"
+metric() { curl -s "$API/metrics" | awk -v s="$1" 'index($0, s) == 1 { print $2 }'; }
+audit_missing=$(metric 'gapwatch_audit_records_missing_total{feed="orders"}')
+audit_runs=$(metric 'gapwatch_audit_runs_total{feed="orders",outcome="ok"}')
+dropped_delivered=$(grep ' recovered$' "$WORK/app-ids.txt" | cut -d' ' -f1 | sort | comm -12 - "$WORK/dropped-ids.txt" | wc -l)
+verified=$(feed 'd["feeds"][0]["verified_until"]')
+say "vendor produced $produced records ($silenced during the silence, never sent to its queue; $dropped more lost on the way to it)"
 say "app received $received: $((received - recovered)) live through the relay + $recovered recovered by gapwatch"
+say "audit: ${audit_runs:-0} windows verified, ${audit_missing:-0} records found missing and delivered; the vendor lost $dropped, of which $dropped_delivered reached the app as recovered; feed verified until $verified"
 say "duplicates: $duplicates, missing: $missing"
 "$ROOT/target/debug/gapwatch" gaps --config "$ROOT/config/demo.toml"
-if [ "$duplicates" -eq 0 ] && [ "$missing" -eq 0 ] && [ "$produced" -gt 0 ]; then
-  say "CHECK PASSED: every vendor record reached the app exactly once"
+if [ "$duplicates" -eq 0 ] && [ "$missing" -eq 0 ] && [ "$produced" -gt 0 ] \
+   && [ "${audit_missing:-0}" = "$dropped" ] && [ "$dropped_delivered" -eq "$dropped" ]; then
+  say "CHECK PASSED: every vendor record reached the app exactly once; the audit found and delivered exactly the $dropped lost ones"
 else
   say "CHECK FAILED"
   exit 1

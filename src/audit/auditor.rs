@@ -131,14 +131,21 @@ impl Auditor {
     pub async fn run(&mut self, cancel: CancellationToken) {
         let span = tracing::info_span!("audit", feed = %self.feed.name);
         async move {
+            // The ledger is complete from the feed monitor's start on: the
+            // audit's first window starts here, not at the first run.
+            match self.store.audit_state(&self.feed.name, Utc::now()).await {
+                Ok(state) => self.publish(state.verified_until),
+                Err(e) => tracing::warn!(error = %e, "cannot read the audit state"),
+            }
             let every = self.config().every;
-            let mut wait = FIRST_RUN.min(every);
+            // Runs start every `every` (a run longer than that delays the next).
+            let mut next = tokio::time::Instant::now() + FIRST_RUN.min(every);
             loop {
                 tokio::select! {
                     _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = tokio::time::sleep_until(next) => {}
                 }
-                wait = every;
+                next = (next + every).max(tokio::time::Instant::now());
                 if !self.lease.borrow().is_mine() {
                     continue;
                 }

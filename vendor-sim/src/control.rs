@@ -156,15 +156,23 @@ pub async fn set_faults(State(sim): State<Arc<Sim>>, Json(req): Json<FaultsReque
 #[serde(deny_unknown_fields)]
 pub struct RateRequest {
     rate: f64,
+    /// Also changes the share of live records lost on their way to SQS.
+    drop_rate: Option<f64>,
 }
 
 pub async fn set_rate(State(sim): State<Arc<Sim>>, Json(req): Json<RateRequest>) -> Response {
     if !req.rate.is_finite() || req.rate < 0.0 {
         return error(StatusCode::BAD_REQUEST, "rate: must be a number >= 0");
     }
-    tracing::info!(rate = req.rate, "rate");
+    if req.drop_rate.is_some_and(|d| !(0.0..=1.0).contains(&d)) {
+        return error(StatusCode::BAD_REQUEST, "drop_rate: must be within 0..=1");
+    }
+    tracing::info!(rate = req.rate, drop_rate = req.drop_rate, "rate");
+    if let Some(d) = req.drop_rate {
+        sim.controls().drop_rate = d;
+    }
     sim.set_rate(req.rate);
-    Json(json!({ "rate": req.rate })).into_response()
+    Json(json!({ "rate": req.rate, "drop_rate": sim.controls().drop_rate })).into_response()
 }
 
 pub async fn stats(State(sim): State<Arc<Sim>>) -> Response {
