@@ -277,19 +277,15 @@ def panels() -> list:
     p.append(timeseries(
         "Records found missing by the audit (then delivered)",
         [target(f"sum by (feed) (increase(gapwatch_audit_records_missing_total{{{FEED}}}[$__rate_interval]))",
-                "{{feed}}")], 4, 8, min_=0, bars=True,
+                "{{feed}}")], 6, 8, min_=0, bars=True,
         description="Records the vendor's API has but the destination never got (the vendor dropped them, or a fill lost them)."))
     p.append(timeseries(
         "Audit windows by outcome",
         [target(f"sum by (feed, outcome) (increase(gapwatch_audit_runs_total{{{FEED}}}[$__rate_interval]))",
                 "{{feed}} {{outcome}}")],
-        4, 8, min_=0, bars=True,
+        6, 8, min_=0, bars=True,
         overrides=[color_override(".* failed", "red"), color_override(".* ok", "green")],
         description="Audited windows: ok (the watermark moved) or failed (it stayed)."))
-    p.append(stat(
-        "Ledger ids",
-        [target(f"max by (feed) (gapwatch_state_ledger_ids{{{FEED}}})", "{{feed}}")], 4, 8,
-        description="Record ids the ledger holds (kept for the audit's lookback plus a margin, then pruned)."))
 
     p.append(row("Vendor API"))
     p.append(timeseries(
