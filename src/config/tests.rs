@@ -440,6 +440,7 @@ queue_url = "http://127.0.0.1:5000/1/vendor-{i}"
             prop_assert_eq!(second.feeds[0].freshness.max_future_skew, first.feeds[0].freshness.max_future_skew);
         }
     }
+}
 
 #[test]
 fn the_audit_section_defaults_and_is_checked() {
