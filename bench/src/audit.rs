@@ -15,6 +15,7 @@ fn config(dir: &std::path::Path, vendor: &str, page: u32, every_s: u64) -> Strin
         r#"
 [server]
 listen = "127.0.0.1:{{port}}"
+admin_token = "bench-admin"
 
 [state]
 url = "sqlite://{state}/state.db"

@@ -425,3 +425,73 @@ pub async fn prune_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::{Config, LEDGER_MARGIN};
+    use crate::store::Origin;
+
+    fn feed(audit: &str) -> FeedConfig {
+        let text = format!(
+            r#"
+[server]
+admin_token = "t0ken"
+
+[[feeds]]
+name = "orders"
+  [feeds.watch]
+  mode = "report"
+  [feeds.backfill]
+    [feeds.backfill.source]
+    url = "http://127.0.0.1:1/v1/events"
+    query = {{ since = "{{start}}", until = "{{end}}" }}
+    record_time = "/t"
+    [feeds.backfill.sink]
+    type = "file"
+    path = "/tmp/gapwatch-prune-test.ndjson"
+{audit}"#
+        );
+        Config::from_toml(&text, &HashMap::new())
+            .unwrap()
+            .feeds
+            .remove(0)
+    }
+
+    async fn prunes_at_lookback_plus_margin(feed: FeedConfig, lookback: Duration) {
+        let store = Store::memory().await.unwrap();
+        let metrics = Metrics::new();
+        let horizon = Utc::now() - chrono::Duration::from_std(lookback + LEDGER_MARGIN).unwrap();
+        let minute = chrono::Duration::minutes(1);
+        let ids = [
+            ("older".to_string(), horizon - minute),
+            ("newer".to_string(), horizon + minute),
+            ("now".to_string(), Utc::now()),
+        ];
+        store
+            .ledger_add("orders", Origin::Reported, &ids)
+            .await
+            .unwrap();
+        prune_ledger(&store, &metrics, &feed).await;
+        let known = store
+            .known_ids("orders", &["older", "newer", "now"])
+            .await
+            .unwrap();
+        assert!(!known.contains("older"), "{known:?}");
+        assert!(
+            known.contains("newer") && known.contains("now"),
+            "{known:?}"
+        );
+        assert_eq!(metrics.ledger_ids.with_label_values(&["orders"]).get(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_ledger_keeps_ids_for_the_lookback_plus_the_margin() {
+        let audited = feed("  [feeds.audit]\n  lookback = \"2h\"\n");
+        prunes_at_lookback_plus_margin(audited, Duration::from_secs(7200)).await;
+        // Without an audit: the default lookback.
+        prunes_at_lookback_plus_margin(feed(""), crate::config::DEFAULT_LEDGER_LOOKBACK).await;
+    }
+}
