@@ -114,6 +114,8 @@ pub async fn per_feed(env: &Env, duration: Duration) -> Result<Vec<Figure>> {
             r#"
 [server]
 listen = "127.0.0.1:{{port}}"
+# Report feeds need a token (nothing is posted here).
+report_token = "bench-report"
 
 [state]
 url = "sqlite://{state}/state.db"
