@@ -18,7 +18,7 @@ use crate::config::Secret;
 use crate::feed::FeedHandle;
 use crate::fill::FillControl;
 use crate::health::Health;
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::{InputSource, Metrics, Rejection};
 use crate::observe::Observation;
 use crate::store::{GapFilter, Store};
 
@@ -374,7 +374,10 @@ async fn backfill(
     body: Result<Json<BackfillRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<crate::fill::FillPlan>)> {
     require_admin(&s, &headers)?;
-    let Json(req) = body.inspect_err(|_| s.metrics.reject("", Rejection::BadRequest))?;
+    let Json(req) = body.inspect_err(|_| {
+        s.metrics
+            .reject("", InputSource::Api, Rejection::BadRequest)
+    })?;
     let outcome = s
         .fills
         .manual(&req.feed, req.from, req.to, req.dry_run)
@@ -411,28 +414,32 @@ async fn observations(
         .flatten()
         .any(|t| check_token(t, &headers).is_ok())
     {
-        s.metrics.reject(label, Rejection::BadRequest);
+        s.metrics
+            .reject(label, InputSource::Report, Rejection::BadRequest);
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong token (Authorization: Bearer <server.report_token or server.admin_token>)",
         ));
     }
     let Some(handle) = s.feeds.get(&feed) else {
-        s.metrics.reject("", Rejection::BadRequest);
+        s.metrics
+            .reject("", InputSource::Report, Rejection::BadRequest);
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("unknown feed {feed:?}"),
         ));
     };
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        s.metrics.reject(&feed, Rejection::BadRequest);
+        s.metrics
+            .reject(&feed, InputSource::Report, Rejection::BadRequest);
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body larger than {MAX_BODY} bytes, or cut short"),
         )
     })?;
     let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        s.metrics.reject(&feed, Rejection::BadRequest);
+        s.metrics
+            .reject(&feed, InputSource::Report, Rejection::BadRequest);
         ApiError::bad_request(format!("body is not JSON: {e}"))
     })?;
     // Either a bare array or {"observations": [...]}.
@@ -441,21 +448,24 @@ async fn observations(
         serde_json::Value::Object(mut o) => match o.remove("observations") {
             Some(serde_json::Value::Array(items)) => items,
             _ => {
-                s.metrics.reject(&feed, Rejection::BadRequest);
+                s.metrics
+                    .reject(&feed, InputSource::Report, Rejection::BadRequest);
                 return Err(ApiError::bad_request(
                     "expected a JSON array of {id, event_time} or {\"observations\": [...]}",
                 ));
             }
         },
         _ => {
-            s.metrics.reject(&feed, Rejection::BadRequest);
+            s.metrics
+                .reject(&feed, InputSource::Report, Rejection::BadRequest);
             return Err(ApiError::bad_request(
                 "expected a JSON array of {id, event_time} or {\"observations\": [...]}",
             ));
         }
     };
     if items.len() > MAX_OBSERVATIONS {
-        s.metrics.reject(&feed, Rejection::BadRequest);
+        s.metrics
+            .reject(&feed, InputSource::Report, Rejection::BadRequest);
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("at most {MAX_OBSERVATIONS} observations per request"),
@@ -483,7 +493,8 @@ async fn observations(
         match parsed {
             Ok(o) => accepted.push(o),
             Err(e) => {
-                s.metrics.reject(&feed, Rejection::BadObservation);
+                s.metrics
+                    .reject(&feed, InputSource::Report, Rejection::BadObservation);
                 if errors.len() < 10 {
                     errors.push(format!("[{i}]: {e}"));
                 }

@@ -16,7 +16,7 @@ use crate::audit::ledger::LedgerBuffer;
 use crate::config::{FeedConfig, WatchMode};
 use crate::detector::{ActiveWindow, Detector, GapEvent};
 use crate::lease::LeaseView;
-use crate::metrics::{Metrics, Rejection};
+use crate::metrics::{InputSource, Metrics, Rejection};
 use crate::observe::Observation;
 use crate::store::{FillState, Origin, Store};
 
@@ -157,7 +157,7 @@ impl FeedMonitor {
             store
                 .repair_last_event(&config.name, repaired, Utc::now())
                 .await?;
-            metrics.reject(&config.name, Rejection::FutureEventTime);
+            metrics.reject(&config.name, InputSource::State, Rejection::FutureEventTime);
             tracing::warn!(
                 feed = %config.name,
                 stored = %stored.to_rfc3339(),
@@ -442,7 +442,12 @@ impl FeedMonitor {
     /// believed, so it neither moves freshness nor closes a gap.
     fn reject_future(&mut self, obs: &Observation, now: DateTime<Utc>) {
         let feed = self.config.name.as_str();
-        self.metrics.reject(feed, Rejection::FutureEventTime);
+        let source = match self.config.watch.mode {
+            WatchMode::Report => InputSource::Report,
+            WatchMode::Relay | WatchMode::Passive => InputSource::Queue,
+        };
+        self.metrics
+            .reject(feed, source, Rejection::FutureEventTime);
         let log = &mut self.future_log;
         if log.last.is_some_and(|at| at.elapsed() < FUTURE_LOG_EVERY) {
             log.suppressed += 1;
@@ -765,7 +770,7 @@ mod tests {
         assert!(repaired >= before && repaired <= Utc::now(), "{repaired}");
         assert_eq!(handle.status.borrow().last_event, Some(repaired));
         assert!(metrics.render().contains(
-            r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time"} 1"#
+            r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time",source="state"} 1"#
         ));
     }
 
@@ -795,7 +800,7 @@ mod tests {
         monitor.publish(now);
         assert_eq!(handle.status.borrow().last_event, Some(near));
         assert!(metrics.render().contains(
-            r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time"} 1"#
+            r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time",source="report"} 1"#
         ));
     }
 }

@@ -62,6 +62,21 @@ pub enum TaskKind {
     Server,
 }
 
+/// Where a refused piece of input came from (the `source` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputSource {
+    /// A message relayed from (or watched on) the vendor queue.
+    Queue,
+    /// A report-mode observation posted to the HTTP API.
+    Report,
+    /// Any other HTTP API request.
+    Api,
+    /// A page of the vendor's REST API (fills and audits).
+    Vendor,
+    /// A value read back from the state store.
+    State,
+}
+
 /// Why a piece of input was not taken as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rejection {
@@ -118,6 +133,13 @@ label_enum!(TaskKind {
     Auditor => "auditor",
     LeaseKeeper => "lease_keeper",
     Server => "server",
+});
+label_enum!(InputSource {
+    Queue => "queue",
+    Report => "report",
+    Api => "api",
+    Vendor => "vendor",
+    State => "state",
 });
 label_enum!(Rejection {
     BodyNotJson => "body_not_json",
@@ -261,8 +283,8 @@ impl Metrics {
             ),
             rejected_input: counter_vec(
                 "gapwatch_rejected_input_total",
-                "Input that was refused or could not be used as it was, by reason.",
-                &["feed", "reason"],
+                "Input that was refused or could not be used as it was, by where it came from and why.",
+                &["feed", "source", "reason"],
             ),
             task_restarts: counter_vec(
                 "gapwatch_task_restarts_total",
@@ -395,9 +417,9 @@ impl Metrics {
             .inc();
     }
 
-    pub fn reject(&self, feed: &str, reason: Rejection) {
+    pub fn reject(&self, feed: &str, source: InputSource, reason: Rejection) {
         self.rejected_input
-            .with_label_values(&[feed, reason.as_str()])
+            .with_label_values(&[feed, source.as_str(), reason.as_str()])
             .inc();
     }
 

@@ -504,7 +504,7 @@ async fn malformed_pages_and_cursor_loops_fail_the_fill_saying_why() {
     assert!(
         sample(
             &m,
-            r#"gapwatch_rejected_input_total{feed="cursor",reason="bad_page"}"#
+            r#"gapwatch_rejected_input_total{feed="cursor",reason="bad_page",source="vendor"}"#
         )
         .unwrap()
             >= 2.0
@@ -685,7 +685,7 @@ async fn an_endless_page_fails_the_chunk_saying_why() {
     assert_eq!(
         sample(
             &m,
-            r#"gapwatch_rejected_input_total{feed="cursor",reason="page_too_large"}"#
+            r#"gapwatch_rejected_input_total{feed="cursor",reason="page_too_large",source="vendor"}"#
         ),
         Some(1.0),
         "the same page would be as large: the chunk fails at once"
@@ -791,7 +791,7 @@ async fn report_mode_and_api_errors() {
     assert!(
         sample(
             &m,
-            r#"gapwatch_rejected_input_total{feed="cursor",reason="bad_observation"}"#
+            r#"gapwatch_rejected_input_total{feed="cursor",reason="bad_observation",source="report"}"#
         )
         .unwrap()
             >= 1.0

@@ -61,7 +61,8 @@ poll_interval = "2s"
         .send()
         .await
         .expect("send the sentinel");
-    let rejected = r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time"}"#;
+    let rejected =
+        r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time",source="queue"}"#;
     eventually(
         Duration::from_secs(30),
         "the future event time counted",

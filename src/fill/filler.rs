@@ -513,7 +513,8 @@ impl Filler {
                         _ => None,
                     };
                     if let Some(r) = rejection {
-                        self.metrics.reject(feed, r);
+                        self.metrics
+                            .reject(feed, crate::metrics::InputSource::Vendor, r);
                     }
                     return Err(e.into());
                 }

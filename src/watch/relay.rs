@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::queue::{message_size, Entry, Message, RelayQueues, MAX_BATCH_BYTES};
-use crate::metrics::{Metrics, RelayOutcome};
+use crate::metrics::{InputSource, Metrics, RelayOutcome};
 use crate::observe::{Extractor, Observation};
 use crate::retry::RetryPolicy;
 
@@ -124,7 +124,7 @@ impl<Q: RelayQueues> Relay<Q> {
             for m in forwarded {
                 let ex = self.extractor.extract(&m.body, &m.message_id, m.sent);
                 for p in ex.problems {
-                    self.metrics.reject(&self.feed, p);
+                    self.metrics.reject(&self.feed, InputSource::Queue, p);
                 }
                 observed.push(ex.observation);
             }

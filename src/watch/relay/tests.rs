@@ -173,7 +173,7 @@ async fn throttled_calls_are_retried_until_they_pass() {
     assert_eq!(
         metrics
             .rejected_input
-            .with_label_values(&["orders", "body_not_json"])
+            .with_label_values(&["orders", "queue", "body_not_json"])
             .get(),
         1
     );
