@@ -661,10 +661,8 @@ async fn an_endless_page_fails_the_chunk_saying_why() {
         TOKEN,
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let config = config(&sim.base, dir.path(), "max_chunk_attempts = 2").replace(
-        "max_retries = 6\n",
-        "max_retries = 6\n    max_page_bytes = \"256KiB\"\n",
-    );
+    // The default source.max_page_bytes: what a sidecar gets out of the box.
+    let config = config(&sim.base, dir.path(), "max_chunk_attempts = 2");
     let mut gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
     sim.control(
         "/control/faults",
@@ -677,8 +675,14 @@ async fn an_endless_page_fails_the_chunk_saying_why() {
     let gap = wait_fill(&gw, id, "failed", Duration::from_secs(60)).await;
     let err = gap["last_error"].as_str().unwrap();
     assert!(
-        err.contains("larger than source.max_page_bytes (262144 bytes)"),
+        err.contains("larger than source.max_page_bytes (16777216 bytes)"),
         "{err}"
+    );
+    let peak = peak_rss_kib(gw.pid());
+    eprintln!("peak RSS while an endless page was refused: {} KiB", peak);
+    assert!(
+        peak < 256 * 1024,
+        "peak RSS {peak} KiB: a page body is not read with a cap"
     );
     assert!(gw.logs().contains("max_page_bytes"));
     let m = gw.metrics().await;
@@ -796,4 +800,14 @@ async fn report_mode_and_api_errors() {
         .unwrap()
             >= 1.0
     );
+}
+
+/// The process's peak resident set (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
 }
