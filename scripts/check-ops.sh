@@ -109,6 +109,24 @@ sed 's/> 600$/> 601/' deploy/kustomize/base/prometheusrule.yaml >"$tmp/prometheu
 step "self-test: a PrometheusRule that drifted from the rules file fails" \
   expect_fail "prometheusrule.yaml differs from" "${CQ[@]}" --prometheus-rule "$tmp/prometheusrule.yaml"
 
+# === runbooks ===
+echo "== runbooks"
+CR=(python3 tests/ops/check_runbooks.py)
+step "every runbook_url resolves to exactly one README heading, the runbook of its alert" "${CR[@]}"
+"${CR[@]}" 2>&1 | grep -E '^ok' | sed 's/^/     /'
+# A heading that renders to the same anchor ahead of the runbook takes the anchor.
+awk '/^### Alert: GapwatchGapOpen$/ { print "### Alert: GapwatchGapOpen`"; print "etc."; print "" } { print }' \
+  README.md >"$tmp/README-stray.md"
+step "self-test: a stray heading ahead of the runbook (takes its anchor) fails" \
+  expect_fail "#alert-gapwatchgapopen is README line .*GapwatchGapOpen\`" "${CR[@]}" --readme "$tmp/README-stray.md"
+sed 's/^### Alert: GapwatchFillStalled$/### Alert: Gapwatch Fill Stalled/' README.md >"$tmp/README-renamed.md"
+step "self-test: a runbook heading renamed (no such anchor) fails" \
+  expect_fail "#alert-gapwatchfillstalled matches no README heading" "${CR[@]}" --readme "$tmp/README-renamed.md"
+awk '/alert: GapwatchGapOpen/ { gap = 1 } gap && /runbook_url/ { sub(/#alert-gapwatchgapopen/, "#alert-gapwatchdown"); gap = 0 } { print }' \
+  deploy/prometheus/gapwatch-rules.yml >"$tmp/rules-runbook.yml"
+step "self-test: a runbook_url pointing at another alert's runbook fails" \
+  expect_fail "GapwatchGapOpen: #alert-gapwatchdown is README line .*not the heading" "${CR[@]}" --rules "$tmp/rules-runbook.yml"
+
 # === manifests ===
 echo "== manifests"
 CM=(python3 tests/ops/check_manifests.py)
