@@ -134,6 +134,53 @@ CM=(python3 tests/ops/check_manifests.py)
 step "Kustomize render, kubernetes-validate --strict, operator schemas, sidecar contract, IAM, Dockerfile" "${CM[@]}"
 "${CM[@]}" 2>&1 | grep -E '^(ok|info|FAIL)' | sed 's/^/     /'
 
+# every shipped gapwatch.toml passes the daemon's own validation (when a build exists)
+GW="$(command -v gapwatch || true)"
+[ -x target/debug/gapwatch ] && GW=target/debug/gapwatch
+if [ -n "$GW" ]; then
+  check_configs() {
+    local f
+    for f in $(find deploy/kustomize -name gapwatch.toml | sort); do
+      GAPWATCH_ADMIN_TOKEN=admin VENDOR_TOKEN=vendor GAPWATCH_STATE_URL=postgres://gapwatch:pw@db:5432/gapwatch \
+        "$GW" check-config --config "$f" >/dev/null || { echo "$f"; return 1; }
+      echo "ok $f"
+    done
+  }
+  step "gapwatch check-config on every deploy/kustomize gapwatch.toml ($GW)" check_configs
+else
+  echo "info no gapwatch binary (cargo build): check-config of the deploy configs skipped"
+fi
+
+# the deploy shapes fail on what they exist to prevent (a copy of deploy/kustomize, one edit)
+mutated() { # mutated NAME FILE SED-SCRIPT: prints the copy's directory
+  local dir="$tmp/kustomize-$1"
+  rm -rf "$dir" && cp -r deploy/kustomize "$dir" && sed -i "$3" "$dir/$2"
+  cmp -s "deploy/kustomize/$2" "$dir/$2" && echo "self-test $1: the edit changed nothing in $2" >&2
+  echo "$dir"
+}
+CMS=(python3 tests/ops/check_manifests.py --k8s-version 1.29)
+d="$(mutated emptydir base/deployment.yaml 's/^          persistentVolumeClaim:$/          emptyDir: {}/; /^            claimName: gapwatch-state$/d')"
+step "self-test: SQLite state on an emptyDir fails" \
+  expect_fail "must be a PersistentVolumeClaim" "${CMS[@]}" --kustomization "$d/base"
+d="$(mutated rolling base/deployment.yaml 's/^    type: Recreate$/    type: RollingUpdate/')"
+step "self-test: SQLite with a rolling update (two writers) fails" \
+  expect_fail "SQLite needs strategy Recreate" "${CMS[@]}" --kustomization "$d/base"
+d="$(mutated two-sqlite base/deployment.yaml 's/^  replicas: 1$/  replicas: 2/')"
+step "self-test: two replicas on one SQLite file fail" \
+  expect_fail "replicas must be 1" "${CMS[@]}" --kustomization "$d/base"
+d="$(mutated init base/deployment.yaml '/^          restartPolicy: Always$/d')"
+step "self-test: gapwatch as a plain init container fails" \
+  expect_fail "needs restartPolicy: Always" "${CMS[@]}" --kustomization "$d/base"
+d="$(mutated any-namespace base/networkpolicy.yaml 's/^        - podSelector: {}$/        - namespaceSelector: {}/')"
+step "self-test: the admin port open to every namespace fails" \
+  expect_fail "from other namespaces" "${CMS[@]}" --kustomization "$d/base"
+d="$(mutated open-port base/networkpolicy.yaml 's/^          endPort: 9463$/          endPort: 9464/')"
+step "self-test: the admin port open to everyone fails" \
+  expect_fail "admits port 9464 from anywhere" "${CMS[@]}" --kustomization "$d/base"
+d="$(mutated plain-url overlays/replicas-postgres/gapwatch.toml 's/^url = "${GAPWATCH_STATE_URL}"/url = "${PG_URL}"/')"
+step "self-test: a Postgres URL not from a Secret fails" \
+  expect_fail "PG_URL must come from a Secret" "${CMS[@]}" --kustomization "$d/overlays/replicas-postgres"
+
 # === optional: the Dockerfile's build step ===
 if [ "$RELEASE_BUILD" = 1 ]; then
   echo "== release build (the Dockerfile's cargo step, on a clean export of HEAD)"

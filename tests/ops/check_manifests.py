@@ -3,13 +3,17 @@
 
     python3 tests/ops/check_manifests.py [--node-modules DIR] [--k8s-version 1.29 ...]
 
-- renders deploy/kustomize/base and overlays/example with `kustomize build` or
+- renders deploy/kustomize/base and every overlays/* with `kustomize build` or
   `kubectl kustomize` (falls back to the base's raw files when neither exists);
 - core kinds: `kubernetes-validate --strict` (PyPI) for each Kubernetes version;
 - Prometheus operator kinds: npm `@kubernetes-models/prometheus-operator` schemas via
   tests/ops/validate_models.mjs (when --node-modules is given), else required fields;
 - the sidecar's contract: probes, resources, security context, config, secrets,
   state volume, IRSA, PodMonitor selecting the pod, PrometheusRule == rules file;
+- gapwatch is a native sidecar (init container, restartPolicy Always) or a classic one;
+- the state's shape: SQLite means one replica, Recreate and a PersistentVolumeClaim
+  (never two writers on one file); a state.url from ${VAR} must come from a Secret;
+- a NetworkPolicy lets only this namespace (and Prometheus' pods) reach port 9464;
 - the ConfigMap's gapwatch.toml parses and has the keys DESIGN.md requires;
 - deploy/iam/*.json grant exactly the actions of their watch mode;
 - deploy/Dockerfile has the required stages, entrypoint and port.
@@ -31,7 +35,9 @@ import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-KUSTOMIZATIONS = [DEPLOY / "kustomize/base", DEPLOY / "kustomize/overlays/example"]
+KUSTOMIZATIONS = [DEPLOY / "kustomize/base"] + sorted(
+    p for p in (DEPLOY / "kustomize/overlays").iterdir() if (p / "kustomization.yaml").is_file())
+GAPWATCH_PORT = 9464
 RULES = DEPLOY / "prometheus/gapwatch-rules.yml"
 OPERATOR_GROUP = "monitoring.coreos.com"
 
@@ -156,10 +162,20 @@ def check_contract(docs: list[dict], source: str):
     pod = dep["spec"]["template"]["spec"]
     labels = dep["spec"]["template"]["metadata"].get("labels", {})
     containers = {c["name"]: c for c in pod["containers"]}
-    c = containers.get("gapwatch")
-    if not check(c is not None and len(containers) >= 2, f"{source}: needs an app container and a `gapwatch` sidecar"):
+    inits = {c["name"]: c for c in pod.get("initContainers") or []}
+    c = containers.get("gapwatch") or inits.get("gapwatch")
+    if not check(c is not None and len(set(containers) - {"gapwatch"}) >= 1,
+                 f"{source}: needs an app container and a `gapwatch` sidecar"):
         return
     where = f"{source}: gapwatch container"
+    if "gapwatch" in inits:
+        # A plain init container would have to exit before the application starts.
+        check(c.get("restartPolicy") == "Always",
+              f"{where}: as an init container it needs restartPolicy: Always (a native sidecar)")
+        form = "native sidecar"
+    else:
+        check("restartPolicy" not in c, f"{where}: restartPolicy is for init containers (native sidecars) only")
+        form = "classic sidecar"
     check(pod.get("enableServiceLinks") is False, f"{source}: enableServiceLinks must be false")
     check(pod.get("terminationGracePeriodSeconds") == 40, f"{source}: terminationGracePeriodSeconds must be 40")
     psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
@@ -182,14 +198,15 @@ def check_contract(docs: list[dict], source: str):
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     cfg = volumes.get(mounts.get("/etc/gapwatch"), {})
     check("configMap" in cfg, f"{where}: /etc/gapwatch from a ConfigMap")
-    state = volumes.get(mounts.get("/var/lib/gapwatch"), {})
-    check("emptyDir" in state or "persistentVolumeClaim" in state, f"{where}: /var/lib/gapwatch on emptyDir or PVC")
     # ConfigMap: gapwatch.toml, parseable, consistent with the pod
+    shape = "?"
     if "configMap" in cfg:
         cms = find(docs, "ConfigMap", cfg["configMap"]["name"])
         if check(len(cms) == 1, f"{source}: ConfigMap {cfg['configMap']['name']} is not rendered"):
-            check_config(cms[0]["data"].get("gapwatch.toml", ""), f"{source}: ConfigMap {cms[0]['metadata']['name']}",
-                         ports)
+            toml = cms[0]["data"].get("gapwatch.toml", "")
+            check_config(toml, f"{source}: ConfigMap {cms[0]['metadata']['name']}", ports)
+            shape = check_state_shape(docs, dep, c, volumes, mounts, toml, source)
+    check_network_policy(docs, labels, source)
     # ServiceAccount with IRSA
     sa_name = pod.get("serviceAccountName")
     sas = find(docs, "ServiceAccount", sa_name)
@@ -212,7 +229,81 @@ def check_contract(docs: list[dict], source: str):
         check(prs[0]["spec"] == yaml.safe_load(RULES.read_text()),
               f"{source}: PrometheusRule spec differs from {rel(RULES)}")
     if not [f for f in FAILURES if f.startswith(source)]:
-        print(f"ok   sidecar contract: {source}")
+        print(f"ok   sidecar contract: {source}: {form}, {shape}, admin port kept in the namespace")
+
+
+def check_state_shape(docs, dep, c, volumes, mounts, toml, source) -> str:
+    """SQLite: one writer per file, on a volume that outlives the pod. From ${VAR}: a Secret."""
+    try:
+        url = tomllib.loads(toml).get("state", {}).get("url", "sqlite:///var/lib/gapwatch/state.db")
+    except tomllib.TOMLDecodeError:
+        return "?"
+    replicas = dep["spec"].get("replicas", 1)
+    strategy = dep["spec"].get("strategy", {}).get("type", "RollingUpdate")
+    where = f"{source}: state.url {url!r}"
+    if url.startswith("sqlite:"):
+        check(replicas == 1, f"{where}: SQLite is one writer: replicas must be 1, has {replicas}")
+        check(strategy == "Recreate",
+              f"{where}: SQLite needs strategy Recreate (a rolling update runs two writers on one file), has {strategy}")
+        state = volumes.get(mounts.get("/var/lib/gapwatch"), {})
+        claim = state.get("persistentVolumeClaim", {}).get("claimName")
+        if check(claim is not None,
+                 f"{where}: /var/lib/gapwatch must be a PersistentVolumeClaim (an emptyDir forgets gaps and ledger), "
+                 f"has {state or 'no volume'}"):
+            pvcs = find(docs, "PersistentVolumeClaim", claim)
+            check(len(pvcs) == 1 and pvcs[0]["spec"].get("accessModes") in (["ReadWriteOnce"], ["ReadWriteOncePod"]),
+                  f"{where}: PersistentVolumeClaim {claim} rendered, ReadWriteOnce(Pod)")
+        return f"SQLite on PVC, {replicas} replica, {strategy}"
+    env = {e["name"]: e for e in c.get("env", [])}
+    names = re.findall(r"\$\{([^}]+)\}", url)
+    for name in names:
+        check("secretKeyRef" in env.get(name, {}).get("valueFrom", {}),
+              f"{where}: {name} must come from a Secret (secretKeyRef) on the gapwatch container")
+    check(bool(names) or url.startswith("postgres"), f"{where}: neither SQLite nor Postgres")
+    check("/var/lib/gapwatch" not in mounts or replicas == 1,
+          f"{where}: a state volume with {replicas} replicas: the state lives in the database")
+    secret = ",".join(env[n]["valueFrom"]["secretKeyRef"]["name"] for n in names if n in env)
+    return f"store from Secret {secret or '-'}, {replicas} replicas, {strategy}"
+
+
+def port_covered(port_spec: dict, port: int) -> bool:
+    if port_spec.get("protocol", "TCP") != "TCP":
+        return False
+    p = port_spec.get("port")
+    if p is None:
+        return True  # every port
+    if not isinstance(p, int):
+        return p == "metrics"
+    return p <= port <= port_spec.get("endPort", p)
+
+
+def check_network_policy(docs, labels, source):
+    """Port 9464 (/api/v1 admin POSTs share it with /metrics) only from this namespace and Prometheus."""
+    selecting = [n for n in find(docs, "NetworkPolicy")
+                 if all(labels.get(k) == v for k, v in n["spec"]["podSelector"].get("matchLabels", {}).items())
+                 and not n["spec"]["podSelector"].get("matchExpressions")]
+    if not check(len(selecting) == 1, f"{source}: expected one NetworkPolicy selecting the pod, found {len(selecting)}"):
+        return
+    spec = selecting[0]["spec"]
+    where = f"{source}: NetworkPolicy/{selecting[0]['metadata']['name']}"
+    check("Ingress" in spec.get("policyTypes", ["Ingress"]), f"{where}: policyTypes must include Ingress")
+    reaching = [r for r in spec.get("ingress", [])
+                if not r.get("ports") or any(port_covered(p, GAPWATCH_PORT) for p in r["ports"])]
+    check(bool(reaching), f"{where}: no rule admits port {GAPWATCH_PORT}: Prometheus could not scrape")
+    for rule in reaching:
+        peers = rule.get("from")
+        if not check(bool(peers), f"{where}: a rule admits port {GAPWATCH_PORT} from anywhere: {rule}"):
+            continue
+        for peer in peers:
+            if "namespaceSelector" not in peer:
+                check("podSelector" in peer and "ipBlock" not in peer,
+                      f"{where}: peer {peer} admits port {GAPWATCH_PORT} from outside the namespace")
+                continue
+            # another namespace: one namespace by name, and only its selected pods
+            ns = peer["namespaceSelector"].get("matchLabels", {})
+            check(list(ns) == ["kubernetes.io/metadata.name"] and bool(peer.get("podSelector", {}).get("matchLabels")),
+                  f"{where}: peer {peer} admits port {GAPWATCH_PORT} from other namespaces: "
+                  "name one namespace (kubernetes.io/metadata.name) and select its Prometheus pods")
 
 
 def check_config(text: str, where: str, ports: dict | None = None):
@@ -228,8 +319,10 @@ def check_config(text: str, where: str, ports: dict | None = None):
     check(cfg.get("server", {}).get("admin_token", "").startswith("${"),
           f"{where}: server.admin_token must come from the environment, not the ConfigMap")
     url = cfg.get("state", {}).get("url", "")
-    check(url.startswith("sqlite:///var/lib/gapwatch/") or url.startswith("postgres"),
-          f"{where}: state.url must live on the /var/lib/gapwatch volume (or postgres), has {url!r}")
+    check(url.startswith("sqlite:///var/lib/gapwatch/") or url.startswith("postgres")
+          or re.fullmatch(r"\$\{[A-Z0-9_]+\}", url) is not None,
+          f"{where}: state.url must live on the /var/lib/gapwatch volume, or be postgres (from a Secret), "
+          f"has {url!r}")
     feeds = cfg.get("feeds", [])
     check(bool(feeds), f"{where}: no [[feeds]]")
     for i, feed in enumerate(feeds):
@@ -301,10 +394,12 @@ def main() -> int:
                     help="node_modules holding kubernetes-models and @kubernetes-models/prometheus-operator")
     ap.add_argument("--k8s-version", action="append",
                     help="Kubernetes version(s) for kubernetes-validate (default: 1.29 and its newest)")
+    ap.add_argument("--kustomization", type=pathlib.Path, action="append",
+                    help=argparse.SUPPRESS)  # check-ops' self-tests: these instead of deploy/kustomize's
     args = ap.parse_args()
     versions = args.k8s_version or ["1.29", ""]
 
-    for path in KUSTOMIZATIONS:
+    for path in args.kustomization or KUSTOMIZATIONS:
         docs, how = render(path)
         source = rel(path)
         if not docs:
