@@ -1,17 +1,19 @@
-//! The operations kit against a live gapwatch (issue 6): the metric families the
-//! alert rules and the dashboard use are exported by the running daemon, and a
-//! real Prometheus server scraping it fires the gap alert and answers every
-//! dashboard query with data.
+//! The operations kit against a live gapwatch: the metric families the alert
+//! rules and the dashboard use are exported by the running daemon, and a real
+//! Prometheus server scraping it fires the gap alert, answers every dashboard
+//! query with data, and hands the alert to a real Alertmanager, which notifies
+//! a webhook receiver (a person's pager, here a loopback HTTP server) of the
+//! gap and of its end.
 //!
 //! Both tests run one scenario: gapwatch relays a moto queue that the vendor
 //! simulator publishes to, with the simulator's REST API as backfill source and
 //! CloudWatch seeded (moto publishes no SQS metrics) so queue age is known; then
 //! the vendor goes silent, a gap opens and is filled while it is still open.
 //!
-//! Peers: moto's server, `python3` (tests/ops/check_queries.py), and Debian's
-//! `prometheus` package (`promtool`, `prometheus`; scripts/test.sh installs it).
-//! Without that package these tests skip with a message, except under `CI`,
-//! where they fail.
+//! Peers: moto's server, `python3` (tests/ops/check_queries.py), Debian's
+//! `prometheus` package (`promtool`, `prometheus`) and `prometheus-alertmanager`
+//! (scripts/test.sh installs both). Without them these tests (or their
+//! Alertmanager part) skip with a message, except under `CI`, where they fail.
 
 mod common;
 
@@ -41,14 +43,22 @@ fn repo() -> PathBuf {
 /// `Some(path)` of a Prometheus tool, or `None` after saying that `what` is
 /// skipped. Under `CI` a missing tool fails instead: CI installs the package.
 fn prometheus_tool(name: &str, what: &str) -> Option<PathBuf> {
+    tool(&[name], "prometheus", what)
+}
+
+/// The first of `names` on PATH (Debian names its binary differently from
+/// upstream), with the same skip / CI rule as [`prometheus_tool`].
+fn tool(names: &[&str], package: &str, what: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
+        let dirs: Vec<PathBuf> = std::env::split_paths(&paths).collect();
+        names
+            .iter()
+            .find_map(|name| dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()))
     });
     if found.is_none() {
         let why = format!(
-            "`{name}` is not on PATH (Debian package prometheus: apt-get install prometheus; scripts/test.sh installs it)"
+            "`{}` is not on PATH (Debian package {package}: apt-get install {package}; scripts/test.sh installs it)",
+            names.join("` or `")
         );
         if std::env::var_os("CI").is_some() {
             panic!("{what}: {why}");
@@ -336,9 +346,19 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(bin: &Path, dir: &Path, target: &str, rules: &Path) -> Prometheus {
+    /// `alertmanager`: host:port Prometheus sends its alerts to.
+    fn start(
+        bin: &Path,
+        dir: &Path,
+        target: &str,
+        rules: &Path,
+        alertmanager: Option<&str>,
+    ) -> Prometheus {
         let port = free_port();
         let config = dir.join("prometheus.yml");
+        let alerting = alertmanager.map_or(String::new(), |am| {
+            format!("alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"{am}\"]\n")
+        });
         // scrape_timeout must not exceed the interval (its default is 10s).
         std::fs::write(
             &config,
@@ -349,7 +369,7 @@ impl Prometheus {
   evaluation_interval: 1s
 rule_files:
   - {rules}
-scrape_configs:
+{alerting}scrape_configs:
   - job_name: gapwatch
     static_configs:
       - targets: ["{target}"]
@@ -422,6 +442,176 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// === 3. Alertmanager notifies a person ===
+
+/// Stands in for the person's pager: records every notification Alertmanager
+/// POSTs to `/alerts` (its webhook JSON, one group per post).
+struct WebhookReceiver {
+    url: String,
+    posts: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    async fn start() -> WebhookReceiver {
+        type Posts = std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+        let posts = Posts::default();
+        let app = axum::Router::new()
+            .route(
+                "/alerts",
+                axum::routing::post(
+                    |axum::extract::State(posts): axum::extract::State<Posts>,
+                     axum::Json(v): axum::Json<serde_json::Value>| async move {
+                        posts.lock().unwrap().push(v);
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(posts.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        WebhookReceiver {
+            url: format!("http://{addr}/alerts"),
+            posts,
+            task,
+        }
+    }
+
+    fn posts(&self) -> Vec<serde_json::Value> {
+        self.posts.lock().unwrap().clone()
+    }
+
+    /// The first notification with `status` that carries an alert `alertname`
+    /// for feed `feed` in that status: (that alert, the notification).
+    fn find(
+        &self,
+        status: &str,
+        alertname: &str,
+        feed: &str,
+    ) -> Option<(serde_json::Value, serde_json::Value)> {
+        self.find_since(0, status, alertname, feed)
+    }
+
+    /// Like [`Self::find`], among the notifications after the first `skip`.
+    fn find_since(
+        &self,
+        skip: usize,
+        status: &str,
+        alertname: &str,
+        feed: &str,
+    ) -> Option<(serde_json::Value, serde_json::Value)> {
+        self.posts().into_iter().skip(skip).find_map(|post| {
+            if post["status"] != status {
+                return None;
+            }
+            let alert = post["alerts"].as_array()?.iter().find(|a| {
+                a["status"] == status
+                    && a["labels"]["alertname"] == alertname
+                    && a["labels"]["feed"] == feed
+            })?;
+            Some((alert.clone(), post.clone()))
+        })
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Alertmanager on a free loopback port, routing everything to `webhook` with
+/// waits of a second, so a notification follows an alert at once; no
+/// clustering (no gossip port). Killed on drop.
+struct Alertmanager {
+    child: Child,
+    /// host:port, for Prometheus' `alertmanagers`.
+    address: String,
+    log: PathBuf,
+}
+
+impl Alertmanager {
+    fn start(bin: &Path, dir: &Path, webhook: &str) -> Alertmanager {
+        let port = free_port();
+        let config = dir.join("alertmanager.yml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"global:
+  resolve_timeout: 5s
+route:
+  receiver: pager
+  group_by: ["alertname", "feed"]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: pager
+    webhook_configs:
+      - url: "{webhook}"
+        send_resolved: true
+"#
+            ),
+        )
+        .unwrap();
+        let log = dir.join("alertmanager.log");
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.join("am-data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start alertmanager");
+        let mut am = Alertmanager {
+            child,
+            address: format!("127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if reqwest::blocking_get(&format!("http://{}/-/ready", am.address)).ok() == Some(200) {
+                return am;
+            }
+            if let Ok(Some(status)) = am.child.try_wait() {
+                panic!("alertmanager exited with {status}; log:\n{}", am.logs());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("alertmanager did not become ready; log:\n{}", am.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `runbook_url` the shipped rules give `alertname`.
+fn shipped_runbook_url(alertname: &str) -> String {
+    let shipped =
+        std::fs::read_to_string(repo().join("deploy/prometheus/gapwatch-rules.yml")).unwrap();
+    let rule = shipped
+        .split("- alert: ")
+        .find(|r| r.starts_with(alertname))
+        .unwrap_or_else(|| panic!("no rule {alertname} in the rules file"));
+    let line = rule
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("runbook_url:"))
+        .unwrap_or_else(|| panic!("rule {alertname} has no runbook_url"));
+    line.trim().to_string()
 }
 
 /// deploy/prometheus/gapwatch-rules.yml with only its `for:` durations
@@ -566,20 +756,28 @@ fn values(result: &serde_json::Value) -> Vec<(String, f64)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_fires_the_gap_alert_and_answers_every_dashboard_query() {
-    let test = "prometheus_fires_the_gap_alert_and_answers_every_dashboard_query";
+async fn prometheus_fires_the_gap_alert_alertmanager_notifies_and_the_dashboard_answers() {
+    let test = "prometheus_fires_the_gap_alert_alertmanager_notifies_and_the_dashboard_answers";
     let Some(bin) = prometheus_tool("prometheus", test) else {
         return;
     };
+    let am_bin = tool(
+        &["prometheus-alertmanager", "alertmanager"],
+        "prometheus-alertmanager",
+        &format!("{test}: its Alertmanager part"),
+    );
     let started = Instant::now();
     let s = Scenario::start().await;
     let dir = tempfile::tempdir().unwrap();
     let (rules, alert_rules) = shortened_rules(dir.path());
+    let pager = WebhookReceiver::start().await;
+    let am = am_bin.map(|bin| Alertmanager::start(&bin, dir.path(), &pager.url));
     let prom = Prometheus::start(
         &bin,
         dir.path(),
         &format!("127.0.0.1:{}", s.gw.port),
         &rules,
+        am.as_ref().map(|am| am.address.as_str()),
     );
 
     // Every shipped rule loaded; gapwatch scraped as job "gapwatch".
@@ -641,6 +839,39 @@ async fn prometheus_fires_the_gap_alert_and_answers_every_dashboard_query() {
             && !description.contains("unknown"),
         "the description's queries found nothing: {description}"
     );
+    // Alertmanager notifies the person: the feed, what is wrong, where the runbook is.
+    let runbook = shipped_runbook_url("GapwatchGapOpen");
+    assert!(runbook.ends_with("#alert-gapwatchgapopen"), "{runbook}");
+    if let Some(am) = &am {
+        let notified = eventually_or(Duration::from_secs(30), || async {
+            pager.find("firing", "GapwatchGapOpen", FEED)
+        })
+        .await;
+        let Some((alert, post)) = notified else {
+            panic!(
+                "no GapwatchGapOpen notification for feed {FEED}; webhook received: {:?}\nalertmanager log:\n{}\nprometheus log:\n{}",
+                pager.posts(),
+                am.logs(),
+                prom.logs()
+            );
+        };
+        eprintln!("webhook received (firing): {post}");
+        assert_eq!(post["receiver"], "pager", "{post}");
+        assert_eq!(alert["labels"]["severity"], "warning", "{alert}");
+        assert_eq!(
+            alert["annotations"]["summary"],
+            format!("Gap open on feed {FEED}"),
+            "{alert}"
+        );
+        assert_eq!(alert["annotations"]["runbook_url"], runbook, "{alert}");
+        assert!(
+            alert["annotations"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains(&format!("--feed {FEED} --state open"))),
+            "{alert}"
+        );
+    }
+
     // Nothing else fires in this scenario: only the gap is wrong.
     let others: Vec<_> = prom
         .alerts()
@@ -734,6 +965,67 @@ async fn prometheus_fires_the_gap_alert_and_answers_every_dashboard_query() {
             .any(|(m, v)| m.contains(VENDOR_QUEUE) && *v == AGE[0].1),
         "queue age from CloudWatch: {age:?}"
     );
+
+    // The vendor resumes: the gap closes, and the person hears that it is over.
+    let before_resume = pager.posts().len();
+    let resumed_at = Utc::now();
+    s.sim
+        .control("/control/resume", serde_json::json!({}))
+        .await;
+    let open = format!(r#"gapwatch_gap_open{{feed="{FEED}"}}"#);
+    s.wait_for("the gap closed", Duration::from_secs(60), &open, |v| {
+        v == 0.0
+    })
+    .await;
+    if let Some(am) = &am {
+        let resolved = eventually_or(Duration::from_secs(60), || async {
+            pager.find_since(before_resume, "resolved", "GapwatchGapOpen", FEED)
+        })
+        .await;
+        let Some((alert, post)) = resolved else {
+            panic!(
+                "no resolved GapwatchGapOpen notification for feed {FEED} after the feed resumed; webhook received: {:?}\nprometheus alerts: {:?}\nalertmanager log:\n{}",
+                pager.posts(),
+                prom.alerts().await,
+                am.logs()
+            );
+        };
+        eprintln!("webhook received (resolved): {post}");
+        assert_eq!(alert["annotations"]["runbook_url"], runbook, "{alert}");
+        let (firing, _) = pager.find("firing", "GapwatchGapOpen", FEED).unwrap();
+        assert_eq!(
+            alert["fingerprint"], firing["fingerprint"],
+            "the resolved notification is about the alert that fired"
+        );
+        let time = |a: &serde_json::Value, key: &str| {
+            chrono::DateTime::parse_from_rfc3339(a[key].as_str().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("{key} of {a}: {e}"))
+        };
+        assert!(
+            time(&alert, "endsAt") >= resumed_at,
+            "resolved at {}, before the feed resumed at {resumed_at}",
+            alert["endsAt"]
+        );
+        let posts = pager.posts();
+        eprintln!(
+            "webhook: {} notifications: {}",
+            posts.len(),
+            posts
+                .iter()
+                .flat_map(|p| p["alerts"].as_array().cloned().unwrap_or_default())
+                .map(|a| format!(
+                    "{} {} {{feed={}}} startsAt {} endsAt {}",
+                    a["status"].as_str().unwrap_or("?"),
+                    a["labels"]["alertname"].as_str().unwrap_or("?"),
+                    a["labels"]["feed"],
+                    a["startsAt"].as_str().unwrap_or("?"),
+                    a["endsAt"].as_str().unwrap_or("?")
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        eprintln!("feed resumed at {resumed_at}");
+    }
     eprintln!(
         "{} dashboard queries answered ({} without data by design), {} variables, {} alert rules loaded, in {:?}",
         queries.len(),
