@@ -106,11 +106,17 @@ pub struct FillResult {
     pub after: procfs::Status,
 }
 
-fn rfc3339(t: DateTime<Utc>) -> String {
+pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 fn config(dir: &Path, vendor: &str, spec: &FillSpec) -> String {
+    let state = format!("sqlite://{}/state.db", dir.display());
+    config_with_state(&state, vendor, spec)
+}
+
+/// The config of a fill's daemon with its state at `state` (a `state.url`).
+pub fn config_with_state(state: &str, vendor: &str, spec: &FillSpec) -> String {
     let span_ms = (spec.to - spec.from).num_milliseconds().max(1);
     let chunk_ms = (span_ms + i64::from(spec.chunks) - 1) / i64::from(spec.chunks);
     format!(
@@ -120,7 +126,7 @@ listen = "127.0.0.1:{{port}}"
 admin_token = "bench-admin"
 
 [state]
-url = "sqlite://{state}/state.db"
+url = "{state}"
 {aws}
 [monitor]
 cloudwatch = false
@@ -148,7 +154,6 @@ name = "{name}"
     [feeds.backfill.sink]
 {sink}
 "#,
-        state = dir.display(),
         aws = spec.aws.unwrap_or(""),
         name = spec.name,
         page = spec.page,
@@ -160,8 +165,17 @@ name = "{name}"
 /// Runs one manual fill in a fresh daemon: from the POST to `fill = done`.
 pub async fn run(env: &Env, vendor: &VendorSim, spec: &FillSpec<'_>) -> Result<FillResult> {
     let dir = env.dir(spec.name)?;
-    let expected = vendor.count(&rfc3339(spec.from), &rfc3339(spec.to)).await?;
     let mut gw = Gapwatch::start(env, &dir, "gapwatch", &config(&dir, &vendor.base, spec)).await?;
+    fill_in(&mut gw, vendor, spec).await
+}
+
+/// One manual fill in a running daemon configured by [`config_with_state`].
+pub async fn fill_in(
+    gw: &mut Gapwatch,
+    vendor: &VendorSim,
+    spec: &FillSpec<'_>,
+) -> Result<FillResult> {
+    let expected = vendor.count(&rfc3339(spec.from), &rfc3339(spec.to)).await?;
     // Let start-up settle before the idle reading.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = gw.status()?;
@@ -235,7 +249,7 @@ fn requests(metrics: &str, feed: &str) -> f64 {
 }
 
 /// Every line of the file is one record; each id once, `want` of them.
-fn check_file(path: &Path, want: i64) -> Result<()> {
+pub fn check_file(path: &Path, want: i64) -> Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
     let mut ids = HashSet::with_capacity(want.max(0) as usize);
     let mut lines = 0i64;
@@ -263,7 +277,7 @@ fn check_file(path: &Path, want: i64) -> Result<()> {
     Ok(())
 }
 
-fn cpu_note(r: &FillResult) -> String {
+pub fn cpu_note(r: &FillResult) -> String {
     format!(
         "gapwatch {:.2} CPU-s ({:.0}% of a core), vendor-sim {:.2} CPU-s",
         r.gapwatch_cpu,

@@ -1,5 +1,5 @@
 //! `gapwatch-bench`: gapwatch's figures against local peers (moto's server, the
-//! vendor simulator, a SQLite file) — detection latency, fill and relay
+//! vendor simulator, a SQLite file, a Postgres cluster) — detection latency, fill and relay
 //! throughput, footprint and AWS calls — printed as one Markdown table, each
 //! figure with how it was measured. Figures are not asserted; a step that
 //! breaks (a fill that never finishes, a lost or duplicated record) fails the
@@ -11,11 +11,15 @@ mod detection;
 mod fill;
 mod footprint;
 mod peers;
+// The tests' throwaway Postgres cluster (std only), started here the same way.
+#[path = "../../tests/common/postgres.rs"]
+mod pg_cluster;
 mod procfs;
 mod recovery;
 mod relay;
 mod scale;
 mod sqs;
+mod state;
 mod table;
 
 use std::path::PathBuf;
@@ -39,6 +43,7 @@ const ALL: &[&str] = &[
     "scale",
     "recovery",
     "audit",
+    "state",
 ];
 
 #[derive(Parser, Debug)]
@@ -50,7 +55,7 @@ struct Args {
     /// Small sizes and one repetition: checks that every step still works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery, audit.
+    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery, audit, state.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where `gapwatch` and `vendor-sim` are (default: next to this binary).
@@ -88,6 +93,8 @@ struct Sizes {
     outage: Duration,
     /// The audit's cost: records/s, page size, `every` (s), measured span.
     audit: (u32, u32, u64, Duration),
+    /// Small backfills of the per-gap state figure (its fill is `big_fill`).
+    state_gaps: i64,
 }
 
 impl Sizes {
@@ -110,6 +117,7 @@ impl Sizes {
                 scale_posts: 50,
                 outage: Duration::from_secs(6),
                 audit: (20, 50, 2, Duration::from_secs(6)),
+                state_gaps: 20,
             }
         } else {
             Sizes {
@@ -129,6 +137,7 @@ impl Sizes {
                 scale_posts: 1000,
                 outage: Duration::from_secs(20),
                 audit: (100, 100, 5, Duration::from_secs(60)),
+                state_gaps: 500,
             }
         }
     }
@@ -222,7 +231,7 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         progress("1. detection latency, relay mode");
         figures.push(detection::relay(env, sizes.detection_reps).await?);
     }
-    if wanted("fill") || wanted("sqs") || wanted("rate") {
+    if wanted("fill") || wanted("sqs") || wanted("rate") || wanted("state") {
         progress(&format!(
             "seeding vendor-sim with {} records",
             table::thousands(sizes.big_fill as f64)
@@ -263,6 +272,10 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
                 )
                 .await?,
             );
+        }
+        if wanted("state") {
+            progress("10. state store: the same fill on SQLite and on Postgres, rows and bytes");
+            figures.extend(state::backends(env, &history, sizes.big_fill, sizes.state_gaps).await?);
         }
     }
     if wanted("span") {

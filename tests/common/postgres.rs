@@ -22,6 +22,9 @@ pub struct PgCluster {
     pub port: u16,
     /// Run server commands as this user (`postgres` when we are root).
     run_as: Option<String>,
+    /// Commits reach the disk (`fsync` on), as in production; tests run
+    /// without, which is faster and loses nothing a test looks at.
+    durable: bool,
 }
 
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
@@ -93,6 +96,16 @@ impl PgCluster {
     /// Creates and starts a new cluster. Panics (with the server's own words)
     /// when it cannot.
     pub fn start() -> PgCluster {
+        Self::start_with(false)
+    }
+
+    /// A cluster that syncs every commit to disk (the server's defaults): for
+    /// figures that compare with SQLite's `synchronous = FULL`.
+    pub fn start_durable() -> PgCluster {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> PgCluster {
         static CLUSTERS: AtomicUsize = AtomicUsize::new(0);
         let bin = pg_bin_dir();
         let run_as = is_root().then(|| "postgres".to_string());
@@ -116,6 +129,7 @@ impl PgCluster {
             dir,
             port: free_loopback_port(),
             run_as,
+            durable,
         };
         check(
             "initdb",
@@ -182,10 +196,14 @@ impl PgCluster {
     /// Starts the server (again) on the same port and data.
     pub fn resume(&self) {
         let opts = format!(
-            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off \
-             -c max_connections=200",
+            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c max_connections=200{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            if self.durable {
+                ""
+            } else {
+                " -c fsync=off -c full_page_writes=off"
+            }
         );
         let log = self.dir.join("server.log");
         let out = self
