@@ -32,6 +32,41 @@ pub fn status(pid: u32) -> Result<Status> {
 
 /// utime + stime of a process, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    Ok(stat(pid)?.own)
+}
+
+/// CPU of a server that forks a process per connection (Postgres): the
+/// parent's own and reaped children's time, plus its live children's.
+pub fn tree_cpu_seconds(root: u32) -> Result<f64> {
+    let mut total = stat(root)?;
+    total.own += total.reaped;
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // A process may end between the listing and the read.
+        if let Ok(s) = stat(pid) {
+            if s.ppid == root {
+                total.own += s.own;
+            }
+        }
+    }
+    Ok(total.own)
+}
+
+struct Stat {
+    ppid: u32,
+    /// utime + stime, seconds.
+    own: f64,
+    /// cutime + cstime (children waited for), seconds.
+    reaped: f64,
+}
+
+fn stat(pid: u32) -> Result<Stat> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     // The command name (field 2) may hold spaces; fields after it start at `state` (field 3).
@@ -46,7 +81,11 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
             .and_then(|v| v.parse().ok())
             .with_context(|| format!("{path}: no field {n}"))
     };
-    Ok((ticks(14)? + ticks(15)?) as f64 / clock_ticks())
+    Ok(Stat {
+        ppid: u32::try_from(ticks(4)?).unwrap_or(0),
+        own: (ticks(14)? + ticks(15)?) as f64 / clock_ticks(),
+        reaped: (ticks(16)? + ticks(17)?) as f64 / clock_ticks(),
+    })
 }
 
 /// `sysconf(_SC_CLK_TCK)`, asked of `getconf` once (100 on Linux in practice).

@@ -17,6 +17,7 @@ use sqlx::{PgPool, SqlitePool};
 use crate::fill::{self, check_file, config_with_state, cpu_note, rfc3339, FillSpec, History};
 use crate::peers::{Env, Gapwatch};
 use crate::pg_cluster::PgCluster;
+use crate::procfs;
 use crate::table::{thousands, Figure};
 
 /// The tables whose size is measured.
@@ -103,6 +104,8 @@ struct Measured {
     chunk_rows: f64,
     gap_bytes: f64,
     chunk_bytes: f64,
+    /// CPU of the database server during the fill (Postgres).
+    server_cpu: Option<f64>,
 }
 
 /// Figure 10 for both backends over the same `n` records of `history`.
@@ -119,9 +122,13 @@ pub async fn backends(env: &Env, history: &History, n: u64, gaps: i64) -> Result
     let sqlite_dir = env.dir("state-sqlite")?;
     let sqlite_url = format!("sqlite://{}/state.db", sqlite_dir.display());
 
+    let postmaster = postmaster_pid(&cluster)?;
     let mut measured = Vec::new();
-    for (name, url) in [("state-sqlite", sqlite_url), ("state-postgres", pg_url)] {
-        measured.push(one(env, history, n, gaps, name, &url).await?);
+    for (name, url, server) in [
+        ("state-sqlite", sqlite_url, None),
+        ("state-postgres", pg_url, Some(postmaster)),
+    ] {
+        measured.push(one(env, history, n, gaps, name, &url, server).await?);
     }
     drop(cluster);
     Ok(figures(&measured, n, gaps))
@@ -134,6 +141,7 @@ async fn one(
     gaps: i64,
     name: &str,
     url: &str,
+    server: Option<u32>,
 ) -> Result<Measured> {
     let dir = env.dir(name)?;
     let path = dir.join("recovered.ndjson");
@@ -178,7 +186,10 @@ async fn one(
         )
     };
     let before = db.usage().await?;
+    let server_cpu = || server.map(procfs::tree_cpu_seconds).transpose();
+    let server_cpu0 = server_cpu()?;
     let fill = fill::fill_in(&mut gw, &history.sim, &spec).await?;
+    let server_cpu = server_cpu()?.zip(server_cpu0).map(|(b, a)| b - a);
     check_file(&path, fill.expected)?;
     let filled = db.usage().await?;
     let (id_rows, id_bytes) = filled.delta(&before, "record_ids");
@@ -209,6 +220,7 @@ async fn one(
         chunk_rows: per(chunk_rows, gaps),
         gap_bytes: per(gap_bytes, gaps),
         chunk_bytes: per(chunk_bytes, chunk_rows),
+        server_cpu,
         fill,
     })
 }
@@ -286,9 +298,10 @@ fn figures(m: &[Measured], n: u64, gaps: i64) -> Vec<Figure> {
             "the same POST /api/v1/backfills over the same vendor-sim records ({FILL_CHUNKS} chunks, limit=1000, \
              concurrency 2, file sink; file checked: each id once), one daemon per backend: SQLite file \
              (WAL, synchronous=FULL) vs a local Postgres cluster started by the bench (fsync on, the \
-             server's defaults, 5 connections); SQLite: {}; Postgres: {}",
+             server's defaults, 5 connections); SQLite: {}; Postgres: {}, the Postgres server {:.2} CPU-s",
             cpu_note(&sqlite.fill),
-            cpu_note(&pg.fill)
+            cpu_note(&pg.fill),
+            pg.server_cpu.unwrap_or(f64::NAN)
         ),
     )];
     let ids = |x: &Measured| {
@@ -325,6 +338,17 @@ fn figures(m: &[Measured], n: u64, gaps: i64) -> Vec<Figure> {
         ),
     ));
     out
+}
+
+/// The server's process id: the first line of its `postmaster.pid`.
+fn postmaster_pid(cluster: &PgCluster) -> Result<u32> {
+    let path = cluster.dir().join("data").join("postmaster.pid");
+    std::fs::read_to_string(&path)
+        .with_context(|| format!("read {}", path.display()))?
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .with_context(|| format!("{}: no process id", path.display()))
 }
 
 fn panic_text(e: tokio::task::JoinError) -> String {
