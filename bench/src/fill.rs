@@ -12,9 +12,8 @@ use anyhow::{bail, Context, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::json;
 
-use crate::peers::{Env, Gapwatch, Moto, VendorSim};
+use crate::peers::{Env, Gapwatch, VendorSim};
 use crate::procfs::{self, mib};
-use crate::sqs::{self, Drainer, DRAINERS};
 use crate::table::{thousands, Figure};
 
 /// The vendor with a pre-seeded history that every fill reads from.
@@ -84,8 +83,10 @@ pub struct FillSpec<'a> {
     pub name: &'a str,
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    /// The interval is cut into this many chunks.
+    /// The interval is cut into this many chunks …
     pub chunks: u32,
+    /// … of which this many run side by side (`backfill.concurrency`).
+    pub concurrency: u32,
     /// `limit` of each vendor page.
     pub page: u32,
     pub rate_limit: &'a str,
@@ -139,7 +140,7 @@ name = "{name}"
   auto = false
   chunk = "{chunk_ms}ms"
   settle = "1s"
-  concurrency = 2
+  concurrency = {concurrency}
     [feeds.backfill.source]
     url = "{vendor}/v1/events"
     query = {{ since = "{{start}}", until = "{{end}}", limit = "{page}" }}
@@ -158,6 +159,7 @@ name = "{name}"
         name = spec.name,
         page = spec.page,
         rate = spec.rate_limit,
+        concurrency = spec.concurrency,
         sink = spec.sink,
     )
 }
@@ -302,6 +304,7 @@ pub async fn file(
         from,
         to,
         chunks: 24,
+        concurrency: 2,
         page: 1000,
         rate_limit: "100000/s",
         sink: format!("    type = \"file\"\n    path = \"{}\"", path.display()),
@@ -328,97 +331,6 @@ pub async fn file(
     Ok((figure, r))
 }
 
-/// Figure 2 (SQS sink): a plain `SendMessageBatch` loop against moto, then
-/// gapwatch's fill of as many records into moto; both with two drainers
-/// emptying the queue as it fills. Each run gets a fresh moto: moto's requests
-/// slow down with every message a server has ever held, not only with depth.
-pub async fn sqs_sink(env: &Env, history: &History, n: u64) -> Result<Vec<Figure>> {
-    let dir = env.dir("sqs-baseline")?;
-    let moto = Moto::start(env, &dir).await?;
-    let base_q = moto.create_queue("baseline").await?;
-    let moto_cpu0 = procfs::cpu_seconds(moto.proc.pid())?;
-    let drainer = Drainer::start(&moto.sqs, &base_q, DRAINERS);
-    let base_secs = sqs::send_loop(&moto.sqs, &base_q, "base", n).await?;
-    let base_moto_cpu = procfs::cpu_seconds(moto.proc.pid())? - moto_cpu0;
-    let base = drainer.finish(n, Duration::from_secs(30)).await?;
-    let base_redelivered = base.check_once("baseline", n)?;
-    let base_rate = n as f64 / base_secs;
-    drop(moto);
-
-    let mut figures = vec![Figure::new(
-        "2. SQS baseline: plain SendMessageBatch loop into moto",
-        format!(
-            "{} messages/s ({} messages in {:.2} s)",
-            thousands(base_rate),
-            thousands(n as f64),
-            base_secs
-        ),
-        "—",
-        format!(
-            "fresh moto; one sequential loop of SendMessageBatch (10 bodies of vendor-record size, the sink's \
-             3 attributes) with the Rust AWS SDK; {DRAINERS} drainers receive+delete meanwhile (queue depth ≤ {}, \
-             {base_redelivered} redelivered); moto {base_moto_cpu:.1} CPU-s ({:.0}% of a core)",
-            base.max_depth,
-            100.0 * base_moto_cpu / base_secs
-        ),
-    )];
-    // The sink as configured by default (one batch in flight per chunk, the
-    // tightest re-send bound), then with four.
-    for in_flight in [1, 4] {
-        let dir = env.dir(&format!("sqs-fill-{in_flight}"))?;
-        let moto = Moto::start(env, &dir).await?;
-        let fill_q = moto.create_queue("app-fill").await?;
-        let (from, to) = history.interval(n);
-        let moto_cpu0 = procfs::cpu_seconds(moto.proc.pid())?;
-        let drainer = Drainer::start(&moto.sqs, &fill_q, DRAINERS);
-        let aws = format!(
-            "\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
-            moto.endpoint
-        );
-        let name = format!("sqs-{in_flight}");
-        let spec = FillSpec {
-            name: &name,
-            from,
-            to,
-            chunks: 4,
-            page: 1000,
-            rate_limit: "100000/s",
-            sink: format!(
-                "    type = \"sqs\"\n    queue_url = \"{fill_q}\"\n    in_flight = {in_flight}"
-            ),
-            aws: Some(&aws),
-        };
-        let r = run(env, &history.sim, &spec).await?;
-        let fill_moto_cpu = procfs::cpu_seconds(moto.proc.pid())? - moto_cpu0;
-        let drained = drainer
-            .finish(r.expected as u64, Duration::from_secs(30))
-            .await?;
-        let redelivered = drained.check_once("gapwatch fill into SQS", r.expected as u64)?;
-        let fill_rate = r.delivered as f64 / r.secs;
-        figures.push(Figure::new(
-            &format!("2. fill throughput, SQS sink (moto), in_flight = {in_flight}"),
-            format!(
-                "{} records/s ({} records in {:.2} s) = {:.2} × the baseline; gapwatch {:.2} CPU-s per 10,000 records",
-                thousands(fill_rate),
-                thousands(r.delivered as f64),
-                r.secs,
-                fill_rate / base_rate,
-                r.gapwatch_cpu * 10_000.0 / r.delivered.max(1) as f64
-            ),
-            "≥ 0.9 × baseline",
-            format!(
-                "fresh moto; POST /api/v1/backfills (4 chunks, limit=1000, concurrency 2, sink.in_flight {in_flight}) \
-                 with sink sqs, {DRAINERS} drainers meanwhile (queue depth ≤ {}, {redelivered} redelivered); each \
-                 record in one message; {}; moto {fill_moto_cpu:.1} CPU-s ({:.0}% of a core)",
-                drained.max_depth,
-                cpu_note(&r),
-                100.0 * fill_moto_cpu / r.secs
-            ),
-        ));
-    }
-    Ok(figures)
-}
-
 /// Figure 3: a fill of `requests` pages of `page` records under `rate`/s.
 pub async fn rate_limited(
     env: &Env,
@@ -438,6 +350,7 @@ pub async fn rate_limited(
         from,
         to,
         chunks,
+        concurrency: 2,
         page,
         rate_limit: &rate_limit,
         sink: format!(
@@ -497,6 +410,7 @@ pub async fn span_30d(env: &Env, len: u64) -> Result<Figure> {
         from,
         to,
         chunks: 720,
+        concurrency: 2,
         page: 1000,
         rate_limit: "100000/s",
         sink: format!("    type = \"file\"\n    path = \"{}\"", path.display()),

@@ -78,6 +78,8 @@ struct Sizes {
     small_fill: u64,
     big_fill: u64,
     sqs_records: u64,
+    /// Rounds of the SQS sink-vs-loop comparison.
+    sqs_rounds: usize,
     /// Records over the 30-day span (one every 10 s in a full run).
     span_records: u64,
     rate_requests: u64,
@@ -105,6 +107,7 @@ impl Sizes {
                 small_fill: 200,
                 big_fill: 2_000,
                 sqs_records: 200,
+                sqs_rounds: 1,
                 span_records: 8_640,
                 rate_requests: 30,
                 rate_page: 10,
@@ -125,6 +128,7 @@ impl Sizes {
                 small_fill: 100_000,
                 big_fill: 1_000_000,
                 sqs_records: 2_000,
+                sqs_rounds: 3,
                 span_records: 259_200,
                 rate_requests: 300,
                 rate_page: 100,
@@ -258,7 +262,9 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         }
         if wanted("fill") || wanted("sqs") {
             progress("2. SQS baseline and fill into moto");
-            figures.extend(fill::sqs_sink(env, &history, sizes.sqs_records).await?);
+            figures.extend(
+                sqs::sink_vs_loop(env, &history, sizes.sqs_records, sizes.sqs_rounds).await?,
+            );
         }
         if wanted("rate") {
             progress("3. rate-limited fill");

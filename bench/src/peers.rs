@@ -132,17 +132,27 @@ impl Moto {
         let proc = Proc { child, log };
         wait_for_port(port, "moto_server", Duration::from_secs(30)).await?;
         let endpoint = format!("http://127.0.0.1:{port}");
+        Ok(Moto {
+            proc,
+            sqs: Moto::client_for(&endpoint),
+            endpoint,
+        })
+    }
+
+    /// A client of its own (its own connection pool, driven by the runtime
+    /// that first uses it).
+    pub fn client(&self) -> aws_sdk_sqs::Client {
+        Moto::client_for(&self.endpoint)
+    }
+
+    fn client_for(endpoint: &str) -> aws_sdk_sqs::Client {
         let conf = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("bench", "bench", None, None, "bench"))
-            .endpoint_url(&endpoint)
+            .endpoint_url(endpoint)
             .build();
-        Ok(Moto {
-            proc,
-            endpoint,
-            sqs: aws_sdk_sqs::Client::from_conf(conf),
-        })
+        aws_sdk_sqs::Client::from_conf(conf)
     }
 
     pub async fn create_queue(&self, name: &str) -> Result<String> {

@@ -66,9 +66,17 @@ struct Stat {
     reaped: f64,
 }
 
+/// utime + stime of the calling thread, in seconds.
+pub fn thread_cpu_seconds() -> Result<f64> {
+    Ok(stat_at("/proc/thread-self/stat")?.own)
+}
+
 fn stat(pid: u32) -> Result<Stat> {
-    let path = format!("/proc/{pid}/stat");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
+    stat_at(&format!("/proc/{pid}/stat"))
+}
+
+fn stat_at(path: &str) -> Result<Stat> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {path}"))?;
     // The command name (field 2) may hold spaces; fields after it start at `state` (field 3).
     let rest = text
         .rsplit_once(')')

@@ -1,6 +1,14 @@
-//! SQS helpers: a plain `SendMessageBatch` loop (the baseline gapwatch's SQS
-//! sink is compared with) and drainers that keep a moto queue short, because
-//! moto's receive slows down as a queue fills.
+//! SQS helpers and figure 2 (SQS sink): a plain `SendMessageBatch` loop (the
+//! baseline gapwatch's SQS sink is compared with), drainers that keep a moto
+//! queue short, and the side-by-side comparison of the two.
+//!
+//! moto's every request walks every message its queue holds (`Queue.attributes`
+//! counts them for each message sent, receive and delete scan the list), so
+//! its cost per message grows with the queue's depth: a sequential loop into
+//! an undrained queue slows from 16 to 2 batches/s within 300 batches. A fair
+//! comparison keeps the depth equally low on both sides: each measured slice
+//! gets a fresh moto and the same drainers, and the report names the deepest
+//! queue each slice saw.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +19,13 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, SendMessageBatchRequestEntry,
 };
+use chrono::{DateTime, Utc};
 use tokio::task::JoinHandle;
+
+use crate::fill::{self, FillSpec, History};
+use crate::peers::{Env, Moto};
+use crate::procfs;
+use crate::table::{thousands, Figure};
 
 /// A record body shaped like the vendor simulator's (`id`, `created_at`, `seq`, `payload`).
 pub fn body(prefix: &str, seq: u64) -> String {
@@ -97,7 +111,7 @@ type Carriers = HashMap<String, Vec<String>>;
 #[derive(Debug, Default)]
 pub struct Drained {
     pub ids: Carriers,
-    /// Largest `ApproximateNumberOfMessages` seen while draining.
+    /// Most messages held at once (visible + not visible) seen while draining.
     pub max_depth: u64,
 }
 
@@ -193,26 +207,29 @@ impl Drainer {
     }
 }
 
+/// The most messages the queue held at once: visible ones plus those received
+/// but not yet deleted (moto's every request walks all of them).
 async fn watch_depth(sqs: &aws_sdk_sqs::Client, queue: &str, stop: &AtomicBool) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
     let mut max = 0;
     while !stop.load(Ordering::Relaxed) {
         if let Ok(r) = sqs
             .get_queue_attributes()
             .queue_url(queue)
-            .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessages)
+            .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
             .send()
             .await
         {
-            let depth = r
+            let depth: u64 = r
                 .attributes
                 .unwrap_or_default()
                 .values()
-                .next()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
+                .filter_map(|v| v.parse::<u64>().ok())
+                .sum();
             max = max.max(depth);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     max
 }
@@ -257,4 +274,253 @@ async fn drain(
         received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
     }
     Ok(ids)
+}
+
+// === figure 2: the SQS sink side by side with a plain loop ===
+
+/// Receivers per queue in the comparison: twice the most batches in flight
+/// at once (a sender's one request takes a drainer two: receive, delete),
+/// so the drain keeps up with either side.
+const COMPARE_DRAINERS: usize = 8;
+
+/// One measured slice: `n` messages into a fresh moto's queue.
+struct Slice {
+    secs: f64,
+    n: u64,
+    /// CPU of the sender: the loop's thread, or the gapwatch process.
+    sender_cpu: f64,
+    moto_cpu: f64,
+    max_depth: u64,
+    redelivered: u64,
+}
+
+impl Slice {
+    fn rate(&self) -> f64 {
+        self.n as f64 / self.secs
+    }
+
+    fn cpu_per_10k(&self) -> f64 {
+        self.sender_cpu * 10_000.0 / self.n as f64
+    }
+}
+
+/// The plain loop on a thread and runtime of its own with a client of its
+/// own, so the thread's CPU time is the loop's alone (drainers run elsewhere).
+async fn loop_slice(env: &Env, round: usize, n: u64) -> Result<Slice> {
+    let dir = env.dir(&format!("sqs-loop-{round}"))?;
+    let moto = Moto::start(env, &dir).await?;
+    let queue = moto.create_queue("baseline").await?;
+    let moto_cpu0 = procfs::cpu_seconds(moto.proc.pid())?;
+    let drainer = Drainer::start(&moto.sqs, &queue, COMPARE_DRAINERS);
+    let (client, q) = (moto.client(), queue.clone());
+    let (secs, sender_cpu) = tokio::task::spawn_blocking(move || -> Result<(f64, f64)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let cpu0 = procfs::thread_cpu_seconds()?;
+        let secs = rt.block_on(send_loop(&client, &q, "base", n))?;
+        Ok((secs, procfs::thread_cpu_seconds()? - cpu0))
+    })
+    .await
+    .context("plain loop thread")??;
+    let moto_cpu = procfs::cpu_seconds(moto.proc.pid())? - moto_cpu0;
+    let drained = drainer.finish(n, Duration::from_secs(30)).await?;
+    let redelivered = drained.check_once("plain loop", n)?;
+    Ok(Slice {
+        secs,
+        n,
+        sender_cpu,
+        moto_cpu,
+        max_depth: drained.max_depth,
+        redelivered,
+    })
+}
+
+/// How the sink is run: `backfill.concurrency` and `sink.in_flight`.
+#[derive(Clone, Copy)]
+struct SinkShape {
+    concurrency: u32,
+    in_flight: u32,
+}
+
+/// The sink as the plain loop runs (one batch at a time), as configured by
+/// default (two chunks side by side, one batch in flight each), and with two
+/// batches in flight per chunk.
+const SHAPES: [SinkShape; 3] = [
+    SinkShape {
+        concurrency: 1,
+        in_flight: 1,
+    },
+    SinkShape {
+        concurrency: 2,
+        in_flight: 1,
+    },
+    SinkShape {
+        concurrency: 2,
+        in_flight: 2,
+    },
+];
+
+/// A manual fill of `interval` into a fresh moto's queue, from the POST
+/// until the gap says done.
+async fn sink_slice(
+    env: &Env,
+    history: &History,
+    interval: (DateTime<Utc>, DateTime<Utc>),
+    shape: SinkShape,
+    round: usize,
+) -> Result<Slice> {
+    let SinkShape {
+        concurrency,
+        in_flight,
+    } = shape;
+    let name = format!("sqs-c{concurrency}-f{in_flight}-{round}");
+    let dir = env.dir(&format!("{name}-moto"))?;
+    let moto = Moto::start(env, &dir).await?;
+    let queue = moto.create_queue("app-fill").await?;
+    let moto_cpu0 = procfs::cpu_seconds(moto.proc.pid())?;
+    let drainer = Drainer::start(&moto.sqs, &queue, COMPARE_DRAINERS);
+    let aws = format!(
+        "\n[aws]\nregion = \"us-east-1\"\nendpoint_url = \"{}\"\n",
+        moto.endpoint
+    );
+    let spec = FillSpec {
+        name: &name,
+        from: interval.0,
+        to: interval.1,
+        chunks: 4,
+        concurrency,
+        page: 1000,
+        rate_limit: "100000/s",
+        sink: format!(
+            "    type = \"sqs\"\n    queue_url = \"{queue}\"\n    in_flight = {in_flight}"
+        ),
+        aws: Some(&aws),
+    };
+    let r = fill::run(env, &history.sim, &spec).await?;
+    let moto_cpu = procfs::cpu_seconds(moto.proc.pid())? - moto_cpu0;
+    let n = r.delivered as u64;
+    let drained = drainer.finish(n, Duration::from_secs(30)).await?;
+    let redelivered = drained.check_once("gapwatch fill into SQS", n)?;
+    Ok(Slice {
+        secs: r.secs,
+        n,
+        sender_cpu: r.gapwatch_cpu,
+        moto_cpu,
+        max_depth: drained.max_depth,
+        redelivered,
+    })
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn moto_note(s: &Slice) -> String {
+    format!(
+        "moto {:.1} CPU-s ({:.0}% of a core, {:.2} ms per message), depth ≤ {}, {} redelivered",
+        s.moto_cpu,
+        100.0 * s.moto_cpu / s.secs,
+        1000.0 * s.moto_cpu / s.n as f64,
+        s.max_depth,
+        s.redelivered
+    )
+}
+
+/// Figure 2 (SQS sink): `rounds` rounds, each measuring the plain loop and
+/// the sink in every shape of [`SHAPES`] one after the other (the order reversed every
+/// other round, so a drift in the machine's load hits both sides alike); the
+/// ratio of each round is taken between slices of that round.
+pub async fn sink_vs_loop(
+    env: &Env,
+    history: &History,
+    n: u64,
+    rounds: usize,
+) -> Result<Vec<Figure>> {
+    let shapes = &SHAPES;
+    let interval = history.interval(n);
+    let mut loops = Vec::new();
+    let mut sinks: Vec<Vec<Slice>> = shapes.iter().map(|_| Vec::new()).collect();
+    for round in 0..rounds {
+        let mut order: Vec<Option<usize>> = std::iter::once(None)
+            .chain((0..shapes.len()).map(Some))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for which in order {
+            match which {
+                None => loops.push(loop_slice(env, round, n).await?),
+                Some(i) => {
+                    sinks[i].push(sink_slice(env, history, interval, shapes[i], round).await?)
+                }
+            }
+        }
+    }
+    let mut figures = Vec::new();
+    let rates = |v: &[Slice]| {
+        v.iter()
+            .map(|s| thousands(s.rate()))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    figures.push(Figure::new(
+        "2. SQS baseline: plain SendMessageBatch loop into moto",
+        format!(
+            "{} messages/s ({} messages per round); {:.2} CPU-s per 10,000 messages",
+            rates(&loops),
+            thousands(n as f64),
+            mean(&loops.iter().map(Slice::cpu_per_10k).collect::<Vec<_>>())
+        ),
+        "—",
+        format!(
+            "each round a fresh moto; one sequential loop of SendMessageBatch (10 bodies of vendor-record size, \
+             the sink's 3 attributes) with the Rust AWS SDK on a thread and runtime of its own (CPU = that \
+             thread's utime + stime); {COMPARE_DRAINERS} drainers receive+delete meanwhile; {}",
+            loops.iter().map(moto_note).collect::<Vec<_>>().join("; ")
+        ),
+    ));
+    for (shape, slices) in shapes.iter().zip(&sinks) {
+        let ratios: Vec<f64> = slices
+            .iter()
+            .zip(&loops)
+            .map(|(s, l)| s.rate() / l.rate())
+            .collect();
+        figures.push(Figure::new(
+            &format!(
+                "2. fill throughput, SQS sink (moto), concurrency {}, in_flight {}",
+                shape.concurrency, shape.in_flight
+            ),
+            format!(
+                "median {:.2} × the plain loop ({} in rounds; {} records/s); gapwatch {:.2} CPU-s per 10,000 records",
+                median(&ratios),
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                rates(slices),
+                mean(&slices.iter().map(Slice::cpu_per_10k).collect::<Vec<_>>())
+            ),
+            "≥ 0.9 × the plain loop",
+            format!(
+                "each round a fresh moto; POST /api/v1/backfills of {} records (4 chunks, limit=1000, concurrency {}, \
+                 sink.in_flight {}) from the POST until the gap is done; {COMPARE_DRAINERS} drainers meanwhile; each \
+                 record in one message; gapwatch CPU = the process's utime + stime (vendor pages, SQLite, HTTP \
+                 API included); {}",
+                thousands(n as f64),
+                shape.concurrency,
+                shape.in_flight,
+                slices.iter().map(moto_note).collect::<Vec<_>>().join("; ")
+            ),
+        ));
+    }
+    Ok(figures)
 }

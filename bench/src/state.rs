@@ -151,6 +151,7 @@ async fn one(
         from,
         to,
         chunks: FILL_CHUNKS,
+        concurrency: 2,
         page: 1000,
         rate_limit: "100000/s",
         sink: format!("    type = \"file\"\n    path = \"{}\"", path.display()),
