@@ -160,8 +160,9 @@ impl Sink {
     /// How a page of records (already deduplicated) splits into destination
     /// batches, in order: one `SendMessageBatch` (at most 10 messages and
     /// 256 KiB) for SQS, one POST for HTTP, the whole page for a file. Each
-    /// batch is delivered and committed before the next, so a crash re-sends
-    /// at most one.
+    /// batch is committed as soon as it is acknowledged, and at most
+    /// [`in_flight`](Self::in_flight) of a chunk are sent and not yet
+    /// committed at once (one by default), so a crash re-sends at most that many.
     pub fn batches(&self, records: &[Record]) -> Vec<Range<usize>> {
         match self {
             Sink::Sqs(_) => sqs_batches(records),
