@@ -218,6 +218,17 @@ async fn a_stripe_shaped_vendor_with_10_percent_429_and_10_percent_500() {
 /// such a repeat.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_fill_into_sqs_re_sends_at_most_one_batch() {
+    kill_9_mid_fill(1).await;
+}
+
+/// With `sink.in_flight = 4` a chunk has up to four batches sent and not
+/// yet committed: at most four batches arrive twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_fill_with_4_batches_in_flight_re_sends_at_most_4_batches() {
+    kill_9_mid_fill(4).await;
+}
+
+async fn kill_9_mid_fill(batches_in_flight: usize) {
     let moto = Moto::start();
     let sqs = moto.sqs();
     let app_q = moto.create_queue("app-orders").await;
@@ -263,6 +274,7 @@ name = "orders"
 {source}    [feeds.backfill.sink]
     type = "sqs"
     queue_url = "{app_q}"
+    in_flight = {batches_in_flight}
 "#,
         state = dir.path().join("state.db").display(),
         endpoint = moto.endpoint,
@@ -328,12 +340,15 @@ name = "orders"
     );
     assert_eq!(got.len(), want.len());
     let re_sent: usize = got.values().map(|n| n - 1).sum();
-    assert!(re_sent <= 10, "{re_sent} records re-sent after kill -9");
+    assert!(
+        re_sent <= 10 * batches_in_flight,
+        "{re_sent} records re-sent after kill -9 with {batches_in_flight} batches in flight"
+    );
     // The store knows each record was delivered once.
     let delivered = gap["progress"]["records_delivered"].as_i64().unwrap();
     assert_eq!(delivered, want.len() as i64, "{gap}");
     eprintln!(
-        "kill -9 mid-fill: {} records, {re_sent} re-sent",
+        "kill -9 mid-fill, in_flight {batches_in_flight}: {} records, {re_sent} re-sent",
         want.len()
     );
 }
