@@ -32,20 +32,28 @@ impl History {
     /// `len` records spread over the past `span` (`24h`, `30d`), in a
     /// simulator of its own named `name`.
     pub async fn start_over(env: &Env, name: &str, len: u64, span: &str) -> Result<History> {
+        Self::start_with(env, name, len, span, &[]).await
+    }
+
+    /// As [`History::start_over`], with more `vendor-sim` arguments.
+    pub async fn start_with(
+        env: &Env,
+        name: &str,
+        len: u64,
+        span: &str,
+        more: &[String],
+    ) -> Result<History> {
         let dir = env.dir(name)?;
-        let sim = VendorSim::start(
-            env,
-            &dir,
-            "vendor-sim",
-            &[
-                "--rate".into(),
-                "0".into(),
-                "--history".into(),
-                len.to_string(),
-                "--history-span".into(),
-                span.into(),
-            ],
-        )?;
+        let mut args: Vec<String> = vec![
+            "--rate".into(),
+            "0".into(),
+            "--history".into(),
+            len.to_string(),
+            "--history-span".into(),
+            span.into(),
+        ];
+        args.extend_from_slice(more);
+        let sim = VendorSim::start(env, &dir, "vendor-sim", &args)?;
         let stats = sim.get("/control/stats").await?;
         let t = |k: &str| -> Result<DateTime<Utc>> {
             stats[k]

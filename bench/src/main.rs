@@ -281,7 +281,16 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         }
         if wanted("state") {
             progress("10. state store: the same fill on SQLite and on Postgres, rows and bytes");
-            figures.extend(state::backends(env, &history, sizes.big_fill, sizes.state_gaps).await?);
+            figures.extend(
+                state::backends(
+                    env,
+                    &history,
+                    sizes.big_fill,
+                    sizes.state_gaps,
+                    sizes.small_fill,
+                )
+                .await?,
+            );
         }
     }
     if wanted("span") {

@@ -109,16 +109,18 @@ struct Measured {
 }
 
 /// Figure 10 for both backends over the same `n` records of `history`.
-pub async fn backends(env: &Env, history: &History, n: u64, gaps: i64) -> Result<Vec<Figure>> {
+/// Then the bytes per id again with 36-character ids, over `long_n` records.
+pub async fn backends(
+    env: &Env,
+    history: &History,
+    n: u64,
+    gaps: i64,
+    long_n: u64,
+) -> Result<Vec<Figure>> {
     let cluster = tokio::task::spawn_blocking(PgCluster::start_durable)
         .await
         .map_err(|e| anyhow!("cannot start a Postgres cluster: {}", panic_text(e)))?;
-    let pg_url = {
-        let c = &cluster;
-        // psql is a short blocking call.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.new_database()))
-            .map_err(|e| anyhow!("create the bench database: {}", panic_message(&*e)))?
-    };
+    let pg_url = new_database(&cluster)?;
     let sqlite_dir = env.dir("state-sqlite")?;
     let sqlite_url = format!("sqlite://{}/state.db", sqlite_dir.display());
 
@@ -126,12 +128,44 @@ pub async fn backends(env: &Env, history: &History, n: u64, gaps: i64) -> Result
     let mut measured = Vec::new();
     for (name, url, server) in [
         ("state-sqlite", sqlite_url, None),
-        ("state-postgres", pg_url, Some(postmaster)),
+        ("state-postgres", pg_url.clone(), Some(postmaster)),
     ] {
         measured.push(one(env, history, n, gaps, name, &url, server).await?);
     }
+    let mut figures = figures(&measured, n, gaps);
+
+    // Ids as long as a UUID (36 characters), from a vendor of their own; in
+    // a database of their own on each backend.
+    let long = History::start_with(
+        env,
+        "vendor-long-ids",
+        long_n,
+        "24h",
+        &["--prefix".into(), LONG_PREFIX.into()],
+    )
+    .await?;
+    let sqlite_dir = env.dir("state-sqlite-long")?;
+    let sqlite_url = format!("sqlite://{}/state.db", sqlite_dir.display());
+    let pg_url = new_database(&cluster)?;
+    let mut long_ids = Vec::new();
+    for (name, url) in [
+        ("state-sqlite-long", sqlite_url),
+        ("state-postgres-long", pg_url),
+    ] {
+        long_ids.push(one(env, &long, long_n, 0, name, &url, None).await?);
+    }
+    figures.push(id_figure(&long_ids, 36));
     drop(cluster);
-    Ok(figures(&measured, n, gaps))
+    Ok(figures)
+}
+
+/// `LONG_PREFIX-000000000001`: 36 characters, a UUID's length.
+const LONG_PREFIX: &str = "evt-0000-0000-0000-0000";
+
+fn new_database(cluster: &PgCluster) -> Result<String> {
+    // psql is a short blocking call.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cluster.new_database()))
+        .map_err(|e| anyhow!("create a bench database: {}", panic_message(&*e)))
 }
 
 async fn one(
@@ -195,6 +229,21 @@ async fn one(
     let filled = db.usage().await?;
     let (id_rows, id_bytes) = filled.delta(&before, "record_ids");
 
+    let per = |v: i64, of: i64| v as f64 / of.max(1) as f64;
+    let mut m = Measured {
+        backend: db.name(),
+        id_rows: per(id_rows, fill.delivered),
+        id_bytes: per(id_bytes, fill.delivered),
+        gap_rows: 0.0,
+        chunk_rows: 0.0,
+        gap_bytes: 0.0,
+        chunk_bytes: 0.0,
+        server_cpu,
+        fill,
+    };
+    if gaps == 0 {
+        return Ok(m);
+    }
     // Small backfills before the vendor's history: each is planned in
     // GAP_CHUNKS chunks that find no records, so they add gaps and chunks only.
     let chunk_ms = (to - from).num_milliseconds().max(1) / i64::from(FILL_CHUNKS) + 1;
@@ -212,18 +261,11 @@ async fn one(
     if after.rows["record_ids"] != filled.rows["record_ids"] {
         bail!("{name}: the empty backfills added record ids");
     }
-    let per = |v: i64, of: i64| v as f64 / of.max(1) as f64;
-    Ok(Measured {
-        backend: db.name(),
-        id_rows: per(id_rows, fill.delivered),
-        id_bytes: per(id_bytes, fill.delivered),
-        gap_rows: per(gap_rows, gaps),
-        chunk_rows: per(chunk_rows, gaps),
-        gap_bytes: per(gap_bytes, gaps),
-        chunk_bytes: per(chunk_bytes, chunk_rows),
-        server_cpu,
-        fill,
-    })
+    m.gap_rows = per(gap_rows, gaps);
+    m.chunk_rows = per(chunk_rows, gaps);
+    m.gap_bytes = per(gap_bytes, gaps);
+    m.chunk_bytes = per(chunk_bytes, chunk_rows);
+    Ok(m)
 }
 
 async fn backfill(gw: &Gapwatch, feed: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<()> {
@@ -305,23 +347,7 @@ fn figures(m: &[Measured], n: u64, gaps: i64) -> Vec<Figure> {
             pg.server_cpu.unwrap_or(f64::NAN)
         ),
     )];
-    let ids = |x: &Measured| {
-        format!(
-            "{}: {:.2} row, {:.0} bytes",
-            x.backend, x.id_rows, x.id_bytes
-        )
-    };
-    out.push(Figure::new(
-        "10. state per delivered record (ledger / record id)",
-        format!("{}; {}", ids(sqlite), ids(pg)),
-        "—",
-        format!(
-            "record_ids rows and bytes (table + indexes) after the fill minus before, over {} delivered \
-             ids of 16 characters; SQLite: dbstat pages, Postgres: pg_total_relation_size; as written, \
-             no VACUUM",
-            thousands(sqlite.fill.delivered as f64)
-        ),
-    ));
+    out.push(id_figure(m, 16));
     let gap = |x: &Measured| {
         format!(
             "{}: {:.0} gap row + {:.1} chunk rows, {:.0} bytes + {:.0} bytes per chunk",
@@ -350,6 +376,27 @@ fn postmaster_pid(cluster: &PgCluster) -> Result<u32> {
         .next()
         .and_then(|l| l.trim().parse().ok())
         .with_context(|| format!("{}: no process id", path.display()))
+}
+
+/// Rows and bytes per ledger id on each backend, ids of `len` characters.
+fn id_figure(m: &[Measured], len: usize) -> Figure {
+    let ids = |x: &Measured| {
+        format!(
+            "{}: {:.2} row, {:.0} bytes",
+            x.backend, x.id_rows, x.id_bytes
+        )
+    };
+    Figure::new(
+        &format!("10. state per delivered record (ledger / record id), {len}-character ids"),
+        format!("{}; {}", ids(&m[0]), ids(&m[1])),
+        "—",
+        format!(
+            "record_ids rows and bytes (table + indexes) after the fill minus before, over {} delivered \
+             ids of {len} characters (in sequence, as vendor-sim numbers them); SQLite: dbstat pages, \
+             Postgres: pg_total_relation_size; as written, no VACUUM",
+            thousands(m[0].fill.delivered as f64)
+        ),
+    )
 }
 
 fn panic_text(e: tokio::task::JoinError) -> String {
