@@ -110,6 +110,8 @@ pub struct FeedMonitor {
     last_sync: Option<Instant>,
     /// Audited feeds: every id observed, on its way to the ledger.
     ledger: Option<LedgerBuffer>,
+    /// … and the open gap it held then (start, id).
+    shared_gap: Option<(DateTime<Utc>, i64)>,
 }
 
 /// Rate limit for the "event time in the future" warning: a vendor that stamps
@@ -239,6 +241,7 @@ impl FeedMonitor {
             led: true,
             last_sync: None,
             ledger,
+            shared_gap: None,
         };
         Ok((monitor, handle))
     }
@@ -317,7 +320,9 @@ impl FeedMonitor {
 
     /// With a shared store: takes in the newest event any replica saw (so
     /// replicas sharing a queue never see false silence) and, unless this
-    /// replica decides the feed's gaps, the holder's open gap.
+    /// replica decides the feed's gaps, the holder's open gap. Every replica
+    /// remembers the ids it relayed next to the gap's edges, so the fill
+    /// skips them whichever replica relayed them.
     async fn sync(&mut self, now: DateTime<Utc>) {
         if !self.store.is_shared() || self.last_sync.is_some_and(|at| at.elapsed() < SYNC_EVERY) {
             return;
@@ -332,41 +337,32 @@ impl FeedMonitor {
                 return;
             }
         };
-        let own = self.detector.state();
-        // A new holder adopts the stored gap state; then it is the one deciding.
-        if stored.open_gap_start != own.open_gap_start && (!leader || !self.led) {
-            let open_gap_id = match stored.open_gap_start {
-                None => Ok(None),
-                Some(_) => self
-                    .store
-                    .gaps(&crate::store::GapFilter {
-                        feed: Some(feed.clone()),
-                        state: Some("open".into()),
-                        limit: Some(10),
-                    })
-                    .await
-                    .map(|gaps| {
-                        gaps.into_iter()
-                            .find(|g| g.kind == crate::store::GapKind::Detected)
-                            .map(|g| g.id)
-                    }),
-            };
-            let Ok(open_gap_id) = open_gap_id else {
-                return;
-            };
-            // The ids this replica relayed next to the holder's gap edges are
-            // not to be filled again: remember them as the holder does its own.
-            let edge_gap = open_gap_id.or(self.open_gap_id);
+        let gap = match stored.open_gap_start {
+            None => None,
+            Some(start) if self.shared_gap.map(|g| g.0) == Some(start) => self.shared_gap,
+            Some(start) => match self.open_detected_gap().await {
+                Ok(Some(id)) => Some((start, id)),
+                _ => return,
+            },
+        };
+        if gap != self.shared_gap && !leader {
+            // The holder saves its own edges when it opens and closes the gap.
+            let edge_gap = gap.or(self.shared_gap).map(|g| g.1);
             if let Some(gap_id) = edge_gap {
                 let edge: Vec<_> = self.recent.iter().cloned().collect();
                 if let Err(e) = self.store.remember_live(&feed, Some(gap_id), &edge).await {
                     tracing::warn!(feed = %feed, error = %e, "cannot save edge ids");
                     return;
                 }
-                if open_gap_id.is_none() {
+                if gap.is_none() {
                     self.after_edge = Some((gap_id, self.edge_ids));
                 }
             }
+        }
+        self.shared_gap = gap;
+        let own = self.detector.state();
+        // A new holder adopts the stored gap state; then it is the one deciding.
+        if stored.open_gap_start != own.open_gap_start && (!leader || !self.led) {
             self.detector = Detector::new(
                 self.config.freshness.max_silence,
                 self.config.freshness.window.clone(),
@@ -375,8 +371,10 @@ impl FeedMonitor {
                     open_gap_start: stored.open_gap_start,
                 },
             );
-            self.open_gap_id = open_gap_id;
             self.last_unfilled_at = None;
+        }
+        if !leader || !self.led {
+            self.open_gap_id = gap.map(|g| g.1);
         }
         if let Some(t) = stored.last_event {
             if let Some(event) = self.detector.observe(t, now) {
@@ -387,6 +385,21 @@ impl FeedMonitor {
             self.unsaved.clear();
         }
         self.led = leader;
+    }
+
+    /// The id of the feed's open detected gap in the store.
+    async fn open_detected_gap(&self) -> Result<Option<i64>, crate::store::StoreError> {
+        Ok(self
+            .store
+            .gaps(&crate::store::GapFilter {
+                feed: Some(self.config.name.clone()),
+                state: Some("open".into()),
+                limit: Some(10),
+            })
+            .await?
+            .into_iter()
+            .find(|g| g.kind == crate::store::GapKind::Detected)
+            .map(|g| g.id))
     }
 
     /// The detector's clock.
