@@ -108,10 +108,10 @@ pub struct FeedMonitor {
     led: bool,
     /// With a shared store: when the feed's state was last read back.
     last_sync: Option<Instant>,
-    /// Audited feeds: every id observed, on its way to the ledger.
-    ledger: Option<LedgerBuffer>,
     /// … and the open gap it held then (start, id).
     shared_gap: Option<(DateTime<Utc>, i64)>,
+    /// Audited feeds: every id observed, on its way to the ledger.
+    ledger: Option<LedgerBuffer>,
 }
 
 /// Rate limit for the "event time in the future" warning: a vendor that stamps
