@@ -29,11 +29,15 @@ const UNFILLED_EVERY: Duration = Duration::from_secs(5);
 const UNFILLED_IDLE: Duration = Duration::from_secs(60);
 /// Retry delay for store writes that failed.
 const RETRY: Duration = Duration::from_secs(1);
+/// While the store keeps failing, the pause before the monitor tries it
+/// again doubles up to this: each try may wait the pool's acquire timeout,
+/// and observations, freshness and metrics must not wait with it.
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(16);
 /// A monitor with nothing due still looks around this often.
 const IDLE_WAKE: Duration = Duration::from_secs(3600);
 /// With a shared store: how often the feed's state written by every replica
 /// (the newest event, the holder's gap) is read back.
-const SYNC_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const SYNC_EVERY: Duration = Duration::from_secs(1);
 /// Capacity of a feed's observation channel, in batches (backpressure beyond).
 pub const CHANNEL_BATCHES: usize = 64;
 
@@ -112,6 +116,9 @@ pub struct FeedMonitor {
     shared_gap: Option<(DateTime<Utc>, i64)>,
     /// Audited feeds: every id observed, on its way to the ledger.
     ledger: Option<LedgerBuffer>,
+    /// While the store fails: when it is tried next, and how many tries failed.
+    store_retry_at: Option<Instant>,
+    store_failures: u32,
 }
 
 /// Rate limit for the "event time in the future" warning: a vendor that stamps
@@ -242,6 +249,8 @@ impl FeedMonitor {
             last_sync: None,
             ledger,
             shared_gap: None,
+            store_retry_at: None,
+            store_failures: 0,
         };
         Ok((monitor, handle))
     }
@@ -270,12 +279,16 @@ impl FeedMonitor {
                         self.observe(batch, self.now()).await;
                         // A busy feed never lets the timer branch win.
                         if self.next_wake() <= Instant::now() {
+                            self.catch_up().await;
                             self.tick(self.now()).await;
                         }
                     }
                     None => break,
                 },
-                _ = tokio::time::sleep_until(wake) => self.tick(self.now()).await,
+                _ = tokio::time::sleep_until(wake) => {
+                    self.catch_up().await;
+                    self.tick(self.now()).await;
+                }
                 _ = stop.cancelled() => break,
             }
         }
@@ -288,17 +301,31 @@ impl FeedMonitor {
         tracing::debug!(feed = %self.config.name, "feed monitor stopped");
     }
 
+    /// Observes what queued up while the monitor waited on the store, so
+    /// the detector never counts its own wait as the feed's silence.
+    async fn catch_up(&mut self) {
+        // Bounded: the channel holds `CHANNEL_BATCHES` at most.
+        for _ in 0..CHANNEL_BATCHES {
+            match self.rx.try_recv() {
+                Ok(batch) => self.observe(batch, self.now()).await,
+                Err(_) => break,
+            }
+        }
+    }
+
     /// When the monitor has something to do next if nothing is observed: the
     /// detector's deadline, a due save or retry, the unfilled-seconds refresh.
     /// Nothing else wakes an idle feed, so idle cost does not grow with the
     /// number of feeds, and detection happens at the deadline itself.
     fn next_wake(&self) -> Instant {
         let now = Instant::now();
-        let mut wake = now + IDLE_WAKE;
+        let mut deadline_wake = now + IDLE_WAKE;
         if let Some(deadline) = self.detector.next_deadline(self.now()) {
             let wait = (deadline - self.now()).to_std().unwrap_or(Duration::ZERO);
-            wake = wake.min(now + wait);
+            deadline_wake = now + wait;
         }
+        // Everything below needs the store.
+        let mut wake = now + IDLE_WAKE;
         if !self.unsaved.is_empty() || (self.after_edge.is_some() && !self.after_pending.is_empty())
         {
             wake = wake.min(now + RETRY);
@@ -315,7 +342,34 @@ impl FeedMonitor {
         }
         let busy = self.open_gap_id.is_some() || self.unfilled > 0.0;
         let every = if busy { UNFILLED_EVERY } else { UNFILLED_IDLE };
-        wake.min(self.last_unfilled_at.map_or(now, |at| at + every))
+        let wake = wake.min(self.last_unfilled_at.map_or(now, |at| at + every));
+        deadline_wake.min(self.store_retry_at.map_or(wake, |at| wake.max(at)))
+    }
+
+    /// Whether the store may be tried now: while it fails, it is tried
+    /// again only after a pause that grows with each failure.
+    fn store_due(&self) -> bool {
+        self.store_retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// Takes note of a store call's outcome for [`FeedMonitor::store_due`].
+    fn store_outcome<T, E>(&mut self, result: &Result<T, E>) {
+        match result {
+            Ok(_) => {
+                if self.store_failures > 0 {
+                    tracing::info!(feed = %self.config.name, failures = self.store_failures, "state store reachable again");
+                }
+                self.store_failures = 0;
+                self.store_retry_at = None;
+            }
+            Err(_) => {
+                self.store_failures = self.store_failures.saturating_add(1);
+                let pause = RETRY
+                    .saturating_mul(1 << self.store_failures.min(5).saturating_sub(1))
+                    .min(STORE_BACKOFF_MAX);
+                self.store_retry_at = Some(Instant::now() + pause);
+            }
+        }
     }
 
     /// With a shared store: takes in the newest event any replica saw (so
@@ -324,13 +378,18 @@ impl FeedMonitor {
     /// remembers the ids it relayed next to the gap's edges, so the fill
     /// skips them whichever replica relayed them.
     async fn sync(&mut self, now: DateTime<Utc>) {
-        if !self.store.is_shared() || self.last_sync.is_some_and(|at| at.elapsed() < SYNC_EVERY) {
+        if !self.store.is_shared()
+            || self.last_sync.is_some_and(|at| at.elapsed() < SYNC_EVERY)
+            || !self.store_due()
+        {
             return;
         }
         self.last_sync = Some(Instant::now());
         let feed = self.config.name.clone();
         let leader = self.lease.borrow().is_mine();
-        let stored = match self.store.detector_state(&feed).await {
+        let stored = self.store.detector_state(&feed).await;
+        self.store_outcome(&stored);
+        let stored = match stored {
             Ok(s) => s,
             Err(e) => {
                 tracing::debug!(feed = %feed, error = %e, "cannot read the shared feed state");
@@ -340,17 +399,23 @@ impl FeedMonitor {
         let gap = match stored.open_gap_start {
             None => None,
             Some(start) if self.shared_gap.map(|g| g.0) == Some(start) => self.shared_gap,
-            Some(start) => match self.open_detected_gap().await {
-                Ok(Some(id)) => Some((start, id)),
-                _ => return,
-            },
+            Some(start) => {
+                let found = self.open_detected_gap().await;
+                self.store_outcome(&found);
+                match found {
+                    Ok(Some(id)) => Some((start, id)),
+                    _ => return,
+                }
+            }
         };
         if gap != self.shared_gap && !leader {
             // The holder saves its own edges when it opens and closes the gap.
             let edge_gap = gap.or(self.shared_gap).map(|g| g.1);
             if let Some(gap_id) = edge_gap {
                 let edge: Vec<_> = self.recent.iter().cloned().collect();
-                if let Err(e) = self.store.remember_live(&feed, Some(gap_id), &edge).await {
+                let saved = self.store.remember_live(&feed, Some(gap_id), &edge).await;
+                self.store_outcome(&saved);
+                if let Err(e) = saved {
                     tracing::warn!(feed = %feed, error = %e, "cannot save edge ids");
                     return;
                 }
@@ -361,8 +426,12 @@ impl FeedMonitor {
         }
         self.shared_gap = gap;
         let own = self.detector.state();
+        // Gap events this replica could not save yet (the store was down and
+        // nobody was known to hold the lease) are decisions still to be
+        // applied on top of the stored state, not overwritten by it.
+        let deciding = !self.unsaved.is_empty();
         // A new holder adopts the stored gap state; then it is the one deciding.
-        if stored.open_gap_start != own.open_gap_start && (!leader || !self.led) {
+        if stored.open_gap_start != own.open_gap_start && (!leader || !self.led) && !deciding {
             self.detector = Detector::new(
                 self.config.freshness.max_silence,
                 self.config.freshness.window.clone(),
@@ -373,7 +442,7 @@ impl FeedMonitor {
             );
             self.last_unfilled_at = None;
         }
-        if !leader || !self.led {
+        if (!leader || !self.led) && !deciding {
             self.open_gap_id = gap.map(|g| g.1);
         }
         if let Some(t) = stored.last_event {
@@ -381,7 +450,7 @@ impl FeedMonitor {
                 self.unsaved.push_back(event);
             }
         }
-        if !leader {
+        if self.lease.borrow().is_elsewhere() {
             self.unsaved.clear();
         }
         self.led = leader;
@@ -429,8 +498,12 @@ impl FeedMonitor {
                 self.recent.pop_front();
             }
             self.recent.push_back((obs.id.clone(), obs.event_time));
-            if !self.unsaved.is_empty() || self.after_edge.is_some() {
-                // The "after" edge starts with the record that closed the gap.
+            if (!self.unsaved.is_empty() || self.after_edge.is_some())
+                && self.after_pending.len() < self.edge_ids
+            {
+                // The "after" edge starts with the record that closed the
+                // gap and holds `edge_ids` at most, however long the store
+                // stays away.
                 self.after_pending.push((obs.id, obs.event_time));
             }
         }
@@ -443,12 +516,17 @@ impl FeedMonitor {
     /// Writes the ledger's pending ids when a batch is full or has waited
     /// long enough (`force`: whatever is pending, at shutdown).
     async fn flush_ledger(&mut self, force: bool) {
+        if !self.store_due() {
+            return;
+        }
         let Some(ledger) = &mut self.ledger else {
             return;
         };
-        if let Err(e) = ledger.flush(&self.store, &self.config.name, force).await {
+        let result = ledger.flush(&self.store, &self.config.name, force).await;
+        if let Err(e) = &result {
             tracing::warn!(feed = %self.config.name, pending = ledger.len(), error = %e, "cannot write the ledger; retrying");
         }
+        self.store_outcome(&result);
     }
 
     /// The record was relayed (or accepted) already; only its time is not
@@ -496,11 +574,13 @@ impl FeedMonitor {
     async fn update_unfilled(&mut self, now: DateTime<Utc>) {
         let busy = self.open_gap_id.is_some() || self.unfilled > 0.0;
         let every = if busy { UNFILLED_EVERY } else { UNFILLED_IDLE };
-        if self.last_unfilled_at.is_some_and(|at| at.elapsed() < every) {
+        if self.last_unfilled_at.is_some_and(|at| at.elapsed() < every) || !self.store_due() {
             return;
         }
         self.last_unfilled_at = Some(Instant::now());
-        match self.store.unfilled_seconds(&self.config.name, now).await {
+        let result = self.store.unfilled_seconds(&self.config.name, now).await;
+        self.store_outcome(&result);
+        match result {
             Ok(s) => {
                 self.unfilled = s;
                 self.metrics
@@ -515,11 +595,14 @@ impl FeedMonitor {
     }
 
     async fn save_events(&mut self, now: DateTime<Utc>) {
-        if !self.lease.borrow().is_mine() {
+        let lease = self.lease.borrow().clone();
+        if lease.is_elsewhere() {
             // The holder decides; this replica follows the store (see `sync`).
             self.unsaved.clear();
         }
-        while let Some(event) = self.unsaved.front().copied() {
+        // Not held by anyone known (the store is down): kept until it is.
+        let may_save = lease.is_mine() && self.store_due();
+        while let Some(event) = self.unsaved.front().copied().filter(|_| may_save) {
             let feed = self.config.name.clone();
             let result = match event {
                 GapEvent::Opened { start, detected_at } => {
@@ -527,6 +610,7 @@ impl FeedMonitor {
                 }
                 GapEvent::Closed { start, end } => self.on_closed(&feed, start, end, now).await,
             };
+            self.store_outcome(&result);
             match result {
                 Ok(()) => {
                     self.unsaved.pop_front();
@@ -602,16 +686,17 @@ impl FeedMonitor {
         let Some((gap_id, remaining)) = self.after_edge else {
             return;
         };
-        if self.after_pending.is_empty() {
+        if self.after_pending.is_empty() || !self.store_due() {
             return;
         }
         let take = remaining.min(self.after_pending.len());
         let ids: Vec<_> = self.after_pending.drain(..).take(take).collect();
-        match self
+        let result = self
             .store
             .remember_live(&self.config.name, Some(gap_id), &ids)
-            .await
-        {
+            .await;
+        self.store_outcome(&result);
+        match result {
             Ok(()) => {
                 let left = remaining - take;
                 self.after_edge = (left > 0).then_some((gap_id, left));
@@ -630,14 +715,15 @@ impl FeedMonitor {
         let due = self
             .last_save_at
             .is_none_or(|at| at.elapsed() >= SAVE_EVERY);
-        if self.last_saved == Some(last) || !due {
+        if self.last_saved == Some(last) || !due || !self.store_due() {
             return;
         }
-        match self
+        let result = self
             .store
             .save_last_event(&self.config.name, last, now)
-            .await
-        {
+            .await;
+        self.store_outcome(&result);
+        match result {
             Ok(()) => {
                 self.last_saved = Some(last);
                 self.last_save_at = Some(Instant::now());

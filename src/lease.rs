@@ -40,6 +40,14 @@ impl LeaseView {
         self.mine_until.is_some_and(|u| Instant::now() < u)
     }
 
+    /// Whether another replica is known to hold the lease now: its
+    /// decisions, not this replica's, are the feed's. False while the lease
+    /// cannot be read (the store is down): then nobody is known to decide,
+    /// and this replica keeps what it detected until someone can.
+    pub fn is_elsewhere(&self) -> bool {
+        self.holder.is_some() && self.mine_until.is_none()
+    }
+
     /// A lease that is always held: for a store with one writer and for tests.
     pub fn held() -> Self {
         Self {
@@ -110,8 +118,11 @@ impl LeaseKeeper {
                 }
                 tracing::debug!(feed = %feed.name, %error, holding = still, "cannot renew the feed lease");
                 LeaseView {
+                    // Once it lapsed, who holds it is unknown until a renewal
+                    // gets through again.
+                    holder: before.holder.clone().filter(|_| still),
                     mine_until: before.mine_until.filter(|_| still),
-                    ..before.clone()
+                    token: before.token,
                 }
             }
         };

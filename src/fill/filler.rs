@@ -33,6 +33,11 @@ const PASS_RETRY: Duration = Duration::from_secs(5);
 /// A chunk still due right after a pass (it could not start) is tried again after this.
 const DUE_RETRY: Duration = Duration::from_secs(1);
 
+/// With several replicas, each one stores the ids it relayed just before a
+/// gap's start within a sync of the gap being stored; a fill started earlier
+/// would re-send those of them the overlap covers.
+const EDGE_WAIT: Duration = crate::feed::SYNC_EVERY.saturating_mul(3);
+
 /// Chunks of a gap planned but not finished at most: a month-long gap is
 /// planned this many windows ahead, not all at once.
 const PLAN_AHEAD: usize = 64;
@@ -217,6 +222,10 @@ impl Filler {
             if cancel.is_cancelled() {
                 break;
             }
+            if let Some(at) = self.edges_complete_at(&gap).filter(|at| *at > Utc::now()) {
+                due = due.into_iter().chain([at]).min();
+                continue;
+            }
             if self.fill_gap(&gap, cancel).await? == GapOutcome::InProgress {
                 let next = self.next_due(&gap, Utc::now()).await?;
                 due = due.into_iter().chain(next).min();
@@ -224,6 +233,13 @@ impl Filler {
         }
         self.update_chunk_gauges().await;
         Ok(due)
+    }
+
+    /// With a shared store: when every replica has stored its ids next to a
+    /// detected gap's start (None: nothing to wait for).
+    fn edges_complete_at(&self, gap: &Gap) -> Option<DateTime<Utc>> {
+        (self.store.is_shared() && gap.kind == GapKind::Detected)
+            .then(|| gap.detected_at + chrono::Duration::from_std(EDGE_WAIT).unwrap_or_default())
     }
 
     /// When a gap still in progress has work again: its earliest chunk retry,

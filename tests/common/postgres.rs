@@ -248,6 +248,19 @@ impl PgCluster {
             .status();
     }
 
+    /// Stops the server the way an operator restarting it does (`-m fast`:
+    /// clients are disconnected, the server shuts down cleanly).
+    pub fn stop(&self) {
+        check(
+            "pg_ctl stop -m fast",
+            self.server_cmd("pg_ctl")
+                .args(["stop", "-m", "fast", "-w", "-t", "60", "-D"])
+                .arg(self.data())
+                .stdin(Stdio::null())
+                .output(),
+        );
+    }
+
     /// A connection URL for database `db`.
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)

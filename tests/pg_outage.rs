@@ -1,0 +1,261 @@
+//! Postgres goes away for about a minute while gapwatch relays a feed, and the
+//! vendor goes silent in the middle of it: relaying and freshness go on,
+//! readiness reports the store, and once the database is back the lease is
+//! taken again, the gap that opened during the outage is saved and filled, and
+//! the ids relayed meanwhile reach the ledger. Nothing is lost or repeated.
+//!
+//! The test stops its own cluster (`pg_ctl stop -m fast`), so it does not
+//! share one with other tests.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::postgres::PgCluster;
+use common::*;
+
+const TOKEN: &str = "vendor-t0ken";
+
+fn config(moto: &Moto, state_url: &str, vendor_url: &str, vendor_q: &str, app_q: &str) -> String {
+    // The audit keeps a ledger of every relayed id; it runs rarely and only
+    // over windows older than its delay, so it stays out of this test's way.
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "adm1n"
+
+[state]
+url = "{state_url}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[monitor]
+cloudwatch = false
+poll_interval = "2s"
+
+{feed}{audit}"#,
+        endpoint = moto.endpoint,
+        feed = relay_feed_with_source(
+            "orders",
+            vendor_q,
+            app_q,
+            &VendorShape::Cursor.source(vendor_url, 10)
+        ),
+        audit = audit_block("1h", "24h", "10m"),
+    )
+}
+
+async fn metric(gw: &Gapwatch, series: &str) -> Option<f64> {
+    sample(&gw.metrics().await, series)
+}
+
+fn id_of(m: &aws_sdk_sqs::types::Message) -> String {
+    let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn is_recovered(m: &aws_sdk_sqs::types::Message) -> bool {
+    m.message_attributes()
+        .is_some_and(|a| a.contains_key("gapwatch-backfill"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_costs_state_freshness_never_records() {
+    let pg = PgCluster::start();
+    let state_url = pg.new_database();
+    let db = state_url.rsplit('/').next().unwrap().to_string();
+    let moto = Moto::start();
+    let sqs = moto.sqs();
+    let vendor_q = moto.create_queue("vendor-orders").await;
+    let app_q = moto.create_queue("app-orders").await;
+    let sim = VendorSim::start(&[
+        "--rate",
+        "5",
+        "--queue-url",
+        &vendor_q,
+        "--endpoint-url",
+        &moto.endpoint,
+        "--token",
+        TOKEN,
+        "--pagination",
+        "cursor",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config(&moto, &state_url, &sim.base, &vendor_q, &app_q);
+    let gw = Gapwatch::start(dir.path(), &text, &[("VENDOR_TOKEN", TOKEN)]);
+    let leader = r#"gapwatch_feed_leader{feed="orders"}"#;
+    let last_event = r#"gapwatch_feed_last_event_timestamp_seconds{feed="orders"}"#;
+
+    let mut received = drain_for(&sqs, &app_q, Duration::from_secs(4)).await;
+    assert!(!received.is_empty(), "nothing relayed before the outage");
+    assert_eq!(metric(&gw, leader).await, Some(1.0));
+    assert_eq!(gw.get("/readyz").await.0, 200);
+
+    // The database goes away.
+    pg.stop();
+    let stopped = Instant::now();
+    let stopped_at = chrono::Utc::now().timestamp() as f64;
+
+    // Readiness says so (one probe may still see a pooled connection).
+    let body = eventually(
+        Duration::from_secs(30),
+        "/readyz reports the store",
+        || async {
+            let (status, body) = gw.get("/readyz").await;
+            (status == 503 && body["store"] != "ok").then_some(body)
+        },
+    )
+    .await;
+    let not_ready_after = stopped.elapsed();
+    assert_eq!(body["ready"], false, "{body}");
+
+    // Relaying goes on; then the vendor goes silent for 20 s inside the outage.
+    received.extend(drain_for(&sqs, &app_q, Duration::from_secs(3)).await);
+    sim.control("/control/silence", serde_json::json!({ "for_seconds": 20 }))
+        .await;
+    let silenced = chrono::Utc::now().timestamp() as f64;
+    while stopped.elapsed() < Duration::from_secs(60) {
+        received.extend(drain_for(&sqs, &app_q, Duration::from_secs(2)).await);
+    }
+    let during: Vec<_> = received
+        .iter()
+        .filter(|m| !is_recovered(m))
+        .filter_map(|m| {
+            let v: serde_json::Value = serde_json::from_str(m.body()?).ok()?;
+            let t = chrono::DateTime::parse_from_rfc3339(v["created_at"].as_str()?).ok()?;
+            (t.timestamp() as f64 > silenced + 20.0).then_some(())
+        })
+        .collect();
+    assert!(
+        !during.is_empty(),
+        "nothing relayed after the vendor resumed while the store was down; logs:\n{}",
+        gw.logs()
+    );
+    // Freshness follows the records, not the store.
+    let newest = metric(&gw, last_event).await.expect("a newest event");
+    assert!(
+        newest > silenced + 20.0,
+        "newest event {newest} not past the silence ({silenced} + 20 s); logs:\n{}",
+        gw.logs()
+    );
+    // Nobody may act on the feed's lease while it cannot be renewed.
+    assert_eq!(metric(&gw, leader).await, Some(0.0));
+    let (status, _) = gw.get("/readyz").await;
+    assert_eq!(status, 503);
+
+    // The database comes back on the same port.
+    pg.resume();
+    let resumed = Instant::now();
+    eventually(Duration::from_secs(30), "/readyz ok again", || async {
+        (gw.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    let ready_after = resumed.elapsed();
+    eventually(Duration::from_secs(30), "the lease taken again", || async {
+        (metric(&gw, leader).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let lease_after = resumed.elapsed();
+
+    // The gap that opened while the store was down is saved, once, and filled.
+    let mut gap = None;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        received.extend(drain_for(&sqs, &app_q, Duration::from_secs(1)).await);
+        let (_, v) = gw.get("/api/v1/gaps").await;
+        if v["gaps"][0]["fill"] == "done" {
+            gap = Some(v);
+            break;
+        }
+    }
+    let gaps = gap.unwrap_or_else(|| {
+        panic!(
+            "the outage's gap was not saved and filled; gaps: {}; logs:\n{}",
+            pg.psql_in(&db, "SELECT id, state, fill, start_ms, end_ms FROM gaps"),
+            gw.logs()
+        )
+    });
+    let gaps = gaps["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let start = chrono::DateTime::parse_from_rfc3339(gaps[0]["start"].as_str().unwrap())
+        .unwrap()
+        .timestamp() as f64;
+    assert!(
+        start >= stopped_at - 1.0 && start <= silenced + 1.0,
+        "the gap starts at {start}, not at the silence ({silenced}): {gaps:?}"
+    );
+
+    // Every vendor record reached the app queue, none more than one batch
+    // twice. The vendor stops publishing so the queue can be drained.
+    sim.control("/control/rate", serde_json::json!({ "rate": 0.0 }))
+        .await;
+    received.extend(drain(&sqs, &app_q, Duration::from_secs(5)).await);
+    let history = sim.get("/control/records").await;
+    let want: Vec<String> = history["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for m in &received {
+        *got.entry(id_of(m)).or_default() += 1;
+    }
+    let missing: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} vendor records missing, e.g. {:?}",
+        missing.len(),
+        want.len(),
+        missing.first()
+    );
+    let repeated: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.len() <= 10,
+        "{} records arrived more than once: {repeated:?}",
+        repeated.len()
+    );
+    let recovered = received.iter().filter(|m| is_recovered(m)).count();
+    assert!(recovered > 0, "nothing was recovered");
+
+    // The ids relayed while the store was down reached the ledger afterwards.
+    let relayed: Vec<String> = received
+        .iter()
+        .filter(|m| !is_recovered(m))
+        .map(id_of)
+        .collect();
+    let stored = eventually(Duration::from_secs(30), "the ledger catches up", || async {
+        let n: usize = pg
+            .psql_in(&db, "SELECT COUNT(*) FROM record_ids WHERE feed = 'orders'")
+            .parse()
+            .unwrap();
+        (n >= got.len()).then_some(n)
+    })
+    .await;
+    let in_store = pg.psql_in(&db, "SELECT id FROM record_ids WHERE feed = 'orders'");
+    let in_store: std::collections::HashSet<&str> = in_store.lines().collect();
+    let unrecorded: Vec<_> = relayed
+        .iter()
+        .filter(|id| !in_store.contains(id.as_str()))
+        .collect();
+    assert!(
+        unrecorded.is_empty(),
+        "{} relayed ids never reached the ledger, e.g. {:?}",
+        unrecorded.len(),
+        unrecorded.first()
+    );
+
+    eprintln!(
+        "postgres outage: /readyz 503 after {not_ready_after:?}; ready {ready_after:?} and \
+         lease back {lease_after:?} after the restart; {} records relayed after the silence \
+         while down; {} vendor records, {recovered} recovered, {} more than once; {stored} ids \
+         in the ledger",
+        during.len(),
+        want.len(),
+        repeated.len()
+    );
+}
