@@ -142,8 +142,11 @@ async fn a_postgres_outage_costs_state_freshness_never_records() {
         "newest event {newest} not past the silence ({silenced} + 20 s); logs:\n{}",
         gw.logs()
     );
-    // Nobody may act on the feed's lease while it cannot be renewed.
+    // Nobody may act on the feed's lease while it cannot be renewed, and
+    // nobody is named as its holder.
     assert_eq!(metric(&gw, leader).await, Some(0.0));
+    let (_, feeds) = gw.get("/api/v1/feeds").await;
+    assert!(feeds["feeds"][0]["leader"].is_null(), "{feeds}");
     let (status, _) = gw.get("/readyz").await;
     assert_eq!(status, 503);
 
