@@ -94,6 +94,9 @@ pub struct FeedMonitor {
     /// "after" edge.
     after_edge: Option<(i64, usize)>,
     after_pending: Vec<(String, DateTime<Utc>)>,
+    /// The newest live ids when the detector opened the gap not saved yet:
+    /// its "before" edge, even when the store takes the gap only later.
+    before_edge: Vec<(String, DateTime<Utc>)>,
     open_gap_id: Option<i64>,
     /// Gap events the store has not taken yet (retried every tick).
     unsaved: VecDeque<GapEvent>,
@@ -235,6 +238,7 @@ impl FeedMonitor {
             edge_ids,
             after_edge: None,
             after_pending: Vec::new(),
+            before_edge: Vec::new(),
             open_gap_id,
             unsaved: VecDeque::new(),
             observed: 0,
@@ -560,6 +564,10 @@ impl FeedMonitor {
     async fn tick(&mut self, now: DateTime<Utc>) {
         self.sync(now).await;
         if let Some(event) = self.detector.tick(now) {
+            if matches!(event, GapEvent::Opened { .. }) {
+                // Saved with the gap, however late that is.
+                self.before_edge = self.recent.iter().cloned().collect();
+            }
             self.unsaved.push_back(event);
         }
         self.save_events(now).await;
@@ -637,8 +645,10 @@ impl FeedMonitor {
             _ => FillState::None,
         };
         let id = self.store.open_gap(feed, start, detected_at, fill).await?;
-        let edge: Vec<_> = self.recent.iter().cloned().collect();
-        self.store.remember_live(feed, Some(id), &edge).await?;
+        self.store
+            .remember_live(feed, Some(id), &self.before_edge)
+            .await?;
+        self.before_edge.clear();
         self.open_gap_id = Some(id);
         self.last_unfilled_at = None;
         self.metrics.gap_open.with_label_values(&[feed]).set(1);
@@ -832,6 +842,7 @@ pub fn is_precise(mode: WatchMode) -> bool {
 mod tests {
     use super::*;
     use crate::config::Config;
+    use crate::store::GapFilter;
 
     fn report_feed(extra: &str) -> Arc<FeedConfig> {
         let text = format!(
@@ -901,5 +912,49 @@ mod tests {
         assert!(metrics.render().contains(
             r#"gapwatch_rejected_input_total{feed="orders",reason="future_event_time",source="report"} 1"#
         ));
+    }
+
+    #[tokio::test]
+    async fn a_gap_detected_while_nobody_holds_the_lease_is_saved_later_with_its_own_edge() {
+        let store = Store::memory().await.unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (monitor, _handle) =
+            FeedMonitor::start(report_feed(""), store.clone(), metrics, 5, Duration::ZERO)
+                .await
+                .unwrap();
+        // The lease cannot be read (the store is away): nobody is known to hold it.
+        let (lease, rx) = watch::channel(LeaseView::default());
+        let mut monitor = monitor.with_lease(rx);
+        // Whole seconds: the store keeps milliseconds.
+        let t0 = Utc::now().timestamp() - 3600;
+        let at = |s: i64| DateTime::from_timestamp(t0 + s, 0).unwrap();
+        let obs = |id: &str, t| Observation {
+            id: id.into(),
+            event_time: t,
+        };
+        let before: Vec<_> = (1..=5).map(|i| obs(&format!("a{i}"), at(i))).collect();
+        monitor.observe(before, at(5)).await;
+        // Five minutes of silence open the gap; then the feed resumes.
+        monitor.tick(at(5 + 301)).await;
+        let after: Vec<_> = (1..=3)
+            .map(|i| obs(&format!("b{i}"), at(400 + i)))
+            .collect();
+        monitor.observe(after, at(404)).await;
+        monitor.tick(at(404)).await;
+        let all = GapFilter::default();
+        assert!(store.gaps(&all).await.unwrap().is_empty());
+
+        // The lease is this replica's again: the gap is saved, opened and
+        // closed, with the ids seen just before the silence as its edge.
+        lease.send_replace(LeaseView::held());
+        monitor.tick(at(405)).await;
+        let gaps = store.gaps(&all).await.unwrap();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].start, at(5));
+        assert_eq!(gaps[0].end, Some(at(401)));
+        assert_eq!(gaps[0].detected_at, at(306));
+        let ids = ["a1", "a2", "a3", "a4", "a5", "b1", "b2", "b3"];
+        let known = store.known_ids("orders", &ids).await.unwrap();
+        assert_eq!(known.len(), ids.len(), "{known:?}");
     }
 }
