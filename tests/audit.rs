@@ -137,14 +137,9 @@ async fn a_lossy_vendor_is_healed_by_the_audit() {
     received.extend(drain_for(&sqs, &app_q, Duration::from_secs(4)).await);
     let mut got: HashMap<String, (usize, bool)> = HashMap::new();
     for m in &received {
-        let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
-        let e = got
-            .entry(v["id"].as_str().unwrap().to_string())
-            .or_default();
+        let e = got.entry(message_record_id(m)).or_default();
         e.0 += 1;
-        e.1 |= m
-            .message_attributes()
-            .is_some_and(|a| a.contains_key("gapwatch-backfill"));
+        e.1 |= is_recovered(m);
     }
     for id in &dropped {
         assert_eq!(

@@ -47,18 +47,7 @@ name = "orders"
 }
 
 async fn backfill(gw: &Gapwatch, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {
-    let body = serde_json::json!({ "feed": "orders", "from": from, "to": to }).to_string();
-    let (status, v) = gw.post("/api/v1/backfills", Some(ADMIN), &body).await;
-    assert_eq!(status, 202, "{v}");
-    v["gap_id"].as_i64().unwrap()
-}
-
-async fn wait_fill(gw: &Gapwatch, id: i64, want: &str, timeout: Duration) -> serde_json::Value {
-    eventually(timeout, &format!("gap {id} fill {want}"), || async {
-        let (_, v) = gw.get(&format!("/api/v1/gaps/{id}")).await;
-        (v["fill"] == want).then_some(v)
-    })
-    .await
+    start_backfill(gw, ADMIN, "orders", from, to).await
 }
 
 fn vendor() -> VendorSim {

@@ -139,12 +139,8 @@ async fn run(shape: VendorShape, rate: u32, silence: u32, error_rate: f64) {
     let mut got: HashMap<String, usize> = HashMap::new();
     let mut recovered = 0;
     for m in &received {
-        let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
-        *got.entry(v["id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-        if m.message_attributes()
-            .is_some_and(|a| a.contains_key("gapwatch-backfill"))
-        {
+        *got.entry(message_record_id(m)).or_default() += 1;
+        if is_recovered(m) {
             recovered += 1;
         }
     }
@@ -282,10 +278,7 @@ name = "orders"
     let mut gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
     let to = chrono::Utc::now() - chrono::Duration::seconds(5);
     let from = to - chrono::Duration::minutes(9);
-    let body = serde_json::json!({ "feed": "orders", "from": from, "to": to }).to_string();
-    let (status, v) = gw.post("/api/v1/backfills", Some("adm1n"), &body).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["gap_id"].as_i64().unwrap();
+    let id = start_backfill(&gw, "adm1n", "orders", from, to).await;
     eventually(Duration::from_secs(60), "the fill under way", || async {
         let (_, v) = gw.get(&format!("/api/v1/gaps/{id}")).await;
         (v["progress"]["records_delivered"].as_i64().unwrap_or(0) >= 120).then_some(())

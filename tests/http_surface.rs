@@ -193,10 +193,7 @@ name = "orders"
     let gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_KEY", VENDOR_KEY)]);
     let to = Utc::now() - chrono::Duration::seconds(5);
     let from = to - chrono::Duration::minutes(4);
-    let body = serde_json::json!({ "feed": "orders", "from": from, "to": to }).to_string();
-    let (status, v) = gw.post("/api/v1/backfills", Some(ADMIN), &body).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["gap_id"].as_i64().unwrap();
+    let id = start_backfill(&gw, ADMIN, "orders", from, to).await;
     let gap = eventually(Duration::from_secs(30), "the fill failed", || {
         let gw = &gw;
         async move {

@@ -21,50 +21,8 @@ use common::*;
 
 const TOKEN: &str = "vendor-t0ken";
 
-fn config(moto: &Moto, state_url: &str, vendor_url: &str, vendor_q: &str, app_q: &str) -> String {
-    // The audit keeps a ledger of every relayed id; it runs rarely and only
-    // over windows older than its delay, so it stays out of this test's way.
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{port}}"
-admin_token = "adm1n"
-
-[state]
-url = "{state_url}"
-
-[aws]
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-
-[monitor]
-cloudwatch = false
-poll_interval = "2s"
-
-{feed}{audit}"#,
-        endpoint = moto.endpoint,
-        feed = relay_feed_with_source(
-            "orders",
-            vendor_q,
-            app_q,
-            &VendorShape::Cursor.source(vendor_url, 10)
-        ),
-        audit = audit_block("1h", "24h", "10m"),
-    )
-}
-
 async fn metric(gw: &Gapwatch, series: &str) -> Option<f64> {
     sample(&gw.metrics().await, series)
-}
-
-fn id_of(m: &aws_sdk_sqs::types::Message) -> String {
-    let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
-    v["id"].as_str().unwrap().to_string()
-}
-
-fn is_recovered(m: &aws_sdk_sqs::types::Message) -> bool {
-    m.message_attributes()
-        .is_some_and(|a| a.contains_key("gapwatch-backfill"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,7 +47,10 @@ async fn a_postgres_outage_costs_state_freshness_never_records() {
         "cursor",
     ]);
     let dir = tempfile::tempdir().unwrap();
-    let text = config(&moto, &state_url, &sim.base, &vendor_q, &app_q);
+    // The audit keeps a ledger of every relayed id; it runs rarely and only
+    // over windows older than its delay, so it stays out of this test's way.
+    let audit = audit_block("1h", "24h", "10m");
+    let text = relay_config_with_state(&moto, &state_url, &sim.base, &vendor_q, &app_q, &audit);
     let gw = Gapwatch::start(dir.path(), &text, &[("VENDOR_TOKEN", TOKEN)]);
     let leader = r#"gapwatch_feed_leader{feed="orders"}"#;
     let last_event = r#"gapwatch_feed_last_event_timestamp_seconds{feed="orders"}"#;
@@ -210,7 +171,7 @@ async fn a_postgres_outage_costs_state_freshness_never_records() {
         .collect();
     let mut got: HashMap<String, usize> = HashMap::new();
     for m in &received {
-        *got.entry(id_of(m)).or_default() += 1;
+        *got.entry(message_record_id(m)).or_default() += 1;
     }
     let missing: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
     assert!(
@@ -233,7 +194,7 @@ async fn a_postgres_outage_costs_state_freshness_never_records() {
     let relayed: Vec<String> = received
         .iter()
         .filter(|m| !is_recovered(m))
-        .map(id_of)
+        .map(message_record_id)
         .collect();
     let stored = eventually(Duration::from_secs(30), "the ledger catches up", || async {
         let n: usize = pg
@@ -326,10 +287,7 @@ async fn a_postgres_outage_mid_fill_costs_time_never_records() {
     .await;
     let to = chrono::Utc::now() - chrono::Duration::seconds(5);
     let from = to - chrono::Duration::minutes(11);
-    let body = serde_json::json!({ "feed": "orders", "from": from, "to": to }).to_string();
-    let (status, v) = gw.post("/api/v1/backfills", Some("adm1n"), &body).await;
-    assert_eq!(status, 202, "{v}");
-    let id = v["gap_id"].as_i64().unwrap();
+    let id = start_backfill(&gw, "adm1n", "orders", from, to).await;
 
     // The database goes away once part of the fill is delivered.
     eventually(

@@ -13,35 +13,6 @@ use common::*;
 
 const TOKEN: &str = "vendor-t0ken";
 
-fn config(moto: &Moto, state_url: &str, vendor_url: &str, vendor_q: &str, app_q: &str) -> String {
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{port}}"
-admin_token = "adm1n"
-
-[state]
-url = "{state_url}"
-
-[aws]
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-
-[monitor]
-cloudwatch = false
-poll_interval = "2s"
-
-{feed}"#,
-        endpoint = moto.endpoint,
-        feed = relay_feed_with_source(
-            "orders",
-            vendor_q,
-            app_q,
-            &VendorShape::Cursor.source(vendor_url, 10)
-        ),
-    )
-}
-
 /// The replica holding the feed's lease, as `/api/v1/feeds` reports it.
 async fn leader(gw: &Gapwatch) -> Option<String> {
     let (_, v) = gw.get("/api/v1/feeds").await;
@@ -79,7 +50,7 @@ async fn three_replicas_one_gap_and_a_kill_9_mid_fill() {
         "--latency-ms",
         "300",
     ]);
-    let text = config(&moto, &state_url, &sim.base, &vendor_q, &app_q);
+    let text = relay_config_with_state(&moto, &state_url, &sim.base, &vendor_q, &app_q, "");
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut replicas: Vec<Gapwatch> = dirs
         .iter()
@@ -187,12 +158,9 @@ async fn three_replicas_one_gap_and_a_kill_9_mid_fill() {
     let mut got: HashMap<String, usize> = HashMap::new();
     let mut recovered: HashMap<String, usize> = HashMap::new();
     for m in &received {
-        let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
-        let id = v["id"].as_str().unwrap().to_string();
+        let id = message_record_id(m);
         *got.entry(id.clone()).or_default() += 1;
-        if m.message_attributes()
-            .is_some_and(|a| a.contains_key("gapwatch-backfill"))
-        {
+        if is_recovered(m) {
             *recovered.entry(id).or_default() += 1;
         }
     }

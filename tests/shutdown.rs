@@ -169,10 +169,7 @@ name = "orders"
     let mut gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
     let to = Utc::now() - chrono::Duration::seconds(5);
     let from = to - chrono::Duration::minutes(7);
-    let body = serde_json::json!({ "feed": "orders", "from": from, "to": to }).to_string();
-    let (status, v) = gw.post("/api/v1/backfills", Some("adm1n"), &body).await;
-    assert_eq!(status, 202, "{v}");
-    let gap_id = v["gap_id"].as_i64().unwrap();
+    let gap_id = start_backfill(&gw, "adm1n", "orders", from, to).await;
     eventually(Duration::from_secs(30), "a few pages delivered", || {
         let gw = &gw;
         async move {

@@ -221,6 +221,45 @@ queue_url = "{vendor_q}"
     )
 }
 
+/// A daemon relaying feed `orders` from `vendor_q` to `app_q` with the
+/// simulator's cursor API as its source and its state at `state_url` (a
+/// Postgres database shared by replicas); `extra` follows the feed.
+pub fn relay_config_with_state(
+    moto: &Moto,
+    state_url: &str,
+    vendor_url: &str,
+    vendor_q: &str,
+    app_q: &str,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "adm1n"
+
+[state]
+url = "{state_url}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[monitor]
+cloudwatch = false
+poll_interval = "2s"
+
+{feed}{extra}"#,
+        endpoint = moto.endpoint,
+        feed = relay_feed_with_source(
+            "orders",
+            vendor_q,
+            app_q,
+            &VendorShape::Cursor.source(vendor_url, 10)
+        ),
+    )
+}
+
 /// A `[feeds.audit]` block to append to a feed.
 pub fn audit_block(every: &str, lookback: &str, delay: &str) -> String {
     format!(
@@ -510,6 +549,41 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
+}
+
+/// The record id in the JSON body of a message gapwatch delivered or relayed.
+pub fn message_record_id(m: &aws_sdk_sqs::types::Message) -> String {
+    let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// Whether gapwatch delivered the message as recovered (`gapwatch-backfill`).
+pub fn is_recovered(m: &aws_sdk_sqs::types::Message) -> bool {
+    m.message_attributes()
+        .is_some_and(|a| a.contains_key("gapwatch-backfill"))
+}
+
+/// Asks for a fill of `feed` over `[from, to)` through the API; its gap id.
+pub async fn start_backfill(
+    gw: &Gapwatch,
+    token: &str,
+    feed: &str,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> i64 {
+    let body = serde_json::json!({ "feed": feed, "from": from, "to": to }).to_string();
+    let (status, v) = gw.post("/api/v1/backfills", Some(token), &body).await;
+    assert_eq!(status, 202, "{v}");
+    v["gap_id"].as_i64().unwrap()
+}
+
+/// Waits until gap `id`'s fill is `want`; the gap as the API shows it.
+pub async fn wait_fill(gw: &Gapwatch, id: i64, want: &str, timeout: Duration) -> serde_json::Value {
+    eventually(timeout, &format!("gap {id} fill {want}"), || async {
+        let (_, v) = gw.get(&format!("/api/v1/gaps/{id}")).await;
+        (v["fill"] == want).then_some(v)
+    })
+    .await
 }
 
 /// Polls `f` until it returns Some or `timeout` passes.
