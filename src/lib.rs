@@ -15,6 +15,7 @@ pub mod detector;
 pub mod feed;
 pub mod fill;
 pub mod health;
+pub mod jq;
 pub mod lease;
 pub mod metrics;
 pub mod observe;
