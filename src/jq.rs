@@ -57,11 +57,19 @@ pub enum RunError {
 
 type Data = data::JustLut<Val>;
 
-/// A compiled jq program and the config key it came from.
+/// A compiled jq program and the config key it came from. Cloning shares the
+/// compiled filter; it serializes as its program text (the resolved config).
+#[derive(Clone)]
 pub struct Program {
     key: String,
     source: String,
-    filter: jaq_core::Filter<Data>,
+    filter: std::sync::Arc<jaq_core::Filter<Data>>,
+}
+
+impl serde::Serialize for Program {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.source)
+    }
 }
 
 impl fmt::Debug for Program {
@@ -148,7 +156,7 @@ impl Program {
         Ok(Self {
             key: key.to_owned(),
             source: code.to_owned(),
-            filter,
+            filter: std::sync::Arc::new(filter),
         })
     }
 

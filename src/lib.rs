@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod detector;
+pub mod envelope;
 pub mod feed;
 pub mod fill;
 pub mod health;

@@ -24,6 +24,8 @@ pub enum RecordOutcome {
     Rejected,
     /// Returned by the source for a query but outside the chunk's window.
     OutOfWindow,
+    /// Dropped by `backfill.filter`: the live feed does not carry it.
+    Filtered,
 }
 
 /// How an audit of one window ended.
@@ -82,6 +84,11 @@ pub enum InputSource {
 pub enum Rejection {
     /// A relayed message body that is not JSON (forwarded, observed by SentTimestamp).
     BodyNotJson,
+    /// A relayed message that is JSON but not in the feed's `watch.envelope`.
+    NoEnvelope,
+    /// A source record whose `render`, `attributes` or `filter` program failed
+    /// (the record is not sent; the rest of its page is).
+    RenderFailed,
     /// A relayed message without a usable event time field.
     NoEventTime,
     /// A relayed message without a usable record id field.
@@ -122,6 +129,7 @@ label_enum!(RecordOutcome {
     Duplicate => "duplicate",
     Rejected => "rejected",
     OutOfWindow => "out_of_window",
+    Filtered => "filtered",
 });
 label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
 label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
@@ -143,6 +151,8 @@ label_enum!(InputSource {
 });
 label_enum!(Rejection {
     BodyNotJson => "body_not_json",
+    NoEnvelope => "no_envelope",
+    RenderFailed => "render_failed",
     NoEventTime => "no_event_time",
     NoRecordId => "no_record_id",
     BadObservation => "bad_observation",

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::WatchConfig;
+use crate::envelope::Envelope;
 use crate::metrics::Rejection;
 use crate::timefmt::TimeFormat;
 
@@ -20,6 +21,7 @@ pub struct Extractor {
     event_time: Option<String>,
     format: TimeFormat,
     record_id: Option<String>,
+    envelope: Envelope,
 }
 
 /// The observation of a message, and what could not be read from its body (the
@@ -36,6 +38,7 @@ impl Extractor {
             event_time: watch.event_time.clone(),
             format: watch.event_time_format,
             record_id: watch.record_id.clone(),
+            envelope: watch.envelope,
         }
     }
 
@@ -52,9 +55,13 @@ impl Extractor {
                 problems,
             };
         }
-        let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
-        if json.is_none() {
-            problems.push(Rejection::BodyNotJson);
+        let body: Option<serde_json::Value> = serde_json::from_str(body).ok();
+        // The pointers address the record inside the envelope.
+        let json = body.as_ref().and_then(|b| self.envelope.open(b));
+        match (&body, &json) {
+            (None, _) => problems.push(Rejection::BodyNotJson),
+            (Some(_), None) => problems.push(Rejection::NoEnvelope),
+            _ => {}
         }
         let event_time = match (&self.event_time, &json) {
             (None, _) => sent,
@@ -108,6 +115,8 @@ mod tests {
             event_time: event_time.map(str::to_string),
             event_time_format: f,
             record_id: record_id.map(str::to_string),
+            envelope: Envelope::None,
+            envelope_fields: Default::default(),
         })
     }
 
@@ -150,6 +159,37 @@ mod tests {
             numeric.observation.event_time,
             Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap()
         );
+    }
+
+    #[test]
+    fn pointers_address_the_record_inside_the_envelope() {
+        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 9).unwrap();
+        let mut e = extractor(Some("/ts"), Some("/id"), TimeFormat::UnixS);
+        e.envelope = Envelope::EventBridge;
+        let got = e.extract(
+            r#"{"id":"env-1","time":"2026-01-01T00:00:09Z","detail":{"id":"r-1","ts":1767225601}}"#,
+            "mid",
+            sent,
+        );
+        assert_eq!(got.observation.id, "r-1");
+        assert_eq!(got.observation.event_time.timestamp(), 1767225601);
+        assert!(got.problems.is_empty());
+
+        e.envelope = Envelope::Sns;
+        let got = e.extract(
+            r#"{"Type":"Notification","MessageId":"m-9","Message":"{\"id\":\"r-2\",\"ts\":1767225602}"}"#,
+            "mid",
+            sent,
+        );
+        assert_eq!(got.observation.id, "r-2");
+        assert_eq!(got.observation.event_time.timestamp(), 1767225602);
+
+        let bare = e.extract(r#"{"id":"r-3","ts":1}"#, "mid-3", sent);
+        assert_eq!(
+            bare.observation.id, "mid-3",
+            "a bare record is not an SNS envelope"
+        );
+        assert_eq!(bare.problems, vec![Rejection::NoEnvelope]);
     }
 
     #[test]

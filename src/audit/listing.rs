@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::config::FeedConfig;
 use crate::fill::plan;
+use crate::fill::render::{Rendered, Renderer};
 use crate::fill::source::{Source, SourceError};
 use crate::store::{Store, StoreError};
 
@@ -60,6 +61,7 @@ pub async fn list_missing(
         to: end,
         ..MissingReport::default()
     };
+    let renderer = Renderer::new(feed);
     for w in plan::split(start, end, chunk, res) {
         let mut at = config.pagination.first();
         let mut pages = 0u64;
@@ -70,12 +72,17 @@ pub async fn list_missing(
             }
             let page = source.page(w.start, w.end, &at).await?;
             report.requests += 1;
-            let ids: Vec<&str> = page
+            // Compared as the live feed carries them: filtered, by their live id.
+            let rendered: Vec<_> = page
                 .records
-                .iter()
+                .into_iter()
                 .filter(|r| r.time >= w.start && r.time < w.end)
-                .map(|r| r.id.as_str())
+                .filter_map(|r| match renderer.apply(r) {
+                    Rendered::Message(m) => Some(m),
+                    Rendered::Filtered | Rendered::Failed(_) => None,
+                })
                 .collect();
+            let ids: Vec<&str> = rendered.iter().map(|r| r.id.as_str()).collect();
             let known = store.known_ids(&feed.name, &ids).await?;
             report.listed += ids.len() as u64;
             for id in ids.iter().filter(|id| !known.contains(**id)) {

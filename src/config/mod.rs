@@ -16,7 +16,9 @@ use serde::Serialize;
 use url::Url;
 
 use crate::detector::ActiveWindow;
+pub use crate::envelope::Envelope;
 use crate::fill::pagination::Pagination;
+use crate::jq::Program;
 use crate::timefmt::{Resolution, TimeFormat};
 
 pub use secret::Secret;
@@ -183,6 +185,10 @@ pub struct WatchConfig {
     pub event_time_format: TimeFormat,
     /// JSON pointer to the record id in a message body; None: the SQS MessageId.
     pub record_id: Option<String>,
+    /// The envelope live records arrive in; the pointers address the record in it.
+    pub envelope: Envelope,
+    /// Fields of the live envelopes, copied into recovered ones.
+    pub envelope_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -218,6 +224,12 @@ pub struct BackfillConfig {
     pub max_chunk_attempts: NonZeroU32,
     pub source: SourceConfig,
     pub sink: SinkConfig,
+    /// Source record → message body (before the envelope, if any).
+    pub render: Option<Program>,
+    /// Message attributes of a recovered record, by name.
+    pub attributes: BTreeMap<String, Program>,
+    /// Which source records the live feed carries.
+    pub filter: Option<Program>,
 }
 
 #[derive(Debug, Clone, Serialize)]

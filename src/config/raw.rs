@@ -146,6 +146,12 @@ pub struct RawWatch {
     pub event_time_format: TimeFormat,
     #[serde(default)]
     pub record_id: Option<String>,
+    #[serde(default)]
+    pub envelope: crate::envelope::Envelope,
+    /// What the vendor's live envelopes carry besides the record (`detail-type`,
+    /// `source`, `TopicArn` …), copied into recovered envelopes.
+    #[serde(default)]
+    pub envelope_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +198,15 @@ pub struct RawBackfill {
     pub source: RawSource,
     #[serde(default)]
     pub sink: Option<RawSink>,
+    /// jq: source record → message body.
+    #[serde(default)]
+    pub render: Option<String>,
+    /// jq per message attribute (String type).
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    /// jq: records for which it is false or null are not sent.
+    #[serde(default)]
+    pub filter: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

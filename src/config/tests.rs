@@ -490,3 +490,124 @@ fn the_audit_section_defaults_and_is_checked() {
         "{err}"
     );
 }
+
+const SHAPED: &str = r#"
+  envelope = "eventbridge"
+  envelope_fields = { "detail-type" = "order.created", source = "partner.acme" }
+
+  [feeds.freshness]"#;
+
+const RENDER: &str = r#"
+  concurrency = 2
+  render = '{kind: .type, data: .}'
+  filter = '.type == "order"'
+  attributes = { event-type = ".type" }
+"#;
+
+#[test]
+fn envelope_and_jq_programs_load_and_print_back() {
+    let text = GOOD
+        .replacen(
+            "
+
+  [feeds.freshness]",
+            SHAPED,
+            1,
+        )
+        .replacen(
+            "
+  concurrency = 2
+",
+            RENDER,
+            1,
+        );
+    let c = load(&text).unwrap();
+    let f = &c.feeds[0];
+    assert_eq!(f.watch.envelope, Envelope::EventBridge);
+    assert_eq!(f.watch.envelope_fields["detail-type"], "order.created");
+    let b = f.backfill.as_ref().unwrap();
+    assert_eq!(
+        b.render.as_ref().unwrap().source(),
+        "{kind: .type, data: .}"
+    );
+    assert_eq!(
+        b.attributes["event-type"].key(),
+        "feeds[0].backfill.attributes.event-type"
+    );
+    let printed = c.to_redacted_toml();
+    assert!(printed.contains("envelope = \"eventbridge\""), "{printed}");
+    // What check-config prints loads again.
+    let again = load(&printed.replace("<redacted>", "x")).unwrap();
+    assert_eq!(
+        again.feeds[0]
+            .backfill
+            .as_ref()
+            .unwrap()
+            .filter
+            .as_ref()
+            .unwrap()
+            .source(),
+        ".type == \"order\""
+    );
+}
+
+#[test]
+fn a_program_that_does_not_compile_names_its_key_and_position() {
+    let text = GOOD.replacen(
+        "
+  concurrency = 2
+",
+        "
+  concurrency = 2
+  render = '{id: .id, detail: .'
+  attributes = { \"bad name\" = \".x\", kind = \".type |\" }
+",
+        1,
+    );
+    let err = load(&text).unwrap_err();
+    assert!(
+        err.contains("feeds[0].backfill.render: jq program does not compile at line 1, column"),
+        "{err}"
+    );
+    assert!(
+        err.contains("feeds[0].backfill.attributes.bad name: is not an SQS attribute name"),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "feeds[0].backfill.attributes.kind: jq program does not compile at line 1, column 8"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn envelope_fields_need_an_envelope() {
+    let text = GOOD.replacen(
+        "
+
+  [feeds.freshness]",
+        "
+  envelope_fields = { source = \"x\" }
+
+  [feeds.freshness]",
+        1,
+    );
+    let err = load(&text).unwrap_err();
+    assert!(
+        err.contains("feeds[0].watch.envelope_fields: needs watch.envelope"),
+        "{err}"
+    );
+    let text = GOOD.replacen(
+        "
+
+  [feeds.freshness]",
+        "
+  envelope = \"kafka\"
+
+  [feeds.freshness]",
+        1,
+    );
+    let err = load(&text).unwrap_err();
+    assert!(err.contains("envelope"), "{err}");
+}

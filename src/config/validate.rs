@@ -16,6 +16,7 @@ use super::{
     WatchMode,
 };
 use crate::detector::ActiveWindow;
+use crate::jq::Program;
 use crate::timefmt::Resolution;
 
 struct Checker<'a> {
@@ -393,6 +394,14 @@ impl Checker<'_> {
             Some(p) => Some(self.pointer(&format!("{key}.watch.record_id"), p)?),
             None => None,
         };
+        if f.watch.envelope == crate::envelope::Envelope::None
+            && !f.watch.envelope_fields.is_empty()
+        {
+            self.fail(
+                &format!("{key}.watch.envelope_fields"),
+                "needs watch.envelope = \"sns\" or \"eventbridge\"",
+            );
+        }
         let freshness = self.freshness(key, f);
         let backfill = match &f.backfill {
             Some(b) => {
@@ -413,6 +422,8 @@ impl Checker<'_> {
                 event_time,
                 event_time_format: f.watch.event_time_format,
                 record_id,
+                envelope: f.watch.envelope,
+                envelope_fields: f.watch.envelope_fields.clone(),
             },
             freshness: freshness?,
             backfill,
@@ -567,6 +578,9 @@ impl Checker<'_> {
         let attempts = self.positive(&format!("{key}.max_chunk_attempts"), b.max_chunk_attempts);
         let source = self.source(&format!("{key}.source"), &b.source);
         let sink = self.sink(&format!("{key}.sink"), b.sink.as_ref(), default_queue);
+        let render = self.jq_opt(&format!("{key}.render"), b.render.as_deref());
+        let filter = self.jq_opt(&format!("{key}.filter"), b.filter.as_deref());
+        let attributes = self.attributes(&format!("{key}.attributes"), &b.attributes);
         Some(BackfillConfig {
             auto: b.auto,
             chunk: chunk?,
@@ -577,7 +591,84 @@ impl Checker<'_> {
             max_chunk_attempts: attempts?,
             source: source?,
             sink: sink?,
+            render: render?,
+            attributes: attributes?,
+            filter: filter?,
         })
+    }
+
+    fn jq(&mut self, key: &str, code: &str) -> Option<Program> {
+        match Program::compile(key, code) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                // The error names the key itself.
+                self.errors.push(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn jq_opt(&mut self, key: &str, code: Option<&str>) -> Option<Option<Program>> {
+        match code {
+            None => Some(None),
+            Some(c) => self.jq(key, c).map(Some),
+        }
+    }
+
+    /// SQS allows 10 attributes a message; recovered messages carry 3 of their own.
+    fn attributes(
+        &mut self,
+        key: &str,
+        map: &BTreeMap<String, String>,
+    ) -> Option<BTreeMap<String, Program>> {
+        const MAX: usize = 7;
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        if map.len() > MAX {
+            self.fail(
+                key,
+                format!(
+                    "at most {MAX} attributes (SQS carries 10, gapwatch sets 3), got {}",
+                    map.len()
+                ),
+            );
+            ok = false;
+        }
+        for (name, code) in map {
+            let k = format!("{key}.{name}");
+            let valid = !name.is_empty()
+                && name.len() <= 256
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+                && !name.starts_with('.')
+                && !name.ends_with('.')
+                && !name.contains("..");
+            let lower = name.to_ascii_lowercase();
+            if !valid {
+                self.fail(
+                    &k,
+                    "is not an SQS attribute name (letters, digits, _ - . only)",
+                );
+                ok = false;
+            } else if lower.starts_with("aws.") || lower.starts_with("amazon.") {
+                self.fail(
+                    &k,
+                    "names starting with AWS. or Amazon. are reserved by SQS",
+                );
+                ok = false;
+            } else if lower.starts_with("gapwatch-") {
+                self.fail(&k, "gapwatch-* attributes are set by gapwatch itself");
+                ok = false;
+            }
+            match self.jq(&k, code) {
+                Some(p) => {
+                    out.insert(name.clone(), p);
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
     }
 
     fn secrets(

@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::pagination::PageCursor;
 use super::plan::{self, Window};
+use super::render::{Rendered, Renderer};
 use super::sink::{Sink, SinkError};
 use super::source::{Record, Source, SourceError};
 use crate::config::{BackfillConfig, FeedConfig};
@@ -104,6 +105,13 @@ pub enum GapOutcome {
     Failed(String),
 }
 
+/// What the render step left out of a page.
+#[derive(Debug, Default, Clone, Copy)]
+struct Shaped {
+    filtered: u64,
+    failed: i64,
+}
+
 pub struct Filler {
     feed: Arc<FeedConfig>,
     store: Store,
@@ -114,6 +122,8 @@ pub struct Filler {
     owner: String,
     /// The feed's lease: only its holder fills.
     lease: watch::Receiver<LeaseView>,
+    /// Source record → the message a live consumer reads.
+    renderer: Arc<Renderer>,
 }
 
 impl Filler {
@@ -126,13 +136,14 @@ impl Filler {
         owner: &str,
     ) -> Self {
         Self {
-            feed,
             store,
             metrics,
             source,
             sink,
             owner: owner.to_string(),
             lease: watch::channel(LeaseView::held()).1,
+            renderer: Arc::new(Renderer::new(&feed)),
+            feed,
         }
     }
 
@@ -153,6 +164,7 @@ impl Filler {
             sink: self.sink.clone(),
             owner: owner.to_string(),
             lease: self.lease.clone(),
+            renderer: self.renderer.clone(),
         }
     }
 
@@ -505,6 +517,7 @@ impl Filler {
         let mut pages = 0u64;
         let mut warned_rejection = false;
         let mut warned_out_of_window = false;
+        let mut warned_render = false;
         loop {
             if cancel.is_cancelled() {
                 return Ok(FetchEnd::Cancelled);
@@ -561,6 +574,8 @@ impl Filler {
                     "the source returned records outside the chunk's window; counted, left to the neighbouring window"
                 );
             }
+            // Shaped as live messages before dedupe: the ledger holds live ids.
+            let (in_window, shaped) = self.render(in_window, &mut warned_render);
             let ids: Vec<&str> = in_window.iter().map(|r| r.id.as_str()).collect();
             let known = self.store.known_ids(feed, &ids).await?;
             let mut duplicate = 0i64;
@@ -633,10 +648,14 @@ impl Filler {
             // The page is delivered: move the checkpoint past it.
             let counts = PageCounts {
                 duplicate,
-                rejected: page.rejected as i64,
+                rejected: page.rejected as i64 + shaped.failed,
                 out_of_window,
                 ..PageCounts::default()
             };
+            if !self.is_audit() {
+                self.metrics
+                    .record(feed, RecordOutcome::Filtered, shaped.filtered);
+            }
             let next = page
                 .next
                 .as_ref()
@@ -660,6 +679,36 @@ impl Filler {
                 None => return Ok(FetchEnd::Done),
             }
         }
+    }
+
+    /// `records` as the live feed carries them: filtered, rendered, wrapped.
+    /// A record whose program fails is counted and left out, never the page;
+    /// the first failure of a chunk is logged.
+    fn render(&self, records: Vec<Record>, warned: &mut bool) -> (Vec<Record>, Shaped) {
+        let mut shaped = Shaped::default();
+        if self.renderer.is_identity() {
+            return (records, shaped);
+        }
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let source_id = r.id.clone();
+            match self.renderer.apply(r) {
+                Rendered::Message(m) => out.push(m),
+                Rendered::Filtered => shaped.filtered += 1,
+                Rendered::Failed(e) => {
+                    shaped.failed += 1;
+                    self.metrics.reject(
+                        &self.feed.name,
+                        crate::metrics::InputSource::Vendor,
+                        crate::metrics::Rejection::RenderFailed,
+                    );
+                    if !std::mem::replace(warned, true) {
+                        tracing::warn!(record_id = %source_id, error = %e, "a record could not be rendered; left out, counted rejected");
+                    }
+                }
+            }
+        }
+        (out, shaped)
     }
 
     /// Audit windows list every record of the feed once more: their counts

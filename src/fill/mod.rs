@@ -8,6 +8,7 @@ pub mod body;
 pub mod filler;
 pub mod pagination;
 pub mod plan;
+pub mod render;
 pub mod sink;
 pub mod source;
 

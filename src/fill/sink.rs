@@ -202,7 +202,12 @@ impl Sink {
 /// Bytes a record takes in an SQS batch: its body, its record id attribute,
 /// and a margin for the other attributes and their names.
 fn sqs_size(r: &Record) -> usize {
-    r.raw.to_string().len() + r.id.len() + 128
+    let attributes: usize = r
+        .attributes
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + 6)
+        .sum();
+    r.raw.to_string().len() + r.id.len() + 128 + attributes
 }
 
 /// Consecutive runs of at most 10 records and 256 KiB; a record too large
@@ -327,6 +332,16 @@ impl SqsSink {
                             .build()
                             .map_err(request_error)?,
                     );
+                for (name, value) in &records[*i].attributes {
+                    e = e.message_attributes(
+                        name,
+                        MessageAttributeValue::builder()
+                            .data_type("String")
+                            .string_value(value)
+                            .build()
+                            .map_err(request_error)?,
+                    );
+                }
                 if self.fifo {
                     e = e
                         .message_group_id(&self.group_id)
@@ -611,6 +626,7 @@ mod tests {
             id: format!("r{i}"),
             time: chrono::Utc::now(),
             raw: serde_json::json!({ "id": i, "pad": "x".repeat(bytes) }),
+            attributes: Vec::new(),
         };
         let small: Vec<Record> = (0..25).map(|i| rec(i, 10)).collect();
         assert_eq!(sqs_batches(&small), vec![0..10, 10..20, 20..25]);
@@ -632,6 +648,7 @@ mod tests {
             id: i.to_string(),
             time: chrono::Utc::now(),
             raw: serde_json::json!({ "id": i }),
+            attributes: Vec::new(),
         };
         let d = sink.deliver(&[rec(1), rec(2)]).await;
         assert_eq!(d.delivered, vec![0, 1]);

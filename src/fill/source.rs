@@ -24,6 +24,8 @@ pub struct Record {
     pub id: String,
     pub time: DateTime<Utc>,
     pub raw: Value,
+    /// Message attributes of the rendered message (`backfill.attributes`).
+    pub attributes: Vec<(String, String)>,
 }
 
 /// A decoded page.
@@ -299,6 +301,7 @@ impl Source {
                     id,
                     time,
                     raw: r.clone(),
+                    attributes: Vec::new(),
                 }),
                 (id, time) => {
                     rejected += 1;

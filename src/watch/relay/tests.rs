@@ -88,6 +88,8 @@ fn relay(
         event_time: Some("/t".into()),
         event_time_format: TimeFormat::UnixS,
         record_id: Some("/id".into()),
+        envelope: Default::default(),
+        envelope_fields: Default::default(),
     });
     let r =
         Relay::new("orders".into(), q, extractor, tx, metrics.clone()).with_policy(RetryPolicy {

@@ -1,0 +1,198 @@
+//! The envelopes a live record arrives in (`feeds.watch.envelope`): taken off a
+//! live message before its record id and event time are read, and put around a
+//! recovered record before a sink sends it, so the app reads both alike.
+//!
+//! - `eventbridge`: `{"version","id","detail-type","source","account","time",
+//!   "region","resources","detail": <record>}`;
+//! - `sns` (a subscription without raw delivery): `{"Type":"Notification",
+//!   "MessageId","TopicArn","Message": "<record as JSON text>","Timestamp",…}`.
+//!
+//! A recovered envelope gets a fresh id and the record's time; every other field
+//! comes from `feeds.watch.envelope_fields` (the values the vendor's live
+//! envelopes carry: `detail-type`, `source`, `TopicArn` …).
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// The message body is the record.
+    #[default]
+    None,
+    Sns,
+    #[serde(rename = "eventbridge")]
+    EventBridge,
+}
+
+impl Envelope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Envelope::None => "none",
+            Envelope::Sns => "sns",
+            Envelope::EventBridge => "eventbridge",
+        }
+    }
+
+    /// The record inside a live message body; None when the body is not such
+    /// an envelope (no `detail`, or a `Message` that is not JSON text).
+    pub fn open<'a>(self, body: &'a Value) -> Option<Cow<'a, Value>> {
+        match self {
+            Envelope::None => Some(Cow::Borrowed(body)),
+            Envelope::EventBridge => body.get("detail").map(Cow::Borrowed),
+            Envelope::Sns => match body.get("Message")? {
+                Value::String(text) => serde_json::from_str(text).ok().map(Cow::Owned),
+                _ => None,
+            },
+        }
+    }
+
+    /// Pointers a shape check ignores by default: what is fresh in every envelope.
+    pub fn volatile(self) -> &'static [&'static str] {
+        match self {
+            Envelope::None => &[],
+            Envelope::EventBridge => &["/id", "/time"],
+            Envelope::Sns => &[
+                "/MessageId",
+                "/Timestamp",
+                "/Signature",
+                "/SigningCertURL",
+                "/UnsubscribeURL",
+            ],
+        }
+    }
+
+    /// `record` wrapped as a live message: `fields` first (what the vendor's
+    /// envelopes carry), then a fresh id and `time`, then the record itself.
+    pub fn wrap(self, record: Value, time: DateTime<Utc>, fields: &Map<String, Value>) -> Value {
+        match self {
+            Envelope::None => record,
+            Envelope::EventBridge => {
+                let mut m = Map::with_capacity(9);
+                m.insert("version".into(), Value::from("0"));
+                m.insert("id".into(), Value::Null);
+                m.insert("detail-type".into(), Value::from(""));
+                m.insert("source".into(), Value::from(""));
+                m.insert("account".into(), Value::from(""));
+                m.insert("time".into(), Value::Null);
+                m.insert("region".into(), Value::from(""));
+                m.insert("resources".into(), Value::Array(Vec::new()));
+                for (k, v) in fields {
+                    m.insert(k.clone(), v.clone());
+                }
+                m.insert("id".into(), Value::from(fresh_id()));
+                m.insert(
+                    "time".into(),
+                    Value::from(time.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                );
+                m.insert("detail".into(), record);
+                Value::Object(m)
+            }
+            Envelope::Sns => {
+                let mut m = Map::with_capacity(10);
+                m.insert("Type".into(), Value::from("Notification"));
+                m.insert("MessageId".into(), Value::Null);
+                m.insert("TopicArn".into(), Value::from(""));
+                m.insert("Message".into(), Value::Null);
+                m.insert("Timestamp".into(), Value::Null);
+                m.insert("SignatureVersion".into(), Value::from("1"));
+                for (k, v) in fields {
+                    m.insert(k.clone(), v.clone());
+                }
+                m.insert("MessageId".into(), Value::from(fresh_id()));
+                m.insert("Message".into(), Value::from(record.to_string()));
+                m.insert(
+                    "Timestamp".into(),
+                    Value::from(time.to_rfc3339_opts(SecondsFormat::Millis, true)),
+                );
+                Value::Object(m)
+            }
+        }
+    }
+}
+
+/// A random (version 4) UUID, as EventBridge and SNS ids are written.
+pub fn fresh_id() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+
+    fn t() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 5).unwrap()
+    }
+
+    #[test]
+    fn eventbridge_round_trip() {
+        let fields = json!({"detail-type": "order.created", "source": "partner.acme", "account": "123456789012", "region": "eu-west-1"});
+        let rec = json!({"id": "o-1", "ts": 5});
+        let msg = Envelope::EventBridge.wrap(rec.clone(), t(), fields.as_object().unwrap());
+        let keys: Vec<&str> = msg
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "version",
+                "id",
+                "detail-type",
+                "source",
+                "account",
+                "time",
+                "region",
+                "resources",
+                "detail"
+            ]
+        );
+        assert_eq!(msg["time"], "2026-03-01T12:00:05Z");
+        assert_eq!(msg["detail-type"], "order.created");
+        assert_eq!(msg["id"].as_str().unwrap().len(), 36);
+        assert_eq!(Envelope::EventBridge.open(&msg).unwrap().as_ref(), &rec);
+        let again = Envelope::EventBridge.wrap(rec, t(), &Map::new());
+        assert_ne!(again["id"], msg["id"], "every envelope gets a fresh id");
+    }
+
+    #[test]
+    fn sns_message_is_json_text() {
+        let fields = json!({"TopicArn": "arn:aws:sns:us-east-1:1:orders"});
+        let rec = json!({"id": 7, "kind": "x"});
+        let msg = Envelope::Sns.wrap(rec.clone(), t(), fields.as_object().unwrap());
+        assert_eq!(msg["Type"], "Notification");
+        assert_eq!(msg["Message"], Value::from(r#"{"id":7,"kind":"x"}"#));
+        assert_eq!(msg["Timestamp"], "2026-03-01T12:00:05.000Z");
+        assert_eq!(msg["TopicArn"], "arn:aws:sns:us-east-1:1:orders");
+        assert_eq!(Envelope::Sns.open(&msg).unwrap().as_ref(), &rec);
+    }
+
+    #[test]
+    fn open_refuses_what_is_not_the_envelope() {
+        assert!(Envelope::EventBridge.open(&json!({"id": 1})).is_none());
+        assert!(Envelope::Sns
+            .open(&json!({"Message": "not json"}))
+            .is_none());
+        assert!(Envelope::Sns.open(&json!({"Message": {"id": 1}})).is_none());
+        assert_eq!(Envelope::None.open(&json!(1)).unwrap().as_ref(), &json!(1));
+    }
+}
