@@ -345,3 +345,268 @@ name = "orders"
         want.len()
     );
 }
+
+// === Fidelity: recovered messages as the app parses live ones ===
+
+/// How the vendor's live messages look, and how gapwatch is told.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Live {
+    EventBridge,
+    /// An SNS subscription without raw delivery: the record is JSON text.
+    Sns,
+    /// The vendor's own envelope and attribute, recovered with render + attributes.
+    Custom,
+    /// The queue carries odd `seq` records only; the API lists all.
+    OddOnly,
+}
+
+impl Live {
+    fn sim_args(self) -> &'static [&'static str] {
+        match self {
+            Live::EventBridge => &["--live-envelope", "eventbridge"],
+            Live::Sns => &["--live-envelope", "sns"],
+            Live::Custom => &["--live-envelope", "custom"],
+            Live::OddOnly => &["--live-odd-only"],
+        }
+    }
+
+    /// `(lines for [feeds.watch], lines for [feeds.backfill])`.
+    fn config(self) -> (&'static str, &'static str) {
+        match self {
+            Live::EventBridge => (
+                r#"  envelope = "eventbridge"
+  envelope_fields = { "detail-type" = "order.created", source = "partner.vendor-sim", account = "123456789012", region = "us-east-1" }
+"#,
+                "",
+            ),
+            Live::Sns => (
+                r#"  envelope = "sns"
+  envelope_fields = { TopicArn = "arn:aws:sns:us-east-1:123456789012:vendor-orders" }
+"#,
+                "",
+            ),
+            Live::Custom => (
+                "",
+                r#"  render = '{event: "order.created", data: .}'
+  attributes = { event-type = '"order.created"' }
+"#,
+            ),
+            Live::OddOnly => ("", "  filter = '.seq % 2 == 1'\n"),
+        }
+    }
+
+    /// The record inside a message, as the app reads it.
+    fn parse(self, body: &str) -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        match self {
+            Live::EventBridge => v.get("detail").cloned(),
+            Live::Sns => serde_json::from_str(v.get("Message")?.as_str()?).ok(),
+            Live::Custom => v.get("data").cloned(),
+            Live::OddOnly => Some(v),
+        }
+    }
+}
+
+fn shaped_feed(live: Live, vendor_url: &str, vendor_q: &str, app_q: &str) -> String {
+    let (watch, backfill) = live.config();
+    let mut feed = relay_feed_with_source(
+        "orders",
+        vendor_q,
+        app_q,
+        &VendorShape::Cursor.source(vendor_url, 10),
+    );
+    if live == Live::Custom {
+        feed = feed
+            .replacen(
+                "event_time = \"/created_at\"",
+                "event_time = \"/data/created_at\"",
+                1,
+            )
+            // The first one is the live side's; the source lists bare records.
+            .replacen("record_id = \"/id\"\n", "record_id = \"/data/id\"\n", 1);
+    }
+    feed.replacen(
+        "  [feeds.freshness]",
+        &format!("{watch}  [feeds.freshness]"),
+        1,
+    )
+    .replacen(
+        "  concurrency = 2\n",
+        &format!("  concurrency = 2\n{backfill}"),
+        1,
+    )
+}
+
+/// The vendor goes silent for 6 s at 10 records/s; every record the live feed
+/// carries reaches the app queue exactly once, readable the way the app reads
+/// live ones, with the same top-level keys and (non-gapwatch) attributes.
+async fn recovered_look_live(live: Live) {
+    let moto = Moto::start();
+    let sqs = moto.sqs();
+    let vendor_q = moto.create_queue("vendor-orders").await;
+    let app_q = moto.create_queue("app-orders").await;
+    let mut args = vec![
+        "--rate",
+        "10",
+        "--queue-url",
+        &vendor_q,
+        "--endpoint-url",
+        &moto.endpoint,
+        "--token",
+        TOKEN,
+    ];
+    args.extend(live.sim_args());
+    let sim = VendorSim::start(&args);
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "adm1n"
+
+[state]
+url = "sqlite://{state}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{endpoint}"
+
+[monitor]
+cloudwatch = false
+poll_interval = "2s"
+{feed}"#,
+        state = dir.path().join("state.db").display(),
+        endpoint = moto.endpoint,
+        feed = shaped_feed(live, &sim.base, &vendor_q, &app_q),
+    );
+    let gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
+
+    let mut received = drain_for(&sqs, &app_q, Duration::from_secs(3)).await;
+    sim.control("/control/silence", serde_json::json!({ "for_seconds": 6 }))
+        .await;
+    let mut gap_id = None;
+    for _ in 0..150 {
+        received.extend(drain_for(&sqs, &app_q, Duration::from_millis(300)).await);
+        let (_, v) = gw.get("/api/v1/gaps").await;
+        if let Some(g) = v["gaps"].as_array().and_then(|g| g.first()) {
+            gap_id = g["id"].as_i64();
+            if g["state"] == "closed" && g["fill"] == "done" {
+                break;
+            }
+        }
+    }
+    let gap_id = gap_id.unwrap_or_else(|| panic!("no gap detected; log:\n{}", gw.logs()));
+    sim.control("/control/rate", serde_json::json!({ "rate": 0.0 }))
+        .await;
+    received.extend(drain(&sqs, &app_q, Duration::from_secs(4)).await);
+    let (_, gap) = gw.get(&format!("/api/v1/gaps/{gap_id}")).await;
+    assert_eq!(gap["fill"], "done", "{gap}\n{}", gw.logs());
+
+    let history = sim.get("/control/records").await;
+    let want: Vec<String> = history["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .filter(|id| {
+            live != Live::OddOnly || id.trim_start_matches("evt-").parse::<u64>().unwrap() % 2 == 1
+        })
+        .collect();
+    let keys = |body: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let attributes = |m: &aws_sdk_sqs::types::Message| -> Vec<(String, String)> {
+        let mut a: Vec<(String, String)> = m
+            .message_attributes()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| !k.starts_with("gapwatch-"))
+            .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_string()))
+            .collect();
+        a.sort();
+        a
+    };
+    let live_msg = received
+        .iter()
+        .find(|m| !is_recovered(m))
+        .expect("a live message");
+    let (live_keys, live_attributes) = (keys(live_msg.body().unwrap()), attributes(live_msg));
+    let mut got: HashMap<String, usize> = HashMap::new();
+    let mut recovered = 0;
+    for m in &received {
+        let body = m.body().unwrap();
+        let record = live
+            .parse(body)
+            .unwrap_or_else(|| panic!("{live:?}: the app cannot read {body}"));
+        let id = record["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no id in {body}"));
+        assert!(record["created_at"].is_string(), "{body}");
+        *got.entry(id.to_string()).or_default() += 1;
+        if is_recovered(m) {
+            recovered += 1;
+            assert_eq!(keys(body), live_keys, "top-level keys of {body}");
+            assert_eq!(attributes(m), live_attributes, "attributes of {body}");
+            let ledger_id = m
+                .message_attributes()
+                .and_then(|a| a.get("gapwatch-record-id"))
+                .and_then(|a| a.string_value());
+            assert_eq!(ledger_id, Some(id), "ledger id is the live id");
+        }
+    }
+    assert!(
+        recovered >= 20,
+        "{recovered} recovered; {gap}\n{}",
+        gw.logs()
+    );
+    let dupes: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "{live:?}: duplicates at the app queue: {dupes:?}"
+    );
+    let missing: Vec<_> = want.iter().filter(|id| !got.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{live:?}: {} of {} records missing, e.g. {:?}",
+        missing.len(),
+        want.len(),
+        missing.first()
+    );
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{live:?}: records the live feed does not carry arrived"
+    );
+    if live == Live::OddOnly {
+        let m = gw.metrics().await;
+        let filtered = sample(
+            &m,
+            r#"gapwatch_backfill_records_total{feed="orders",outcome="filtered"}"#,
+        )
+        .unwrap_or(0.0);
+        assert!(filtered >= 10.0, "filtered {filtered}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventbridge_wrapped_feed_recovers_as_eventbridge_events() {
+    recovered_look_live(Live::EventBridge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sns_wrapped_feed_recovers_as_sns_notifications() {
+    recovered_look_live(Live::Sns).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vendor_envelope_and_attribute_are_rendered_with_jq() {
+    recovered_look_live(Live::Custom).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_queue_does_not_carry_are_filtered() {
+    recovered_look_live(Live::OddOnly).await;
+}

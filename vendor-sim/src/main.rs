@@ -81,6 +81,16 @@ struct Cli {
     /// still serves it (a vendor that drops records without going silent).
     #[arg(long, default_value_t = 0.0)]
     drop_rate: f64,
+    /// How live records are wrapped on their way to SQS (the REST API always
+    /// lists bare records): as EventBridge or SNS (without raw delivery) would
+    /// deliver them, or in the vendor's own envelope `{"event","data"}` with a
+    /// String attribute `event-type`.
+    #[arg(long, value_enum, default_value_t = publisher::LiveEnvelope::None)]
+    live_envelope: publisher::LiveEnvelope,
+    /// Only records with an odd `seq` are published live; the API lists all
+    /// (a feed whose queue carries one kind of the records the API lists).
+    #[arg(long)]
+    live_odd_only: bool,
     /// Start a silence this many seconds after start.
     #[arg(long)]
     silence_after: Option<f64>,
@@ -172,6 +182,8 @@ async fn main() -> anyhow::Result<()> {
             client: sqs_client(&cli).await,
             queue_url,
             next: seeded,
+            envelope: cli.live_envelope,
+            odd_only: cli.live_odd_only,
         };
         tasks.spawn(publisher.run(sim.clone(), stop_rx.clone()));
     }
