@@ -79,6 +79,52 @@ async fn vendor_ids(sim: &VendorSim, from: DateTime<Utc>, to: DateTime<Utc>) -> 
         .collect()
 }
 
+/// `sink.batch = 1`: a webhook receiver gets one POST per record whose body is
+/// the rendered record itself (not an array), with its id and attributes as
+/// headers; every record of the window exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_sink_with_batch_1_posts_each_rendered_record() {
+    let sim = vendor();
+    let peer = HttpSinkPeer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        "    type = \"http\"\n    url = \"{}/hook\"\n    batch = 1\n",
+        peer.base
+    );
+    let extra = "render = '{event: \"order.created\", data: {id, created_at}}'\n  attributes = { event-type = '\"order.created\"' }";
+    let gw = Gapwatch::start(
+        dir.path(),
+        &config(&sim.base, dir.path(), &sink, extra),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::seconds(40);
+    let id = backfill(&gw, from, to).await;
+    let gap = wait_fill(&gw, id, "done", Duration::from_secs(60)).await;
+    let want = vendor_ids(&sim, from, to).await;
+    assert!(want.len() >= 30, "{} records in the window", want.len());
+    let hooks = peer.state.hooks.lock().unwrap().clone();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for (body, record_id, event_type) in &hooks {
+        assert_eq!(body["event"], "order.created", "{body}");
+        let keys: Vec<&String> = body["data"].as_object().unwrap().keys().collect();
+        assert_eq!(keys, ["id", "created_at"], "{body}");
+        let rid = body["data"]["id"].as_str().unwrap();
+        assert_eq!(record_id.as_deref(), Some(rid));
+        assert_eq!(event_type.as_deref(), Some("order.created"));
+        *got.entry(rid.to_string()).or_default() += 1;
+    }
+    assert!(got.values().all(|n| *n == 1), "a record posted twice");
+    let mut got: Vec<String> = got.into_keys().collect();
+    got.sort();
+    let mut want = want;
+    want.sort();
+    assert_eq!(got, want);
+    assert_eq!(hooks.len(), want.len(), "one request per record");
+    assert_eq!(gap["progress"]["records_delivered"], want.len() as i64);
+    assert!(peer.state.records.lock().unwrap().is_empty());
+}
+
 /// A 301 from the HTTP sink is a failed delivery: nothing counts as
 /// delivered, the fill fails saying why, and the redirect is not followed
 /// (following it would turn the POST into a GET and drop the records).

@@ -295,6 +295,9 @@ pub enum SinkConfig {
         #[serde(with = "humantime_serde_compat")]
         timeout: Duration,
         max_retries: u32,
+        /// Records per POST (a JSON array); 1: one record per POST, the body
+        /// being the rendered record itself (webhook-style receivers).
+        batch: NonZeroUsize,
     },
     File {
         path: PathBuf,

@@ -263,6 +263,9 @@ pub enum RawSink {
         timeout: String,
         #[serde(default = "default_max_retries")]
         max_retries: i64,
+        /// Records per POST; 1 posts each record as the body itself.
+        #[serde(default = "default_http_batch")]
+        batch: i64,
     },
     File {
         path: String,
@@ -346,6 +349,9 @@ fn default_timeout() -> String {
 }
 const fn default_max_retries() -> i64 {
     8
+}
+const fn default_http_batch() -> i64 {
+    500
 }
 const fn default_in_flight() -> i64 {
     1

@@ -937,7 +937,18 @@ impl Checker<'_> {
                 headers,
                 timeout,
                 max_retries,
+                batch,
             }) => {
+                let batch_size = usize::try_from(*batch)
+                    .ok()
+                    .filter(|b| *b <= 500)
+                    .and_then(NonZeroUsize::new);
+                if batch_size.is_none() {
+                    self.fail(
+                        &format!("{key}.batch"),
+                        format!("must be between 1 and 500, got {batch}"),
+                    );
+                }
                 let url = self.url(&format!("{key}.url"), url);
                 let headers = self.headers(&format!("{key}.headers"), headers);
                 let timeout = self.duration(&format!("{key}.timeout"), timeout, false);
@@ -950,6 +961,7 @@ impl Checker<'_> {
                     headers: headers?,
                     timeout: timeout?,
                     max_retries: retries?,
+                    batch: batch_size?,
                 })
             }
             Some(RawSink::File { path }) => {

@@ -112,6 +112,7 @@ impl Sink {
                 headers,
                 timeout,
                 max_retries,
+                batch,
             } => {
                 let mut h = HeaderMap::new();
                 for (k, v) in headers {
@@ -132,6 +133,7 @@ impl Sink {
                         .build()
                         .map_err(|e| e.to_string())?,
                     url: url.clone(),
+                    batch: batch.get(),
                     policy: RetryPolicy {
                         base: Duration::from_millis(200),
                         cap: Duration::from_secs(30),
@@ -166,9 +168,9 @@ impl Sink {
     pub fn batches(&self, records: &[Record]) -> Vec<Range<usize>> {
         match self {
             Sink::Sqs(_) => sqs_batches(records),
-            Sink::Http(_) => (0..records.len())
-                .step_by(HTTP_BATCH)
-                .map(|i| i..(i + HTTP_BATCH).min(records.len()))
+            Sink::Http(h) => (0..records.len())
+                .step_by(h.batch)
+                .map(|i| i..(i + h.batch).min(records.len()))
                 .collect(),
             Sink::File(_) if records.is_empty() => Vec::new(),
             #[allow(clippy::single_range_in_vec_init)] // one batch: the whole page
@@ -415,11 +417,10 @@ fn request_error(e: impl std::fmt::Display) -> SinkError {
 pub struct HttpSink {
     client: reqwest::Client,
     url: url::Url,
+    /// Records per POST; 1: the body is the record, not an array.
+    batch: usize,
     policy: RetryPolicy,
 }
-
-/// Records per POST.
-const HTTP_BATCH: usize = 500;
 
 impl HttpSink {
     /// One POST of the batch (split in halves on a 413).
@@ -442,51 +443,66 @@ impl HttpSink {
     ) -> Result<(), SinkError> {
         let mut stack = vec![part.to_vec()];
         while let Some(part) = stack.pop() {
-            let body =
-                serde_json::Value::Array(part.iter().map(|&i| records[i].raw.clone()).collect());
+            let single = self.batch == 1 && part.len() == 1;
+            let body = if single {
+                records[part[0]].raw.clone()
+            } else {
+                serde_json::Value::Array(part.iter().map(|&i| records[i].raw.clone()).collect())
+            };
             let mut attempt = 0;
             loop {
                 attempt += 1;
-                let (retry_after, err) =
-                    match self.client.post(self.url.clone()).json(&body).send().await {
-                        Ok(resp) if resp.status().is_success() => {
-                            d.delivered.extend(&part);
-                            break;
+                let mut req = self.client.post(self.url.clone()).json(&body);
+                if single {
+                    // One record per request: its id and attributes as headers,
+                    // as a webhook receiver reads them.
+                    let r = &records[part[0]];
+                    let headers = std::iter::once((RECORD_ID_ATTRIBUTE, r.id.as_str()))
+                        .chain(r.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+                    for (name, value) in headers {
+                        // A value no header can carry (a control character) is left out.
+                        if let Ok(v) = HeaderValue::from_str(value) {
+                            req = req.header(name, v);
                         }
-                        Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
-                            if part.len() == 1 {
-                                d.rejected.push((
-                                    part[0],
-                                    "the http sink answered 413 (too large)".into(),
-                                ));
-                            } else {
-                                let (a, b) = part.split_at(part.len() / 2);
-                                stack.push(b.to_vec());
-                                stack.push(a.to_vec());
-                            }
-                            break;
+                    }
+                }
+                let (retry_after, err) = match req.send().await {
+                    Ok(resp) if resp.status().is_success() => {
+                        d.delivered.extend(&part);
+                        break;
+                    }
+                    Ok(resp) if resp.status() == reqwest::StatusCode::PAYLOAD_TOO_LARGE => {
+                        if part.len() == 1 {
+                            d.rejected
+                                .push((part[0], "the http sink answered 413 (too large)".into()));
+                        } else {
+                            let (a, b) = part.split_at(part.len() / 2);
+                            stack.push(b.to_vec());
+                            stack.push(a.to_vec());
                         }
-                        Ok(resp) => {
-                            let status = resp.status();
-                            let ra = resp
-                                .headers()
-                                .get(reqwest::header::RETRY_AFTER)
-                                .and_then(|v| v.to_str().ok())
-                                .and_then(|v| {
-                                    crate::retry::parse_retry_after(v, std::time::SystemTime::now())
-                                });
-                            let status = status.as_u16();
-                            if (300..400).contains(&status) {
-                                return Err(SinkError::Redirect { status });
-                            }
-                            let e = SinkError::HttpStatus { status };
-                            if !e.is_retryable() {
-                                return Err(e);
-                            }
-                            (ra, e)
+                        break;
+                    }
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let ra = resp
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| {
+                                crate::retry::parse_retry_after(v, std::time::SystemTime::now())
+                            });
+                        let status = status.as_u16();
+                        if (300..400).contains(&status) {
+                            return Err(SinkError::Redirect { status });
                         }
-                        Err(e) => (None, SinkError::Http(e.without_url().to_string())),
-                    };
+                        let e = SinkError::HttpStatus { status };
+                        if !e.is_retryable() {
+                            return Err(e);
+                        }
+                        (ra, e)
+                    }
+                    Err(e) => (None, SinkError::Http(e.without_url().to_string())),
+                };
                 let delay = self.policy.delay(attempt, retry_after, &mut rand::rng());
                 match delay {
                     Some(delay) => tokio::time::sleep(delay).await,

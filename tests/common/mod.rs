@@ -607,7 +607,7 @@ where
 // === an HTTP sink ===
 
 /// An HTTP endpoint playing the app behind an `http` sink: `POST /ingest`
-/// takes a JSON array of records; `POST /moved` answers `301` to `/elsewhere`,
+/// takes a JSON array of records, `POST /hook` one record per request; `POST /moved` answers `301` to `/elsewhere`,
 /// which counts every request it gets (a client that follows the redirect
 /// turns the POST into a GET there and drops the records).
 pub struct HttpSinkPeer {
@@ -616,9 +616,15 @@ pub struct HttpSinkPeer {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// One `POST /hook`: the body, its `gapwatch-record-id` and `event-type` headers.
+pub type Hook = (serde_json::Value, Option<String>, Option<String>);
+
 #[derive(Default)]
 pub struct HttpSinkState {
     pub records: std::sync::Mutex<Vec<serde_json::Value>>,
+    /// `POST /hook`: one JSON body per request, with its `gapwatch-record-id`
+    /// and `event-type` headers.
+    pub hooks: std::sync::Mutex<Vec<Hook>>,
     pub elsewhere_hits: std::sync::atomic::AtomicU64,
 }
 
@@ -636,6 +642,26 @@ impl HttpSinkPeer {
                     >,
                      axum::Json(v): axum::Json<Vec<serde_json::Value>>| async move {
                         s.records.lock().unwrap().extend(v);
+                        axum::http::StatusCode::OK
+                    },
+                ),
+            )
+            .route(
+                "/hook",
+                post(
+                    |axum::extract::State(s): axum::extract::State<
+                        std::sync::Arc<HttpSinkState>,
+                    >,
+                     headers: axum::http::HeaderMap,
+                     axum::Json(v): axum::Json<serde_json::Value>| async move {
+                        let h = |n: &str| {
+                            headers
+                                .get(n)
+                                .and_then(|v| v.to_str().ok())
+                                .map(str::to_string)
+                        };
+                        let entry = (v, h("gapwatch-record-id"), h("event-type"));
+                        s.hooks.lock().unwrap().push(entry);
                         axum::http::StatusCode::OK
                     },
                 ),
