@@ -8,6 +8,7 @@
 mod audit;
 mod aws_calls;
 mod detection;
+mod fidelity;
 mod fill;
 mod footprint;
 mod peers;
@@ -44,6 +45,7 @@ const ALL: &[&str] = &[
     "recovery",
     "audit",
     "state",
+    "fidelity",
 ];
 
 #[derive(Parser, Debug)]
@@ -55,7 +57,7 @@ struct Args {
     /// Small sizes and one repetition: checks that every step still works (CI).
     #[arg(long)]
     smoke: bool,
-    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery, audit, state.
+    /// Only these benchmarks (comma-separated): detection, fill, sqs, span, rate, relay, idle, aws, scale, recovery, audit, state, fidelity.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Where `gapwatch` and `vendor-sim` are (default: next to this binary).
@@ -235,7 +237,7 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         progress("1. detection latency, relay mode");
         figures.push(detection::relay(env, sizes.detection_reps).await?);
     }
-    if wanted("fill") || wanted("sqs") || wanted("rate") || wanted("state") {
+    if wanted("fill") || wanted("sqs") || wanted("rate") || wanted("state") || wanted("fidelity") {
         progress(&format!(
             "seeding vendor-sim with {} records",
             table::thousands(sizes.big_fill as f64)
@@ -278,6 +280,10 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
                 )
                 .await?,
             );
+        }
+        if wanted("fidelity") {
+            progress("11. fill into the file sink as listed, EventBridge-wrapped, jq-rendered");
+            figures.extend(fidelity::render_cost(env, &history, sizes.small_fill).await?);
         }
         if wanted("state") {
             progress("10. state store: the same fill on SQLite and on Postgres, rows and bytes");
