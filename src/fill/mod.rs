@@ -11,6 +11,7 @@ pub mod plan;
 pub mod render;
 pub mod sink;
 pub mod source;
+pub mod template;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -14,6 +14,7 @@ use url::Url;
 use super::body::{error_text, read_capped, BodyError};
 use super::pagination::{resolve_url, PageCursor, PageRequest, PageView, PaginationError};
 use super::plan::{query_window, Window};
+use super::template::Vars;
 use crate::config::SourceConfig;
 use crate::metrics::Metrics;
 use crate::retry::{parse_retry_after, RetryPolicy};
@@ -152,15 +153,31 @@ impl Source {
                 let fmt = c.time_format;
                 let q = query_window(Window { start, end }, c.time_resolution);
                 let (s, e) = (fmt.format(q.start), fmt.format(q.end));
+                let vars = Vars { start: &s, end: &e };
                 let mut url = c.url.clone();
-                {
-                    let mut q = url.query_pairs_mut();
-                    for (k, v) in &c.query {
-                        q.append_pair(k, &v.expose().replace("{start}", &s).replace("{end}", &e));
-                    }
-                    for (k, v) in &extra {
-                        q.append_pair(k, v);
-                    }
+                vars.fill_path(&mut url);
+                // The URL's own query pairs come first, filled like `query`.
+                let own: Vec<(String, String)> = url
+                    .query_pairs()
+                    .map(|(k, v)| (k.into_owned(), vars.fill(&v)))
+                    .collect();
+                url.set_query(None);
+                let pairs = own
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.clone()))
+                    .chain(
+                        c.query
+                            .iter()
+                            .map(|(k, v)| (k.as_str(), vars.fill(v.expose()))),
+                    )
+                    .chain(extra.iter().map(|(k, v)| (k.as_str(), v.clone())));
+                let mut any = false;
+                for (k, v) in pairs {
+                    url.query_pairs_mut().append_pair(k, &v);
+                    any = true;
+                }
+                if !any {
+                    url.set_query(None);
                 }
                 Ok(url)
             }
@@ -330,5 +347,99 @@ fn snippet(s: &str) -> String {
     match s.char_indices().nth(200) {
         Some((i, _)) => format!("{}…", &s[..i]),
         None => s.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::config::Config;
+
+    fn source(url: &str, time_format: &str, query: &str) -> Source {
+        let text = format!(
+            r#"
+[state]
+url = "sqlite:///tmp/gapwatch-source-test/state.db"
+[[feeds]]
+name = "f"
+[feeds.watch]
+mode = "report"
+[server]
+report_token = "t"
+[feeds.backfill.source]
+url = "{url}"
+query = {query}
+time_format = "{time_format}"
+record_time = "/t"
+[feeds.backfill.sink]
+type = "file"
+path = "/tmp/gapwatch-source-test/out.ndjson"
+"#
+        );
+        let c = Config::from_toml(&text, &HashMap::new()).unwrap();
+        let s = c.feeds[0].backfill.as_ref().unwrap().source.clone();
+        Source::new("f", &s, Arc::new(Metrics::new())).unwrap()
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn placeholders_in_the_url_path_are_written_as_path_segments() {
+        let s = source(
+            "http://v.example/v1/from/{start}/to/{end}/events",
+            "rfc3339",
+            "{}",
+        );
+        let u = s
+            .url(
+                at("2026-12-05T12:00:00Z"),
+                at("2026-12-05T13:00:00.5Z"),
+                &PageCursor::First,
+            )
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://v.example/v1/from/2026-12-05T12:00:00Z/to/2026-12-05T13:00:00.500Z/events"
+        );
+        let s = source(
+            "http://v.example/v1/{start}-{end}",
+            "unix_s",
+            "{ limit = \"5\" }",
+        );
+        let u = s
+            .url(
+                at("2026-12-05T12:00:00Z"),
+                at("2026-12-05T12:00:10Z"),
+                &PageCursor::First,
+            )
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://v.example/v1/1796472000-1796472010?limit=5"
+        );
+    }
+
+    #[test]
+    fn placeholders_in_the_url_query_are_substituted_too() {
+        let s = source(
+            "http://v.example/v1/events?since={start}",
+            "unix_s",
+            "{ until = \"{end}\" }",
+        );
+        let u = s
+            .url(
+                at("2026-12-05T12:00:00Z"),
+                at("2026-12-05T12:00:10Z"),
+                &PageCursor::First,
+            )
+            .unwrap();
+        assert_eq!(
+            u.as_str(),
+            "http://v.example/v1/events?since=1796472000&until=1796472010"
+        );
     }
 }
