@@ -6,6 +6,9 @@
 # the final check compares what the vendor produced with what the app received.
 # The vendor also loses a few records on their way to its queue without going
 # silent: gapwatch's completeness audit finds exactly those and delivers them.
+# Live records reach the vendor queue wrapped as EventBridge events (a partner
+# event bus with an SQS target) while the REST API lists bare records: the app
+# reads `detail`, and so must it read every recovered message.
 #
 #   ./scripts/demo.sh            # SILENCE=20 RATE=20 DROP_RATE=0.03 LOSSY=15 to change the outage, rate, losses
 set -euo pipefail
@@ -60,7 +63,7 @@ say "moto's SQS at $MOTO_ENDPOINT: vendor queue vendor-orders, app queue app-ord
 # --- the vendor: publishes $RATE records/s to its queue, serves its history over REST ---
 export VENDOR_TOKEN="demo-vendor-token"
 "$ROOT/target/debug/vendor-sim" --listen 127.0.0.1:0 --rate "$RATE" --queue-url "$VENDOR_QUEUE_URL" \
-  --endpoint-url "$MOTO_ENDPOINT" --token "$VENDOR_TOKEN" --pagination cursor \
+  --endpoint-url "$MOTO_ENDPOINT" --token "$VENDOR_TOKEN" --pagination cursor --live-envelope eventbridge \
   >"$WORK/vendor.out" 2>"$WORK/vendor.log" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q listening "$WORK/vendor.out" 2>/dev/null && break; sleep 0.1; done
@@ -78,7 +81,13 @@ with open(out, "a") as f:
                                 MessageAttributeNames=["All"])
         msgs = r.get("Messages", [])
         for m in msgs:
-            rec = json.loads(m["Body"])
+            event = json.loads(m["Body"])
+            # The app reads EventBridge events: the record is `detail`. A message
+            # it cannot read is an error (its id line is missing from the check).
+            if event.get("detail-type") != "order.created" or "detail" not in event:
+                print("unreadable message:", m["Body"], flush=True)
+                continue
+            rec = event["detail"]
             recovered = "gapwatch-backfill" in m.get("MessageAttributes", {})
             f.write(f'{rec["id"]} {"recovered" if recovered else "live"}\n')
         f.flush()
