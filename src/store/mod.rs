@@ -7,6 +7,7 @@
 //! suite (`tests.rs`) runs against each.
 
 mod postgres;
+mod sql;
 mod sqlite;
 
 use std::collections::{HashMap, HashSet};
@@ -342,13 +343,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let fence = self.fence_for(feed)?;
-        match &self.backend {
-            Backend::Sqlite(s) => s.commit_page(feed, chunk_id, gap_id, page, now).await,
-            Backend::Postgres(s) => {
-                s.commit_page(feed, chunk_id, gap_id, page, now, fence)
-                    .await
-            }
-        }
+        dispatch!(self.commit_page(feed, chunk_id, gap_id, page, now, fence))
     }
 
     /// The committed length of a feed's file sink output, if it wrote to `path`.
