@@ -38,6 +38,17 @@ pub enum AuditOutcome {
     Failed,
 }
 
+/// How a request for an OAuth2 access token ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenOutcome {
+    /// A token was issued.
+    Ok,
+    /// The token endpoint refused the client (4xx other than 408/429).
+    Refused,
+    /// The request failed or the answer was not usable (retried later).
+    Error,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueState {
     Visible,
@@ -123,6 +134,7 @@ macro_rules! label_enum {
 }
 
 label_enum!(AuditOutcome { Ok => "ok", Failed => "failed" });
+label_enum!(TokenOutcome { Ok => "ok", Refused => "refused", Error => "error" });
 label_enum!(RelayOutcome { Forwarded => "forwarded", Failed => "failed" });
 label_enum!(RecordOutcome {
     Delivered => "delivered",
@@ -178,6 +190,7 @@ pub struct Metrics {
     pub backfill_records: IntCounterVec,
     pub backfill_requests: IntCounterVec,
     pub backfill_request_duration: HistogramVec,
+    source_token_requests: IntCounterVec,
     pub backfill_chunks: IntGaugeVec,
     pub backfill_last_success: GaugeVec,
     pub relay_messages: IntCounterVec,
@@ -259,6 +272,11 @@ impl Metrics {
                 "gapwatch_backfill_requests_total",
                 "Requests to the source API, by HTTP status code or \"error\".",
                 &["feed", "status"],
+            ),
+            source_token_requests: counter_vec(
+                "gapwatch_source_token_requests_total",
+                "Requests for an OAuth2 access token to the source's token_url, by outcome.",
+                &["feed", "outcome"],
             ),
             backfill_request_duration: HistogramVec::new(
                 HistogramOpts::new(
@@ -351,6 +369,7 @@ impl Metrics {
             Box::new(self.backfill_records.clone()),
             Box::new(self.backfill_requests.clone()),
             Box::new(self.backfill_request_duration.clone()),
+            Box::new(self.source_token_requests.clone()),
             Box::new(self.backfill_chunks.clone()),
             Box::new(self.backfill_last_success.clone()),
             Box::new(self.relay_messages.clone()),
@@ -419,6 +438,20 @@ impl Metrics {
                 .with_label_values(&[feed, outcome.as_str()])
                 .inc_by(n);
         }
+    }
+
+    /// Series of a feed whose source gets OAuth2 tokens, at zero.
+    pub fn init_source_token(&self, feed: &str) {
+        for o in TokenOutcome::ALL {
+            self.source_token_requests
+                .with_label_values(&[feed, o.as_str()]);
+        }
+    }
+
+    pub fn source_token_request(&self, feed: &str, outcome: TokenOutcome) {
+        self.source_token_requests
+            .with_label_values(&[feed, outcome.as_str()])
+            .inc();
     }
 
     pub fn aws(&self, service: &str, operation: &str, outcome: AwsOutcome) {

@@ -21,6 +21,7 @@ use crate::fill::pagination::Pagination;
 use crate::jq::Program;
 use crate::timefmt::{Resolution, TimeFormat};
 
+pub use raw::AuthStyle;
 pub use secret::Secret;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -254,6 +255,28 @@ pub struct SourceConfig {
     /// so memory per in-flight page is bounded by it).
     #[serde(serialize_with = "size_string")]
     pub max_page_bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<SourceAuth>,
+}
+
+/// `source.auth`, validated. Every credential is a [`Secret`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceAuth {
+    Bearer {
+        token: Secret,
+    },
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    Oauth2ClientCredentials {
+        token_url: Url,
+        client_id: Secret,
+        client_secret: Secret,
+        scopes: Vec<String>,
+        auth_style: AuthStyle,
+    },
 }
 
 /// `N/s`, `N/m` or `N/h`.

@@ -242,6 +242,40 @@ pub struct RawSource {
     pub time_resolution: Option<String>,
     #[serde(default = "default_max_page_bytes")]
     pub max_page_bytes: String,
+    #[serde(default)]
+    pub auth: Option<RawAuth>,
+}
+
+/// `source.auth`: how requests to the source prove who they are.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum RawAuth {
+    Bearer {
+        token: String,
+    },
+    Basic {
+        username: String,
+        password: String,
+    },
+    Oauth2ClientCredentials {
+        token_url: String,
+        client_id: String,
+        client_secret: String,
+        #[serde(default)]
+        scopes: Vec<String>,
+        #[serde(default)]
+        auth_style: AuthStyle,
+    },
+}
+
+/// Where an OAuth2 client sends its credentials: form fields in the token
+/// request's body, or HTTP Basic (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStyle {
+    #[default]
+    Body,
+    Basic,
 }
 
 #[derive(Debug, Deserialize)]

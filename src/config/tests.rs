@@ -611,3 +611,54 @@ fn envelope_fields_need_an_envelope() {
     let err = load(&text).unwrap_err();
     assert!(err.contains("envelope"), "{err}");
 }
+
+fn with_auth(auth: &str) -> String {
+    GOOD.replace(
+        "    headers = { Authorization = \"Bearer ${VENDOR_TOKEN}\" }\n",
+        &format!("    auth = {auth}\n"),
+    )
+}
+
+#[test]
+fn source_auth_secrets_are_redacted_and_errors_name_the_key() {
+    for auth in [
+        r#"{ type = "bearer", token = "${VENDOR_TOKEN}" }"#,
+        r#"{ type = "basic", username = "user-s3cret", password = "${VENDOR_TOKEN}" }"#,
+        r#"{ type = "oauth2_client_credentials", token_url = "https://id.vendor.example/token", client_id = "user-s3cret", client_secret = "${VENDOR_TOKEN}", scopes = ["a", "b"], auth_style = "basic" }"#,
+    ] {
+        let c = load(&with_auth(auth)).unwrap();
+        let shown = c.to_redacted_toml() + &format!("{c:?}");
+        assert!(!shown.contains("vendor-s3cret"), "{shown}");
+        assert!(!shown.contains("user-s3cret"), "{shown}");
+        assert!(c.feeds[0].backfill.as_ref().unwrap().source.auth.is_some());
+    }
+    let bad = [
+        (
+            r#"{ type = "bearer", token = "" }"#,
+            "feeds[0].backfill.source.auth.token: must not be empty",
+        ),
+        (
+            r#"{ type = "basic", username = "a:b", password = "p" }"#,
+            "feeds[0].backfill.source.auth.username: must not contain ':'",
+        ),
+        (
+            r#"{ type = "oauth2_client_credentials", token_url = "ftp://x", client_id = "i", client_secret = "s" }"#,
+            "feeds[0].backfill.source.auth.token_url: must be an http",
+        ),
+        (
+            r#"{ type = "oauth2_client_credentials", token_url = "https://x/t", client_id = "i", client_secret = "s", scopes = ["a b"] }"#,
+            "feeds[0].backfill.source.auth.scopes[0]:",
+        ),
+    ];
+    for (auth, want) in bad {
+        let e = load(&with_auth(auth)).unwrap_err();
+        assert!(e.contains(want), "{auth}: {e}");
+        assert!(!e.contains("vendor-s3cret"), "{e}");
+    }
+    let e = load(&with_auth(
+        r#"{ type = "api_key", token = "vendor-s3cret" }"#,
+    ))
+    .unwrap_err();
+    assert!(e.contains("auth"), "{e}");
+    assert!(!e.contains("vendor-s3cret"), "{e}");
+}

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawAudit, RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
+use super::raw::{RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
-    RateLimit, Secret, ServerConfig, SinkConfig, SourceConfig, StateConfig, StateUrl, WatchConfig,
-    WatchMode,
+    RateLimit, Secret, ServerConfig, SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl,
+    WatchConfig, WatchMode,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
@@ -758,7 +758,12 @@ impl Checker<'_> {
                 );
             }
         }
+        let auth = match &s.auth {
+            None => Some(None),
+            Some(a) => self.auth(&format!("{key}.auth"), a).map(Some),
+        };
         Some(SourceConfig {
+            auth: auth?,
             url: url?,
             query: query?,
             time_format: s.time_format,
@@ -775,6 +780,87 @@ impl Checker<'_> {
             time_resolution: time_resolution?,
             max_page_bytes: max_page_bytes?,
         })
+    }
+
+    fn secret(&mut self, key: &str, s: &str) -> Option<Secret> {
+        let v = self.string(key, s)?;
+        if v.is_empty() {
+            self.fail(key, "must not be empty");
+            return None;
+        }
+        Some(Secret::hidden(v))
+    }
+
+    fn auth(&mut self, key: &str, a: &RawAuth) -> Option<SourceAuth> {
+        match a {
+            RawAuth::Bearer { token } => {
+                let token = self.secret(&format!("{key}.token"), token)?;
+                if reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                    .is_err()
+                {
+                    self.fail(
+                        &format!("{key}.token"),
+                        "invalid in an HTTP header (control characters or non-ASCII)",
+                    );
+                    return None;
+                }
+                Some(SourceAuth::Bearer { token })
+            }
+            RawAuth::Basic { username, password } => {
+                let username = self.secret(&format!("{key}.username"), username);
+                let password = self
+                    .string(&format!("{key}.password"), password)
+                    .map(Secret::hidden);
+                if let Some(u) = &username {
+                    if u.expose().contains(':') {
+                        self.fail(
+                            &format!("{key}.username"),
+                            "must not contain ':' (RFC 7617)",
+                        );
+                        return None;
+                    }
+                }
+                Some(SourceAuth::Basic {
+                    username: username?,
+                    password: password?,
+                })
+            }
+            RawAuth::Oauth2ClientCredentials {
+                token_url,
+                client_id,
+                client_secret,
+                scopes,
+                auth_style,
+            } => {
+                let token_url = self.url(&format!("{key}.token_url"), token_url);
+                let client_id = self.secret(&format!("{key}.client_id"), client_id);
+                let client_secret = self.secret(&format!("{key}.client_secret"), client_secret);
+                let mut ok = true;
+                for (n, sc) in scopes.iter().enumerate() {
+                    if sc.is_empty()
+                        || sc
+                            .chars()
+                            .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+                    {
+                        self.fail(
+                            &format!("{key}.scopes[{n}]"),
+                            "a scope is a non-empty token without spaces, quotes or backslashes (RFC 6749 §3.3)",
+                        );
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    return None;
+                }
+                Some(SourceAuth::Oauth2ClientCredentials {
+                    token_url: token_url?,
+                    client_id: client_id?,
+                    client_secret: client_secret?,
+                    scopes: scopes.clone(),
+                    auth_style: *auth_style,
+                })
+            }
+        }
     }
 
     /// `time_resolution`: a whole number of milliseconds that `time_format`

@@ -4,6 +4,7 @@
 //! `plan` and `pagination` are pure; `source` and `sink` talk to the outside;
 //! `filler` carries a feed's fills out.
 
+pub mod auth;
 pub mod body;
 pub mod filler;
 pub mod pagination;

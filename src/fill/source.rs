@@ -11,6 +11,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use url::Url;
 
+use super::auth::{Auth, AuthError};
 use super::body::{error_text, read_capped, BodyError};
 use super::pagination::{resolve_url, PageCursor, PageRequest, PageView, PaginationError};
 use super::plan::{query_window, Window};
@@ -57,6 +58,8 @@ pub enum SourceError {
     /// Raise `source.max_page_bytes` or ask for smaller pages (`limit`).
     #[error("page is larger than source.max_page_bytes ({max} bytes)")]
     PageTooLarge { max: u64 },
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 impl crate::retry::Retryable for SourceError {
@@ -66,12 +69,15 @@ impl crate::retry::Retryable for SourceError {
     /// vendor would give again (4xx, a cursor loop, an oversized page) is not.
     fn is_retryable(&self) -> bool {
         match self {
-            SourceError::Exhausted { .. } | SourceError::NotJson(_) => true,
+            SourceError::Exhausted { .. }
+            | SourceError::NotJson(_)
+            | SourceError::Auth(AuthError::Transient(_)) => true,
             SourceError::Status { status, .. } => matches!(status, 408 | 429) || *status >= 500,
             SourceError::NoRecords { .. }
             | SourceError::Pagination(_)
             | SourceError::Request(_)
-            | SourceError::PageTooLarge { .. } => false,
+            | SourceError::PageTooLarge { .. }
+            | SourceError::Auth(AuthError::Refused { .. }) => false,
         }
     }
 }
@@ -86,6 +92,7 @@ struct Inner {
     feed: String,
     config: SourceConfig,
     client: reqwest::Client,
+    auth: Auth,
     limiter: DefaultDirectRateLimiter,
     metrics: Arc<Metrics>,
     policy: RetryPolicy,
@@ -119,11 +126,14 @@ impl Source {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             // Start without a burst: the vendor's limit is usually a sliding window.
             .allow_burst(NonZeroU32::MIN);
+        let auth = Auth::new(feed, config.auth.as_ref(), client.clone(), metrics.clone())
+            .map_err(SourceError::Request)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 feed: feed.to_string(),
                 config: config.clone(),
                 client,
+                auth,
                 limiter: RateLimiter::direct(quota),
                 metrics,
                 policy: RetryPolicy {
@@ -199,11 +209,26 @@ impl Source {
     async fn fetch(&self, url: Url) -> Result<(Vec<u8>, Option<String>), SourceError> {
         let i = &self.inner;
         let mut attempt = 0u32;
+        let mut refreshed = false;
         loop {
             attempt += 1;
+            // The rate limiter first: a token taken before a long wait for
+            // the limiter may expire before the request leaves.
             i.limiter.until_ready().await;
+            let credential = match i.auth.credential().await {
+                Ok(c) => Some(c),
+                Err(e @ AuthError::Refused { .. }) => return Err(e.into()),
+                Err(e) => {
+                    self.retry_or_give_up(attempt, None, e.to_string()).await?;
+                    continue;
+                }
+            };
             let started = Instant::now();
-            let result = i.client.get(url.clone()).send().await;
+            let mut req = i.client.get(url.clone());
+            if let Some(h) = credential.as_ref().and_then(|c| c.header.clone()) {
+                req = req.header(reqwest::header::AUTHORIZATION, h);
+            }
+            let result = req.send().await;
             let (retryable, retry_after, last) = match result {
                 Ok(resp) => {
                     let status = resp.status();
@@ -211,6 +236,19 @@ impl Source {
                         .backfill_requests
                         .with_label_values(&[&i.feed, status.as_str()])
                         .inc();
+                    if status == reqwest::StatusCode::UNAUTHORIZED && !refreshed {
+                        if let Some(c) = &credential {
+                            // An expired or revoked token: one new token and
+                            // the request again, not counted as a retry; a
+                            // second 401 is the answer.
+                            if i.auth.rejected(c).await {
+                                self.observe_duration(started);
+                                refreshed = true;
+                                attempt -= 1;
+                                continue;
+                            }
+                        }
+                    }
                     if status.is_success() {
                         let link = resp
                             .headers()
@@ -255,19 +293,29 @@ impl Source {
                 }
             };
             debug_assert!(retryable);
-            let delay = i.policy.delay(attempt, retry_after, &mut rand::rng());
-            match delay {
-                Some(d) => {
-                    tracing::debug!(feed = %i.feed, attempt, delay_ms = d.as_millis() as u64, error = %last, "source request failed; retrying");
-                    tokio::time::sleep(d).await;
-                }
-                None => {
-                    return Err(SourceError::Exhausted {
-                        attempts: attempt,
-                        last,
-                    })
-                }
+            self.retry_or_give_up(attempt, retry_after, last).await?;
+        }
+    }
+
+    /// Sleeps before the next attempt, or gives up once retries ran out.
+    async fn retry_or_give_up(
+        &self,
+        attempt: u32,
+        retry_after: Option<Duration>,
+        last: String,
+    ) -> Result<(), SourceError> {
+        let i = &self.inner;
+        let delay = i.policy.delay(attempt, retry_after, &mut rand::rng());
+        match delay {
+            Some(d) => {
+                tracing::debug!(feed = %i.feed, attempt, delay_ms = d.as_millis() as u64, error = %last, "source request failed; retrying");
+                tokio::time::sleep(d).await;
+                Ok(())
             }
+            None => Err(SourceError::Exhausted {
+                attempts: attempt,
+                last,
+            }),
         }
     }
 

@@ -30,7 +30,15 @@ pub async fn events(
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
 
-    if let Some(token) = &sim.settings.token {
+    if sim.settings.oauth.is_some() {
+        if !crate::oauth::valid(&sim, &headers) {
+            Stats::bump(&sim.stats.unauthorized, 1);
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing, unknown or expired access token",
+            );
+        }
+    } else if let Some(token) = &sim.settings.token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())

@@ -6,6 +6,7 @@
 mod api;
 mod control;
 mod history;
+mod oauth;
 mod publisher;
 mod sim;
 mod timefmt;
@@ -59,6 +60,14 @@ struct Cli {
     /// Require `Authorization: Bearer <token>` on /v1/events.
     #[arg(long, env = "VENDOR_SIM_TOKEN")]
     token: Option<String>,
+    /// Serve `POST /oauth/token` (client credentials) with tokens that expire
+    /// after this many seconds; /v1/events then needs a live one.
+    #[arg(long, requires_all = ["oauth_client_id", "oauth_client_secret"])]
+    oauth_token_ttl: Option<f64>,
+    #[arg(long)]
+    oauth_client_id: Option<String>,
+    #[arg(long)]
+    oauth_client_secret: Option<String>,
     /// Probability of answering /v1/events with an error status.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
@@ -137,6 +146,11 @@ async fn main() -> anyhow::Result<()> {
             time_format: cli.time_format,
             token: cli.token.clone(),
             queue_url: cli.queue_url.clone(),
+            oauth: cli.oauth_token_ttl.map(|ttl| oauth::OAuth {
+                client_id: cli.oauth_client_id.clone().unwrap_or_default(),
+                client_secret: cli.oauth_client_secret.clone().unwrap_or_default(),
+                ttl_ms: (ttl * 1000.0).round() as i64,
+            }),
         },
         history,
         Controls {
@@ -168,6 +182,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .route("/control/rate", post(control::set_rate))
         .route("/control/stats", get(control::stats))
+        .route("/oauth/token", post(oauth::token))
+        .route("/control/revoke_tokens", post(oauth::revoke))
         .route("/control/records", get(control::records))
         .with_state(sim.clone());
     let listener = tokio::net::TcpListener::bind(&cli.listen)

@@ -107,6 +107,9 @@ pub struct Stats {
     pub malformed_served: AtomicU64,
     pub unauthorized: AtomicU64,
     pub bad_requests: AtomicU64,
+    pub token_requests: AtomicU64,
+    pub tokens_issued: AtomicU64,
+    pub tokens_refused: AtomicU64,
 }
 
 impl Stats {
@@ -126,6 +129,7 @@ pub struct Settings {
     pub time_format: TimeFormat,
     pub token: Option<String>,
     pub queue_url: Option<String>,
+    pub oauth: Option<crate::oauth::OAuth>,
 }
 
 #[derive(Debug)]
@@ -134,6 +138,8 @@ pub struct Sim {
     pub history: RwLock<History>,
     pub controls: Mutex<Controls>,
     pub stats: Stats,
+    /// OAuth2 access tokens issued, with their expiry (unix ms).
+    pub tokens: Mutex<Vec<(String, i64)>>,
     /// Woken when records were appended (the publisher waits on it).
     pub appended: Notify,
     /// Woken when the rate changed (the generator waits on it).
@@ -155,6 +161,7 @@ impl Sim {
             history: RwLock::new(history),
             controls: Mutex::new(controls),
             stats,
+            tokens: Mutex::new(Vec::new()),
             appended: Notify::new(),
             rate_changed: Notify::new(),
         }
