@@ -919,3 +919,38 @@ name = "oauth"
         stats["unauthorized"]
     );
 }
+
+/// A vendor that answers 404 for a window without records (`empty_on`):
+/// the fill ends done with nothing delivered instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_listed_in_empty_on_is_an_empty_window() {
+    let sim = VendorSim::start(&["--rate", "0", "--history", "50", "--token", TOKEN]);
+    sim.control(
+        "/control/faults",
+        serde_json::json!({ "error_rate": 1.0, "statuses": [404] }),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&sim.base, dir.path(), "").replace(
+        "    max_retries = 6\n",
+        "    max_retries = 6\n    empty_on = [404]\n",
+    );
+    let gw = Gapwatch::start(dir.path(), &cfg, &[("VENDOR_TOKEN", TOKEN)]);
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(3);
+    let id = backfill(&gw, "cursor", from, to).await;
+    let gap = wait_fill(&gw, id, "done", Duration::from_secs(30)).await;
+    assert_eq!(gap["progress"]["records_delivered"], 0, "{gap}");
+    let stats = sim.get("/control/stats").await;
+    assert!(stats["errors_injected"].as_u64().unwrap() >= 2, "{stats}");
+    // Without empty_on the same answer fails the fill.
+    let dir2 = tempfile::tempdir().unwrap();
+    let gw2 = Gapwatch::start(
+        dir2.path(),
+        &config(&sim.base, dir2.path(), ""),
+        &[("VENDOR_TOKEN", TOKEN)],
+    );
+    let id = backfill(&gw2, "cursor", from, to).await;
+    let gap = wait_fill(&gw2, id, "failed", Duration::from_secs(30)).await;
+    assert!(gap["last_error"].as_str().unwrap().contains("404"), "{gap}");
+}

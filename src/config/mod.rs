@@ -257,6 +257,12 @@ pub struct SourceConfig {
     pub max_page_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<SourceAuth>,
+    /// Statuses that mean "no records in this window" (e.g. 404).
+    pub empty_on: Vec<u16>,
+    /// Statuses retried like a 5xx.
+    pub retry_on: Vec<u16>,
+    /// Statuses that fail the chunk at once (e.g. a 503 that means "gone").
+    pub fail_on: Vec<u16>,
 }
 
 /// `source.auth`, validated. Every credential is a [`Secret`].

@@ -244,6 +244,12 @@ pub struct RawSource {
     pub max_page_bytes: String,
     #[serde(default)]
     pub auth: Option<RawAuth>,
+    #[serde(default)]
+    pub empty_on: Vec<i64>,
+    #[serde(default)]
+    pub retry_on: Vec<i64>,
+    #[serde(default)]
+    pub fail_on: Vec<i64>,
 }
 
 /// `source.auth`: how requests to the source prove who they are.

@@ -662,3 +662,25 @@ fn source_auth_secrets_are_redacted_and_errors_name_the_key() {
     assert!(e.contains("auth"), "{e}");
     assert!(!e.contains("vendor-s3cret"), "{e}");
 }
+
+#[test]
+fn status_lists_name_the_key_of_a_bad_status() {
+    let add = |l: &str| {
+        GOOD.replace(
+            "    max_retries = 8\n",
+            &format!("    max_retries = 8\n    {l}\n"),
+        )
+    };
+    let c = load(&add("empty_on = [404]")).unwrap();
+    assert_eq!(
+        c.feeds[0].backfill.as_ref().unwrap().source.empty_on,
+        vec![404]
+    );
+    let e = load(&add("retry_on = [200]")).unwrap_err();
+    assert!(e.contains("feeds[0].backfill.source.retry_on[0]:"), "{e}");
+    let e = load(&add("empty_on = [404]\n    fail_on = [404]")).unwrap_err();
+    assert!(
+        e.contains("feeds[0].backfill.source.empty_on: status 404 is also in fail_on"),
+        "{e}"
+    );
+}

@@ -762,7 +762,30 @@ impl Checker<'_> {
             None => Some(None),
             Some(a) => self.auth(&format!("{key}.auth"), a).map(Some),
         };
+        let empty_on = self.statuses(&format!("{key}.empty_on"), &s.empty_on);
+        let retry_on = self.statuses(&format!("{key}.retry_on"), &s.retry_on);
+        let fail_on = self.statuses(&format!("{key}.fail_on"), &s.fail_on);
+        if let (Some(e), Some(r), Some(f)) = (&empty_on, &retry_on, &fail_on) {
+            for (name, list, others) in [
+                ("empty_on", e, [("retry_on", r), ("fail_on", f)]),
+                ("retry_on", r, [("empty_on", e), ("fail_on", f)]),
+            ] {
+                for (other, o) in others {
+                    if let Some(c) = list.iter().find(|c| o.contains(c)) {
+                        if name == "empty_on" || other == "fail_on" {
+                            self.fail(
+                                &format!("{key}.{name}"),
+                                format!("status {c} is also in {other}"),
+                            );
+                        }
+                    }
+                }
+            }
+        }
         Some(SourceConfig {
+            empty_on: empty_on?,
+            retry_on: retry_on?,
+            fail_on: fail_on?,
             auth: auth?,
             url: url?,
             query: query?,
@@ -780,6 +803,26 @@ impl Checker<'_> {
             time_resolution: time_resolution?,
             max_page_bytes: max_page_bytes?,
         })
+    }
+
+    /// A list of HTTP statuses other than 2xx (which are pages) and 401
+    /// (which refreshes the token).
+    fn statuses(&mut self, key: &str, list: &[i64]) -> Option<Vec<u16>> {
+        let mut out = Vec::with_capacity(list.len());
+        let mut ok = true;
+        for (n, c) in list.iter().enumerate() {
+            match u16::try_from(*c) {
+                Ok(c @ (300..=399 | 402..=599 | 400)) => out.push(c),
+                _ => {
+                    self.fail(
+                        &format!("{key}[{n}]"),
+                        format!("{c} is not an HTTP status from 300 to 599 other than 401"),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
     }
 
     fn secret(&mut self, key: &str, s: &str) -> Option<Secret> {

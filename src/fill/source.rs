@@ -60,6 +60,9 @@ pub enum SourceError {
     PageTooLarge { max: u64 },
     #[error("{0}")]
     Auth(#[from] AuthError),
+    /// A status listed in `source.fail_on`.
+    #[error("source answered {status} (in source.fail_on): {body}")]
+    FailOn { status: u16, body: String },
 }
 
 impl crate::retry::Retryable for SourceError {
@@ -77,7 +80,8 @@ impl crate::retry::Retryable for SourceError {
             | SourceError::Pagination(_)
             | SourceError::Request(_)
             | SourceError::PageTooLarge { .. }
-            | SourceError::Auth(AuthError::Refused { .. }) => false,
+            | SourceError::Auth(AuthError::Refused { .. })
+            | SourceError::FailOn { .. } => false,
         }
     }
 }
@@ -202,11 +206,20 @@ impl Source {
         at: &PageCursor,
     ) -> Result<Page, SourceError> {
         let url = self.url(start, end, at)?;
-        let (body, link) = self.fetch(url).await?;
-        self.decode(&body, link.as_deref(), at)
+        match self.fetch(url).await? {
+            Some((body, link)) => self.decode(&body, link.as_deref(), at),
+            // An `empty_on` status: the window has no records.
+            None => Ok(Page {
+                records: Vec::new(),
+                rejected: 0,
+                first_rejection: None,
+                next: None,
+            }),
+        }
     }
 
-    async fn fetch(&self, url: Url) -> Result<(Vec<u8>, Option<String>), SourceError> {
+    /// The page body and its `Link` header; None for an `empty_on` status.
+    async fn fetch(&self, url: Url) -> Result<Option<(Vec<u8>, Option<String>)>, SourceError> {
         let i = &self.inner;
         let mut attempt = 0u32;
         let mut refreshed = false;
@@ -258,7 +271,7 @@ impl Source {
                         match read_capped(resp, i.config.max_page_bytes).await {
                             Ok(b) => {
                                 self.observe_duration(started);
-                                return Ok((b, link));
+                                return Ok(Some((b, link)));
                             }
                             Err(BodyError::TooLarge { max }) => {
                                 self.observe_duration(started);
@@ -275,7 +288,20 @@ impl Source {
                             .and_then(|v| parse_retry_after(v, SystemTime::now()));
                         let body = snippet(&error_text(resp, 4096).await);
                         let code = status.as_u16();
-                        if code == 429 || status.is_server_error() || code == 408 {
+                        let c = &i.config;
+                        if c.empty_on.contains(&code) {
+                            return Ok(None);
+                        }
+                        if c.fail_on.contains(&code) {
+                            return Err(SourceError::FailOn { status: code, body });
+                        }
+                        let retry = {
+                            c.retry_on.contains(&code)
+                                || code == 429
+                                || status.is_server_error()
+                                || code == 408
+                        };
+                        if retry {
                             (true, retry_after, format!("status {code}: {body}"))
                         } else {
                             return Err(SourceError::Status { status: code, body });
