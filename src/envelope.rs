@@ -119,15 +119,17 @@ pub fn fresh_id() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
+    // Written by hand: this runs once per recovered record.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(36);
+    for (i, x) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out.push('-');
+        }
+        out.push(HEX[usize::from(x >> 4)] as char);
+        out.push(HEX[usize::from(x & 0x0f)] as char);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -168,7 +170,11 @@ mod tests {
         );
         assert_eq!(msg["time"], "2026-03-01T12:00:05Z");
         assert_eq!(msg["detail-type"], "order.created");
-        assert_eq!(msg["id"].as_str().unwrap().len(), 36);
+        let id = msg["id"].as_str().unwrap();
+        assert_eq!(id.len(), 36);
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert_eq!(&id[14..15], "4", "version 4: {id}");
         assert_eq!(Envelope::EventBridge.open(&msg).unwrap().as_ref(), &rec);
         let again = Envelope::EventBridge.wrap(rec, t(), &Map::new());
         assert_ne!(again["id"], msg["id"], "every envelope gets a fresh id");

@@ -79,7 +79,7 @@ pub async fn list_missing(
                 .filter(|r| r.time >= w.start && r.time < w.end)
                 .filter_map(|r| match renderer.apply(r) {
                     Rendered::Message(m) => Some(m),
-                    Rendered::Filtered | Rendered::Failed(_) => None,
+                    Rendered::Filtered | Rendered::Failed(..) => None,
                 })
                 .collect();
             let ids: Vec<&str> = rendered.iter().map(|r| r.id.as_str()).collect();

@@ -691,11 +691,10 @@ impl Filler {
         }
         let mut out = Vec::with_capacity(records.len());
         for r in records {
-            let source_id = r.id.clone();
             match self.renderer.apply(r) {
                 Rendered::Message(m) => out.push(m),
                 Rendered::Filtered => shaped.filtered += 1,
-                Rendered::Failed(e) => {
+                Rendered::Failed(source_id, e) => {
                     shaped.failed += 1;
                     self.metrics.reject(
                         &self.feed.name,

@@ -31,7 +31,8 @@ pub enum Rendered {
     Message(Record),
     /// `backfill.filter` said the live feed does not carry it.
     Filtered,
-    Failed(RenderError),
+    /// The source id of the record, and why.
+    Failed(String, RenderError),
 }
 
 /// A feed's render step, built once from its config.
@@ -69,22 +70,23 @@ impl Renderer {
             && self.live_record_id.is_none()
     }
 
-    pub fn apply(&self, record: Record) -> Rendered {
-        match self.try_apply(record) {
-            Ok(Some(r)) => Rendered::Message(r),
-            Ok(None) => Rendered::Filtered,
-            Err(e) => Rendered::Failed(e),
+    pub fn apply(&self, mut record: Record) -> Rendered {
+        match self.try_apply(&mut record) {
+            Ok(true) => Rendered::Message(record),
+            Ok(false) => Rendered::Filtered,
+            Err(e) => Rendered::Failed(record.id, e),
         }
     }
 
-    fn try_apply(&self, mut record: Record) -> Result<Option<Record>, RenderError> {
+    /// Shapes `record` in place; false: filtered out.
+    fn try_apply(&self, record: &mut Record) -> Result<bool, RenderError> {
         let run = |p: &Program, e: RunError| RenderError::Program {
             key: p.key().to_owned(),
             source: e,
         };
         if let Some(f) = &self.filter {
             if !f.test(&record.raw).map_err(|e| run(f, e))? {
-                return Ok(None);
+                return Ok(false);
             }
         }
         let mut attributes = Vec::with_capacity(self.attributes.len());
@@ -102,22 +104,27 @@ impl Renderer {
             Some(p) => p.run_one(&record.raw).map_err(|e| run(p, e))?,
             None => std::mem::take(&mut record.raw),
         };
-        if let Some(ptr) = &self.live_record_id {
-            match body.pointer(ptr).and_then(id_string) {
-                Some(id) => record.id = id,
+        let live_id = match &self.live_record_id {
+            Some(ptr) => match body.pointer(ptr).and_then(id_string) {
+                Some(id) => Some(id),
                 // A record sent as listed keeps the source's id when the live
                 // pointer is not in it; a shaped one must carry the live id.
-                None if self.render.is_none() && self.envelope == Envelope::None => {}
+                None if self.render.is_none() && self.envelope == Envelope::None => None,
                 None => {
+                    record.raw = body;
                     return Err(RenderError::NoRecordId {
                         pointer: ptr.clone(),
-                    })
+                    });
                 }
-            }
+            },
+            None => None,
+        };
+        if let Some(id) = live_id {
+            record.id = id;
         }
         record.raw = self.envelope.wrap(body, record.time, &self.envelope_fields);
         record.attributes = attributes;
-        Ok(Some(record))
+        Ok(true)
     }
 }
 
@@ -188,7 +195,7 @@ mod tests {
             r.apply(rec(json!({"id": 1, "type": "refund"}))),
             Rendered::Filtered
         ));
-        let Rendered::Failed(e) = r.apply(rec(json!({"id": 2, "type": "order", "amount": "x"})))
+        let Rendered::Failed(_, e) = r.apply(rec(json!({"id": 2, "type": "order", "amount": "x"})))
         else {
             panic!("failed")
         };
@@ -218,7 +225,7 @@ mod tests {
         assert_eq!(m.raw["detail"], json!({"id": "o-9"}));
         assert_eq!(m.raw["detail-type"], "order");
         assert_eq!(m.raw["time"], "2026-01-01T00:00:00Z");
-        let Rendered::Failed(e) = r.apply(rec(json!({"other": 1}))) else {
+        let Rendered::Failed(_, e) = r.apply(rec(json!({"other": 1}))) else {
             panic!()
         };
         assert_eq!(
