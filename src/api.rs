@@ -157,14 +157,26 @@ async fn healthz(State(s): State<AppState>) -> Response {
 
 async fn readyz(State(s): State<AppState>) -> Response {
     let store = s.store.ping().await;
+    // Reads (the ping) still work on a full disk; nothing can be written.
+    let disk_full = s.store.disk_full();
     let problems = s.health.problems();
     let shutting_down = s.health.is_shutting_down();
-    let ready = store.is_ok() && !shutting_down;
+    let ready = store.is_ok() && disk_full.is_none() && !shutting_down;
     s.metrics.up.set(i64::from(ready));
+    let store_status = match (&store, &disk_full) {
+        (Err(e), _) => e.to_string(),
+        (Ok(()), Some(e)) => e.clone(),
+        (Ok(()), None) => "ok".to_string(),
+    };
     let body = json!({
         "ready": ready,
         "config": "ok",
-        "store": match &store { Ok(()) => "ok".to_string(), Err(e) => e.to_string() },
+        "store": store_status,
+        "state": match (&store, &disk_full) {
+            (Err(_), _) => "unreachable",
+            (Ok(()), Some(_)) => "disk full",
+            (Ok(()), None) => "ok",
+        },
         "shutting_down": shutting_down,
         "aws": if problems.is_empty() { json!("ok") } else { json!(problems) },
     });

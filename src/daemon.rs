@@ -40,7 +40,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let store = Store::connect(&config.state.url)
         .await
         .with_context(|| format!("opening the state store {}", config.state.url.redacted()))?
-        .for_replica(&replica);
+        .for_replica(&replica)
+        .count_write_failures(metrics.write_failures());
     // Leases first: with one replica (SQLite) they are held from the start, so
     // a gap that lasted through our own downtime is seen at once.
     let mut keeper = LeaseKeeper::new(store.clone(), &replica, metrics.clone());
@@ -140,7 +141,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 "daemon",
             )
             .await?
-            .with_lease(lease.clone());
+            .with_lease(lease.clone())
+            .with_unwritten(handle.unwritten.clone());
             if feed.audit.is_some() {
                 // Same source (one rate limit) and sink as the fills.
                 let auditor = Auditor::new(

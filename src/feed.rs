@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::audit::ledger::LedgerBuffer;
+use crate::audit::ledger::{LedgerBuffer, Unwritten};
 use crate::config::{FeedConfig, WatchMode};
 use crate::detector::{ActiveWindow, Detector, GapEvent};
 use crate::lease::LeaseView;
@@ -77,6 +77,8 @@ pub struct FeedHandle {
     clock_lag: chrono::TimeDelta,
     /// The audit's watermark, published by the feed's auditor.
     pub verified_until: Arc<watch::Sender<Option<DateTime<Utc>>>>,
+    /// Ids observed but not in the store yet, for the fills' dedupe.
+    pub unwritten: Unwritten,
 }
 
 pub struct FeedMonitor {
@@ -94,6 +96,8 @@ pub struct FeedMonitor {
     /// "after" edge.
     after_edge: Option<(i64, usize)>,
     after_pending: Vec<(String, DateTime<Utc>)>,
+    /// The ids of `after_pending` and of the ledger buffer.
+    unwritten: Unwritten,
     /// The newest live ids when the detector opened the gap not saved yet:
     /// its "before" edge, even when the store takes the gap only later.
     before_edge: Vec<(String, DateTime<Utc>)>,
@@ -212,9 +216,10 @@ impl FeedMonitor {
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let fill_wakeup = Arc::new(Notify::new());
+        let unwritten = Unwritten::default();
         let ledger = config.audit.as_ref().and_then(|_| match config.watch.mode {
-            WatchMode::Relay => Some(LedgerBuffer::new(Origin::Relayed)),
-            WatchMode::Report => Some(LedgerBuffer::new(Origin::Reported)),
+            WatchMode::Relay => Some(LedgerBuffer::new(Origin::Relayed, unwritten.clone())),
+            WatchMode::Report => Some(LedgerBuffer::new(Origin::Reported, unwritten.clone())),
             WatchMode::Passive => None,
         });
         let handle = FeedHandle {
@@ -225,6 +230,7 @@ impl FeedMonitor {
             fill_wakeup: fill_wakeup.clone(),
             clock_lag,
             verified_until: Arc::new(watch::channel(None).0),
+            unwritten: unwritten.clone(),
         };
         let monitor = FeedMonitor {
             config,
@@ -238,6 +244,7 @@ impl FeedMonitor {
             edge_ids,
             after_edge: None,
             after_pending: Vec::new(),
+            unwritten,
             before_edge: Vec::new(),
             open_gap_id,
             unsaved: VecDeque::new(),
@@ -508,6 +515,7 @@ impl FeedMonitor {
                 // The "after" edge starts with the record that closed the
                 // gap and holds `edge_ids` at most, however long the store
                 // stays away.
+                self.unwritten.hold([obs.id.as_str()]);
                 self.after_pending.push((obs.id, obs.event_time));
             }
         }
@@ -630,6 +638,8 @@ impl FeedMonitor {
             }
         }
         if self.unsaved.is_empty() && self.after_edge.is_none() {
+            self.unwritten
+                .release(self.after_pending.iter().map(|(id, _)| id.as_str()));
             self.after_pending.clear();
         }
     }
@@ -700,7 +710,11 @@ impl FeedMonitor {
             return;
         }
         let take = remaining.min(self.after_pending.len());
-        let ids: Vec<_> = self.after_pending.drain(..).take(take).collect();
+        let mut ids: Vec<_> = self.after_pending.drain(..).collect();
+        // Past the edge's size: not edge ids after all.
+        let beyond = ids.split_off(take);
+        self.unwritten
+            .release(beyond.iter().map(|(id, _)| id.as_str()));
         let result = self
             .store
             .remember_live(&self.config.name, Some(gap_id), &ids)
@@ -708,6 +722,8 @@ impl FeedMonitor {
         self.store_outcome(&result);
         match result {
             Ok(()) => {
+                self.unwritten
+                    .release(ids.iter().map(|(id, _)| id.as_str()));
                 let left = remaining - take;
                 self.after_edge = (left > 0).then_some((gap_id, left));
             }

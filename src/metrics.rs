@@ -49,6 +49,15 @@ pub enum TokenOutcome {
     Error,
 }
 
+/// Why a write to the state store failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFailure {
+    /// The disk (or the database's quota) is full: reads still work.
+    DiskFull,
+    /// Any other failure (connection lost, lock timeout, I/O error).
+    Error,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QueueState {
     Visible,
@@ -143,6 +152,7 @@ label_enum!(RecordOutcome {
     OutOfWindow => "out_of_window",
     Filtered => "filtered",
 });
+label_enum!(WriteFailure { DiskFull => "disk_full", Error => "error" });
 label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
 label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
 label_enum!(TaskKind {
@@ -201,7 +211,19 @@ pub struct Metrics {
     pub audit_missing: IntCounterVec,
     pub audit_verified_until: GaugeVec,
     pub ledger_ids: IntGaugeVec,
+    state_write_failures: IntCounterVec,
     pub up: IntGauge,
+}
+
+/// The store's handle on `gapwatch_state_write_failures_total` (the store
+/// counts its own failed writes, whoever asked for them).
+#[derive(Clone)]
+pub struct WriteFailures(IntCounterVec);
+
+impl WriteFailures {
+    pub fn inc(&self, reason: WriteFailure) {
+        self.0.with_label_values(&[reason.as_str()]).inc();
+    }
 }
 
 impl Metrics {
@@ -339,6 +361,11 @@ impl Metrics {
                 "Record ids the ledger holds for the feed (kept for the audit lookback plus a margin).",
                 &["feed"],
             ),
+            state_write_failures: counter_vec(
+                "gapwatch_state_write_failures_total",
+                "Writes to the state store that failed, by reason (disk_full: the disk or quota is full; what could not be written waits in memory).",
+                &["reason"],
+            ),
             up: IntGauge::new(
                 "gapwatch_ready",
                 "1 when the daemon is ready (config loaded, store reachable), else 0.",
@@ -380,6 +407,7 @@ impl Metrics {
             Box::new(self.audit_missing.clone()),
             Box::new(self.audit_verified_until.clone()),
             Box::new(self.ledger_ids.clone()),
+            Box::new(self.state_write_failures.clone()),
             Box::new(self.up.clone()),
         ];
         for c in collectors {
@@ -464,6 +492,14 @@ impl Metrics {
         self.rejected_input
             .with_label_values(&[feed, source.as_str(), reason.as_str()])
             .inc();
+    }
+
+    /// The handle the store counts its failed writes with.
+    pub fn write_failures(&self) -> WriteFailures {
+        for r in WriteFailure::ALL {
+            self.state_write_failures.with_label_values(&[r.as_str()]);
+        }
+        WriteFailures(self.state_write_failures.clone())
     }
 
     /// Prometheus text exposition of every family.

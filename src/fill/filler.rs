@@ -17,6 +17,7 @@ use super::plan::{self, Window};
 use super::render::{Rendered, Renderer};
 use super::sink::{Sink, SinkError};
 use super::source::{Record, Source, SourceError};
+use crate::audit::ledger::Unwritten;
 use crate::config::{BackfillConfig, FeedConfig};
 use crate::lease::LeaseView;
 use crate::metrics::{ChunkState, Metrics, RecordOutcome};
@@ -124,6 +125,14 @@ pub struct Filler {
     lease: watch::Receiver<LeaseView>,
     /// Source record → the message a live consumer reads.
     renderer: Arc<Renderer>,
+    /// Ids of the feed not in the store yet: known all the same.
+    unwritten: Unwritten,
+    /// Taken from a page's dedupe to its commit: shared by the fills (their
+    /// chunks' windows do not overlap), alone by the audit, whose windows
+    /// overlap theirs. Without it an audit window and a fill over the same
+    /// records (a gap saved late, after the store was away) both find them
+    /// missing and both deliver them.
+    turns: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Filler {
@@ -143,8 +152,16 @@ impl Filler {
             owner: owner.to_string(),
             lease: watch::channel(LeaseView::held()).1,
             renderer: Arc::new(Renderer::new(&feed)),
+            unwritten: Unwritten::default(),
+            turns: Arc::default(),
             feed,
         }
+    }
+
+    /// The feed monitor's ids not written yet (see [`Unwritten`]).
+    pub fn with_unwritten(mut self, unwritten: Unwritten) -> Self {
+        self.unwritten = unwritten;
+        self
     }
 
     /// Fills only while this replica holds the feed's lease.
@@ -165,6 +182,8 @@ impl Filler {
             owner: owner.to_string(),
             lease: self.lease.clone(),
             renderer: self.renderer.clone(),
+            unwritten: self.unwritten.clone(),
+            turns: self.turns.clone(),
         }
     }
 
@@ -577,7 +596,14 @@ impl Filler {
             // Shaped as live messages before dedupe: the ledger holds live ids.
             let (in_window, shaped) = self.render(in_window, &mut warned_render);
             let ids: Vec<&str> = in_window.iter().map(|r| r.id.as_str()).collect();
-            let known = self.store.known_ids(feed, &ids).await?;
+            let (_shared, _alone);
+            if self.is_audit() {
+                _alone = self.turns.write().await;
+            } else {
+                _shared = self.turns.read().await;
+            }
+            let mut known = self.store.known_ids(feed, &ids).await?;
+            known.extend(self.unwritten.known(&ids));
             let mut duplicate = 0i64;
             let fresh: Vec<Record> = in_window
                 .into_iter()
@@ -632,8 +658,7 @@ impl Filler {
                     checkpoint: Checkpoint::Stay,
                     sink_offset: sink_path.as_deref().zip(delivery.sink_offset),
                 };
-                self.store
-                    .commit_page(feed, chunk.id, gap_id, commit, Utc::now())
+                self.commit_delivered(chunk.id, gap_id, commit, cancel)
                     .await?;
                 // Only now may another batch go into the file.
                 drop(delivery.hold);
@@ -678,6 +703,65 @@ impl Filler {
                 Some(n) => at = n,
                 None => return Ok(FetchEnd::Done),
             }
+        }
+    }
+
+    /// Commits a batch the sink acknowledged. Those records are in the app's
+    /// hands: a retry of the chunk would send them again, so a store that
+    /// cannot be written (down, its disk full) is waited for, with the ids
+    /// held meanwhile as known for the feed's other fills and its audit. Only
+    /// a lost lease (the new holder redoes the chunk) or a shutdown gives up:
+    /// then at most these batches are sent again.
+    async fn commit_delivered(
+        &self,
+        chunk_id: i64,
+        gap_id: i64,
+        commit: PageCommit<'_>,
+        cancel: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let feed = self.feed.name.as_str();
+        let ids = || commit.delivered.iter().map(|(id, _)| id.as_str());
+        let policy = RetryPolicy {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(5),
+            max_retries: u32::MAX,
+        };
+        let mut attempt = 0u32;
+        loop {
+            let result = self
+                .store
+                .commit_page(feed, chunk_id, gap_id, commit, Utc::now())
+                .await;
+            let error = match result {
+                Ok(()) => {
+                    if attempt > 0 {
+                        self.unwritten.release(ids());
+                        tracing::info!(attempts = attempt + 1, "delivered ids committed");
+                    }
+                    return Ok(());
+                }
+                Err(e @ StoreError::Fenced(_)) => e,
+                Err(e) if cancel.is_cancelled() => e,
+                Err(e) => {
+                    attempt = attempt.saturating_add(1);
+                    if attempt == 1 {
+                        self.unwritten.hold(ids());
+                        tracing::error!(error = %e, records = commit.delivered.len(), "cannot commit delivered records; holding them and retrying");
+                    }
+                    let delay = policy
+                        .delay(attempt.min(16), None, &mut rand::rng())
+                        .unwrap_or(policy.cap);
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    continue;
+                }
+            };
+            if attempt > 0 {
+                self.unwritten.release(ids());
+            }
+            return Err(error);
         }
     }
 

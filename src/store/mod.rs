@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::config::StateUrl;
 use crate::detector::DetectorState;
+use crate::metrics::{WriteFailure, WriteFailures};
 use postgres::PgStore;
 use sqlite::SqliteStore;
 
@@ -30,6 +31,57 @@ pub struct Store {
     /// Set for a daemon replica: its leases, which fence its checkpoint
     /// commits and chunk claims. None (a one-off CLI run) commits unfenced.
     fence: Option<Arc<Fence>>,
+    /// How the latest writes went, shared by every clone.
+    writes: Arc<Writes>,
+}
+
+/// The outcome of the store's writes: whether the disk is full now (reads
+/// still work then, so a ping says nothing about it) and a counter of failures.
+#[derive(Default)]
+struct Writes {
+    /// Set by a write that failed for a full disk (the error, when), cleared
+    /// by one that succeeds [`FULL_CLEARS_AFTER`] after the last such failure:
+    /// on a full disk some small writes still fit in pages the database has
+    /// already, and one of them says nothing about the next.
+    disk_full: Mutex<Option<(String, std::time::Instant)>>,
+    failures: Mutex<Option<WriteFailures>>,
+}
+
+/// See [`Writes::disk_full`]: longer than a feed monitor's longest pause
+/// between two tries of a failing store, so its next failure comes first.
+const FULL_CLEARS_AFTER: Duration = Duration::from_secs(20);
+
+impl Writes {
+    fn record<T>(&self, result: &Result<T, StoreError>) {
+        match result {
+            Ok(_) => {
+                let mut full = self.disk_full.lock().unwrap_or_else(|e| e.into_inner());
+                if full
+                    .as_ref()
+                    .is_some_and(|(_, at)| at.elapsed() >= FULL_CLEARS_AFTER)
+                {
+                    *full = None;
+                    tracing::info!("state store writable again");
+                }
+            }
+            Err(e) => {
+                let reason = e.write_failure();
+                let Some(reason) = reason else { return };
+                if let Some(f) = &*self.failures.lock().unwrap_or_else(|e| e.into_inner()) {
+                    f.inc(reason);
+                }
+                if reason == WriteFailure::DiskFull {
+                    let mut full = self.disk_full.lock().unwrap_or_else(|e| e.into_inner());
+                    if full
+                        .replace((e.to_string(), std::time::Instant::now()))
+                        .is_none()
+                    {
+                        tracing::error!(error = %e, "state store disk is full: ids and gap events wait in memory until space returns");
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// This replica's name and the fencing token of each feed lease it holds.
@@ -90,6 +142,16 @@ macro_rules! dispatch {
     };
 }
 
+/// [`dispatch!`] for a method that writes: its outcome says whether the
+/// store can be written ([`Store::disk_full`]) and failures are counted.
+macro_rules! dispatch_write {
+    ($self:ident.$method:ident($($arg:expr),* $(,)?)) => {{
+        let result = dispatch!($self.$method($($arg),*));
+        $self.writes.record(&result);
+        result
+    }};
+}
+
 impl Store {
     /// Opens the store `url` names (creating and migrating it as needed).
     pub async fn connect(url: &StateUrl) -> Result<Store, StoreError> {
@@ -104,6 +166,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::open(path).await?),
             fence: None,
+            writes: Arc::default(),
         })
     }
 
@@ -112,6 +175,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::memory().await?),
             fence: None,
+            writes: Arc::default(),
         })
     }
 
@@ -120,6 +184,7 @@ impl Store {
         Ok(Store {
             backend: Backend::Postgres(PgStore::connect(url).await?),
             fence: None,
+            writes: Arc::default(),
         })
     }
 
@@ -132,6 +197,27 @@ impl Store {
             tokens: Mutex::new(HashMap::new()),
         }));
         self
+    }
+
+    /// Counts failed writes in `gapwatch_state_write_failures_total`.
+    pub fn count_write_failures(self, failures: WriteFailures) -> Store {
+        *self
+            .writes
+            .failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(failures);
+        self
+    }
+
+    /// Why the store cannot be written now, if its latest write failed for
+    /// a full disk (reads still work; `/readyz` says so).
+    pub fn disk_full(&self) -> Option<String> {
+        self.writes
+            .disk_full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(e, _)| e.clone())
     }
 
     /// Whether several replicas may share this store (Postgres). A SQLite
@@ -195,10 +281,12 @@ impl Store {
     ) -> Result<Vec<Chunk>, StoreError> {
         let fence = self.fence_for(feed)?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        match &self.backend {
+        let result = match &self.backend {
             Backend::Sqlite(s) => s.claim_chunks(gap_id, now, limit).await,
             Backend::Postgres(s) => s.claim_chunks(feed, gap_id, now, claim, limit, fence).await,
-        }
+        };
+        self.writes.record(&result);
+        result
     }
 
     pub async fn ping(&self) -> Result<(), StoreError> {
@@ -223,7 +311,7 @@ impl Store {
         last_event: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.save_last_event(feed, last_event, now))
+        dispatch_write!(self.save_last_event(feed, last_event, now))
     }
 
     /// Overwrites the newest event time, also downwards: only for repairing a
@@ -234,7 +322,7 @@ impl Store {
         last_event: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.repair_last_event(feed, last_event, now))
+        dispatch_write!(self.repair_last_event(feed, last_event, now))
     }
 
     // === gaps ===
@@ -248,7 +336,7 @@ impl Store {
         detected_at: DateTime<Utc>,
         fill: FillState,
     ) -> Result<i64, StoreError> {
-        dispatch!(self.open_gap(feed, start, detected_at, fill))
+        dispatch_write!(self.open_gap(feed, start, detected_at, fill))
     }
 
     /// Closes the feed's open gap at `end`; returns its id (None: no open gap).
@@ -258,7 +346,7 @@ impl Store {
         end: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        dispatch!(self.close_gap(feed, end, now))
+        dispatch_write!(self.close_gap(feed, end, now))
     }
 
     /// A closed gap created by hand (`backfill`), to be filled over `[from, to)`.
@@ -271,7 +359,7 @@ impl Store {
         owner: &str,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        dispatch!(self.manual_gap(feed, from, to, owner, now))
+        dispatch_write!(self.manual_gap(feed, from, to, owner, now))
     }
 
     pub async fn set_fill(
@@ -284,12 +372,12 @@ impl Store {
         // Served by an unauthenticated GET: no query values, no vendor bodies.
         let error = error.map(crate::redact::text);
         let error = error.as_deref();
-        dispatch!(self.set_fill(gap_id, fill, error, now))
+        dispatch_write!(self.set_fill(gap_id, fill, error, now))
     }
 
     /// Puts a failed or ignored gap back to work: failed chunks become pending.
     pub async fn retry_gap(&self, gap_id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
-        dispatch!(self.retry_gap(gap_id, now))
+        dispatch_write!(self.retry_gap(gap_id, now))
     }
 
     pub async fn gap(&self, id: i64) -> Result<Option<Gap>, StoreError> {
@@ -315,7 +403,7 @@ impl Store {
         windows: &[(DateTime<Utc>, DateTime<Utc>)],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.add_chunks(gap_id, windows, now))
+        dispatch_write!(self.add_chunks(gap_id, windows, now))
     }
 
     pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
@@ -323,13 +411,13 @@ impl Store {
     }
 
     pub async fn start_chunk(&self, chunk_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        dispatch!(self.start_chunk(chunk_id, now))
+        dispatch_write!(self.start_chunk(chunk_id, now))
     }
 
     /// Chunks left `running` by a crash go back to `pending`; their checkpoint
     /// stays, so they resume at the page after the last one delivered.
     pub async fn reset_running(&self, feed: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        dispatch!(self.reset_running(feed, now))
+        dispatch_write!(self.reset_running(feed, now))
     }
 
     /// The checkpoint of one delivered page, in one transaction: the ids it
@@ -343,7 +431,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let fence = self.fence_for(feed)?;
-        dispatch!(self.commit_page(feed, chunk_id, gap_id, page, now, fence))
+        dispatch_write!(self.commit_page(feed, chunk_id, gap_id, page, now, fence))
     }
 
     /// The committed length of a feed's file sink output, if it wrote to `path`.
@@ -372,7 +460,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let error = crate::redact::text(error);
         let error = error.as_str();
-        dispatch!(self.fail_chunk(chunk_id, error, next_attempt, give_up, now))
+        dispatch_write!(self.fail_chunk(chunk_id, error, next_attempt, give_up, now))
     }
 
     /// Chunk counts by state over the feed's gaps that are still being filled
@@ -390,7 +478,7 @@ impl Store {
         gap_id: Option<i64>,
         ids: &[(String, DateTime<Utc>)],
     ) -> Result<(), StoreError> {
-        dispatch!(self.remember_live(feed, gap_id, ids))
+        dispatch_write!(self.remember_live(feed, gap_id, ids))
     }
 
     /// Which of `ids` gapwatch already knows (seen live near an edge, or delivered).
@@ -415,12 +503,12 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        dispatch!(self.ledger_add(feed, origin, ids))
+        dispatch_write!(self.ledger_add(feed, origin, ids))
     }
 
     /// Forgets the feed's ids with an event time before `before`; returns how many.
     pub async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        dispatch!(self.prune_ledger(feed, before))
+        dispatch_write!(self.prune_ledger(feed, before))
     }
 
     /// How many ids the ledger holds for the feed.
@@ -435,7 +523,7 @@ impl Store {
         feed: &str,
         now: DateTime<Utc>,
     ) -> Result<AuditState, StoreError> {
-        dispatch!(self.audit_state(feed, now))
+        dispatch_write!(self.audit_state(feed, now))
     }
 
     /// The feed's audit watermark, if any window was verified yet.
@@ -450,7 +538,7 @@ impl Store {
         until: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch!(self.set_verified_until(feed, until, now))
+        dispatch_write!(self.set_verified_until(feed, until, now))
     }
 }
 
@@ -471,6 +559,38 @@ pub enum StoreError {
     /// about to commit is refused; the holder redoes it from the checkpoint.
     #[error("feed {0}: lease not held by this replica; commit refused")]
     Fenced(String),
+}
+
+impl StoreError {
+    /// How a failed write is counted (None: not a failure of the store, such
+    /// as a lost lease refusing a commit).
+    fn write_failure(&self) -> Option<WriteFailure> {
+        match self {
+            StoreError::Fenced(_) | StoreError::Corrupt(_) => None,
+            StoreError::Db(e) if is_disk_full(e) => Some(WriteFailure::DiskFull),
+            _ => Some(WriteFailure::Error),
+        }
+    }
+}
+
+/// SQLite's `SQLITE_FULL` (13, "database or disk is full"), Postgres'
+/// `disk_full` (53100), or `ENOSPC` from the file system.
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    const ENOSPC: i32 = 28;
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code();
+            let code = code.as_deref().unwrap_or("");
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // The primary code is the low byte of an extended one.
+                code.parse::<i32>().is_ok_and(|c| c & 0xff == 13)
+            } else {
+                code == "53100"
+            }
+        }
+        sqlx::Error::Io(io) => io.raw_os_error() == Some(ENOSPC),
+        _ => false,
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
