@@ -115,7 +115,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     Extractor::new(&feed.watch),
                     handle.observations.clone(),
                     metrics.clone(),
-                );
+                )
+                .with_pollers(feed.watch.pollers.get());
                 let relay = Arc::new(relay);
                 let stop = cancel.clone();
                 supervisor.spawn(

@@ -117,6 +117,7 @@ mod tests {
             record_id: record_id.map(str::to_string),
             envelope: Envelope::None,
             envelope_fields: Default::default(),
+            pollers: std::num::NonZeroUsize::MIN,
         })
     }
 

@@ -10,6 +10,11 @@ use chrono::Utc;
 use common::*;
 
 fn config(vendor: &str, app: &str, moto: &Moto, dir: &std::path::Path) -> String {
+    config_with(vendor, app, moto, dir, "")
+}
+
+/// [`config`] with `watch` lines of its own (after `record_id`).
+fn config_with(vendor: &str, app: &str, moto: &Moto, dir: &std::path::Path, watch: &str) -> String {
     format!(
         r#"
 [server]
@@ -37,6 +42,7 @@ queue_url = "{vendor}"
   forward_to = "{app}"
   event_time = "/created_at"
   record_id = "/id"
+  {watch}
 
   [feeds.freshness]
   max_silence = "3s"
@@ -151,6 +157,94 @@ async fn relays_every_message_exactly_once_unchanged() {
     assert_eq!(status, 200);
     assert_eq!(feeds["feeds"][0]["name"], "orders");
     assert_eq!(feeds["feeds"][0]["records_observed"], 200);
+}
+
+/// Ids received from the app queue, each with how often.
+fn tally(received: &[aws_sdk_sqs::types::Message]) -> HashMap<String, usize> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for m in received {
+        let body: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();
+        *counts
+            .entry(body["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_pollers_relay_exactly_once_and_kill_9_re_forwards_at_most_their_batches() {
+    let moto = Moto::start();
+    let sqs = moto.sqs();
+    let vendor = moto
+        .create_queue_with("vendor-orders", &[("VisibilityTimeout", "5")])
+        .await;
+    let app = moto.create_queue("app-orders").await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gapwatch::start(
+        dir.path(),
+        &config_with(&vendor, &app, &moto, dir.path(), "pollers = 4"),
+        &[("GAPWATCH_ADMIN_TOKEN", "t0ken")],
+    );
+    assert!(gw.logs().contains(r#""pollers":4"#), "{}", gw.logs());
+
+    // Without a crash: every message once, attributes unchanged.
+    let mut received = Vec::new();
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        sent.extend(send_records(&sqs, &vendor, round * 40, 40).await);
+        received.extend(drain(&sqs, &app, Duration::from_millis(1200)).await);
+    }
+    received.extend(drain(&sqs, &app, Duration::from_secs(3)).await);
+    let counts = tally(&received);
+    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dupes.is_empty(),
+        "duplicates with 4 pollers: {dupes:?}; log:\n{}",
+        gw.logs()
+    );
+    assert_eq!(counts.len(), sent.len(), "missing with 4 pollers");
+    assert!(received.iter().all(|m| m
+        .message_attributes()
+        .and_then(|a| a.get("origin"))
+        .and_then(|v| v.string_value())
+        == Some("vendor")));
+    assert_eq!(
+        sample(
+            &gw.metrics().await,
+            r#"gapwatch_relay_messages_total{feed="orders",outcome="forwarded"}"#
+        ),
+        Some(sent.len() as f64)
+    );
+
+    // kill -9 while the pollers are busy: what they had forwarded but not
+    // deleted comes back after the visibility timeout and is forwarded again,
+    // at most two batches of 10 per poller; nothing is lost.
+    let mut second = send_records(&sqs, &vendor, 1000, 60).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.kill9();
+    second.extend(send_records(&sqs, &vendor, 2000, 20).await);
+    gw.restart();
+    let mut after = drain(&sqs, &app, Duration::from_secs(8)).await;
+    // Past the visibility timeout (5 s): whatever the dead process held is back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    after.extend(drain(&sqs, &app, Duration::from_secs(4)).await);
+    let counts = tally(&after);
+    let missing: Vec<_> = second
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    assert!(missing.is_empty(), "lost across kill -9: {missing:?}");
+    let repeats: usize = counts.values().map(|n| n - 1).sum();
+    assert!(
+        repeats <= 4 * 2 * 10,
+        "{repeats} messages forwarded twice across kill -9 (at most 2 batches per poller)"
+    );
+    assert!(
+        counts.keys().all(|id| second.contains(id)),
+        "an old message came back"
+    );
+    let (visible, in_flight) = queue_count(&sqs, &vendor).await;
+    assert_eq!((visible, in_flight), (0, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,7 @@
 mod audit;
 mod aws_calls;
 mod detection;
+mod fake_sqs;
 mod fidelity;
 mod fill;
 mod footprint;
@@ -18,6 +19,7 @@ mod pg_cluster;
 mod procfs;
 mod recovery;
 mod relay;
+mod relay_latency;
 mod scale;
 mod sqs;
 mod state;
@@ -88,6 +90,8 @@ struct Sizes {
     rate_page: u32,
     rate: u32,
     relay_messages: u64,
+    /// Messages of the 20 ms-latency relay figure, and the latency run's seconds.
+    relay_latency: (u64, u64),
     idle_settle: Duration,
     aws_duration: Duration,
     /// Feed counts of the idle-cost figure, its window and POSTs after it.
@@ -115,6 +119,7 @@ impl Sizes {
                 rate_page: 10,
                 rate: 20,
                 relay_messages: 200,
+                relay_latency: (500, 1),
                 idle_settle: Duration::from_secs(3),
                 aws_duration: Duration::from_secs(22),
                 scale_feeds: &[10, 100],
@@ -136,6 +141,7 @@ impl Sizes {
                 rate_page: 100,
                 rate: 20,
                 relay_messages: 2_000,
+                relay_latency: (10_000, 10),
                 idle_settle: Duration::from_secs(20),
                 aws_duration: Duration::from_secs(100),
                 scale_feeds: &[10, 100, 1000],
@@ -306,6 +312,9 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
     if wanted("relay") {
         progress("4. relay throughput");
         figures.extend(relay::throughput(env, sizes.relay_messages).await?);
+        progress("4b. relay at 20 ms SQS latency (the bench's endpoint)");
+        let (n, secs) = sizes.relay_latency;
+        figures.extend(relay_latency::figures(env, n, secs).await?);
     }
     if wanted("idle") {
         progress("5. idle footprint with 10 feeds");

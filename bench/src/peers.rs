@@ -145,7 +145,7 @@ impl Moto {
         Moto::client_for(&self.endpoint)
     }
 
-    fn client_for(endpoint: &str) -> aws_sdk_sqs::Client {
+    pub fn client_for(endpoint: &str) -> aws_sdk_sqs::Client {
         let conf = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))

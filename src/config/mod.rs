@@ -190,6 +190,8 @@ pub struct WatchConfig {
     pub envelope: Envelope,
     /// Fields of the live envelopes, copied into recovered ones.
     pub envelope_fields: serde_json::Map<String, serde_json::Value>,
+    /// Relay mode: concurrent receive → forward → delete loops.
+    pub pollers: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Serialize)]

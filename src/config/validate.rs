@@ -402,6 +402,16 @@ impl Checker<'_> {
                 "needs watch.envelope = \"sns\" or \"eventbridge\"",
             );
         }
+        let pollers = usize::try_from(f.watch.pollers)
+            .ok()
+            .filter(|p| *p <= 64)
+            .and_then(NonZeroUsize::new);
+        if pollers.is_none() {
+            self.fail(
+                &format!("{key}.watch.pollers"),
+                format!("must be between 1 and 64, got {}", f.watch.pollers),
+            );
+        }
         let freshness = self.freshness(key, f);
         let backfill = match &f.backfill {
             Some(b) => {
@@ -424,6 +434,7 @@ impl Checker<'_> {
                 record_id,
                 envelope: f.watch.envelope,
                 envelope_fields: f.watch.envelope_fields.clone(),
+                pollers: pollers?,
             },
             freshness: freshness?,
             backfill,

@@ -90,6 +90,7 @@ fn relay(
         record_id: Some("/id".into()),
         envelope: Default::default(),
         envelope_fields: Default::default(),
+        pollers: std::num::NonZeroUsize::MIN,
     });
     let r =
         Relay::new("orders".into(), q, extractor, tx, metrics.clone()).with_policy(RetryPolicy {
@@ -192,4 +193,26 @@ fn batches_are_split_by_size() {
         size_groups(&small).iter().map(Vec::len).collect::<Vec<_>>(),
         vec![10, 2]
     );
+}
+
+#[tokio::test]
+async fn a_message_delivered_twice_is_forwarded_once_and_both_copies_deleted() {
+    let (r, mut rx, metrics) = relay(MemQueues::default());
+    let body = r#"{"id":"r0","t":1767225600}"#;
+    let mut copy = msg(0, body);
+    copy.receipt_handle = "rh0-again".into();
+    // Two loops received the same message at once.
+    let (a, b) = tokio::join!(r.relay_batch(vec![msg(0, body)]), async {
+        tokio::task::yield_now().await;
+        r.relay_batch(vec![copy.clone()]).await
+    });
+    let ((), ()) = (a, b);
+    assert_eq!(r.queues.forwarded.lock().unwrap().clone(), vec!["m0"]);
+    assert_eq!(counter(&metrics, RelayOutcome::Forwarded), 1);
+    // Later, once more: forwarded already, so only deleted.
+    r.relay_batch(vec![copy]).await;
+    assert_eq!(r.queues.forwarded.lock().unwrap().len(), 1);
+    assert!(r.queues.deleted.lock().unwrap().len() >= 2);
+    assert_eq!(rx.recv().await.unwrap().len(), 1);
+    assert!(rx.try_recv().is_err());
 }
