@@ -143,6 +143,10 @@ fn invalid_values_name_their_key() {
         ("timezone = \"America/New_York\"", "timezone = \"Mars/Olympus\"", "feeds[0].freshness.timezone"),
         ("chunk = \"1h\"", "chunk = \"soon\"", "feeds[0].backfill.chunk"),
         ("concurrency = 2", "concurrency = 0", "feeds[0].backfill.concurrency"),
+        ("record_id = \"/id\"\n\n  [feeds.freshness]", "record_id = \"/id\"\n  pollers = 0\n\n  [feeds.freshness]", "feeds[0].watch.pollers: must be between 1 and 64, got 0"),
+        ("record_id = \"/id\"\n\n  [feeds.freshness]", "record_id = \"/id\"\n  pollers = 65\n\n  [feeds.freshness]", "feeds[0].watch.pollers: must be between 1 and 64, got 65"),
+        ("/v1/events\"", "/v1/events/{stat}\"", "feeds[0].backfill.source.url: unknown placeholder {stat}"),
+        ("since = \"{start}\"", "since = \"{begin}\"", "feeds[0].backfill.source.query.since: unknown placeholder {begin}"),
         ("rate_limit = \"10/s\"", "rate_limit = \"fast\"", "feeds[0].backfill.source.rate_limit"),
         ("url = \"https://api.vendor.example/v1/events\"", "url = \"not a url\"", "feeds[0].backfill.source.url"),
         ("queue_url = \"http://127.0.0.1:5000/123456789012/vendor-orders\"", "", "feeds[0].queue_url: is required in relay mode"),
@@ -170,6 +174,21 @@ fn invalid_values_name_their_key() {
             assert!(!err.contains(secret), "{secret} leaked in: {err}");
         }
     }
+}
+
+#[test]
+fn a_window_in_the_path_alone_is_enough() {
+    // {end} alone in the path asks for an interval too; JSON braces in a
+    // query value are not placeholders.
+    let text = GOOD
+        .replacen("/v1/events\"", "/v1/events/until/{end}\"", 1)
+        .replacen(
+            "since = \"{start}\", until = \"{end}\",",
+            "filter = '{\"type\":\"order\"}',",
+            1,
+        );
+    let c = load(&text).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.feeds[0].watch.pollers.get(), 4);
 }
 
 #[test]

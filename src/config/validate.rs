@@ -757,11 +757,34 @@ impl Checker<'_> {
         let time_resolution = self.time_resolution(key, s);
         let max_page_bytes = self.byte_size(&format!("{key}.max_page_bytes"), &s.max_page_bytes);
         if let (Some(u), Some(q)) = (&url, &query) {
+            let path = percent_encoding::percent_decode_str(u.path()).decode_utf8_lossy();
+            for name in placeholders(&path) {
+                if !KNOWN_PLACEHOLDERS.contains(&name) {
+                    self.fail(
+                        &format!("{key}.url"),
+                        format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}})"),
+                    );
+                }
+            }
+            for (k, v) in q {
+                for name in placeholders(v.expose()) {
+                    if !KNOWN_PLACEHOLDERS.contains(&name) {
+                        self.fail(
+                            &format!("{key}.query.{k}"),
+                            format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}})"),
+                        );
+                    }
+                }
+            }
             let has_placeholder = q
                 .values()
-                .any(|v| v.expose().contains("{start}") || v.expose().contains("{end}"))
-                || u.as_str().contains("%7Bstart%7D")
-                || u.as_str().contains("{start}");
+                .map(|v| v.expose().to_string())
+                .chain([path.to_string()])
+                .any(|v| {
+                    placeholders(&v)
+                        .iter()
+                        .any(|p| KNOWN_PLACEHOLDERS.contains(p))
+                });
             if !has_placeholder {
                 self.fail(
                     &format!("{key}.query"),
@@ -1116,4 +1139,29 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// The placeholders a source request may carry.
+const KNOWN_PLACEHOLDERS: &[&str] = &["start", "end"];
+
+/// The `{name}` placeholders in `s` (a name is a letter or `_`, then letters,
+/// digits or `_`; other braces, such as a JSON value's, are not placeholders).
+fn placeholders(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find('}') else { break };
+        let name = &rest[..close];
+        let mut chars = name.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if ok {
+            out.push(name);
+            rest = &rest[close + 1..];
+        }
+    }
+    out
 }
