@@ -37,36 +37,7 @@ pub async fn throughput(env: &Env, n: u64) -> Result<Vec<Figure>> {
     let vendor_q = moto.create_queue("vendor-relay").await?;
     let app_q = moto.create_queue("app-relay").await?;
 
-    let config = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{{port}}"
-admin_token = "bench-admin"
-
-[state]
-url = "sqlite://{state}/state.db"
-
-[aws]
-region = "us-east-1"
-endpoint_url = "{endpoint}"
-
-[monitor]
-cloudwatch = false
-
-[[feeds]]
-name = "relay"
-queue_url = "{vendor_q}"
-  [feeds.watch]
-  mode = "relay"
-  forward_to = "{app_q}"
-  event_time = "/created_at"
-  record_id = "/id"
-  [feeds.freshness]
-  max_silence = "1h"
-"#,
-        state = dir.display(),
-        endpoint = moto.endpoint,
-    );
+    let config = crate::relay_latency::config(&dir, &moto.endpoint, &vendor_q, &app_q);
     let drainer = Drainer::start(&moto.sqs, &app_q, DRAINERS);
     let mut gw = Gapwatch::start(env, &dir, "gapwatch", &config).await?;
     let cpu0 = gw.cpu_seconds()?;

@@ -15,7 +15,6 @@
 //! against the endpoint, so the endpoint is not a toy that agrees with itself.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -32,7 +31,8 @@ use crate::table::{thousands, Figure};
 const WORKERS: usize = 4;
 const LATENCY: Duration = Duration::from_millis(20);
 
-fn config(dir: &std::path::Path, endpoint: &str, vendor_q: &str, app_q: &str) -> String {
+/// A relay feed `relay` from `vendor_q` to `app_q` at `endpoint`, state in `dir`.
+pub fn config(dir: &std::path::Path, endpoint: &str, vendor_q: &str, app_q: &str) -> String {
     format!(
         r#"
 [server]
@@ -159,16 +159,7 @@ async fn plain_loop(
                     send = send.entries(e.build()?);
                 }
                 send.send().await?;
-                let mut del = sqs.delete_message_batch().queue_url(&from);
-                for (i, m) in msgs.iter().enumerate() {
-                    del = del.entries(
-                        DeleteMessageBatchRequestEntry::builder()
-                            .id(i.to_string())
-                            .receipt_handle(m.receipt_handle().unwrap_or_default())
-                            .build()?,
-                    );
-                }
-                del.send().await?;
+                delete_all(&sqs, &from, &msgs).await?;
             }
         }));
     }
@@ -197,6 +188,34 @@ async fn arrived(fake: &FakeSqs, queue: &str, n: u64, gw: &mut Gapwatch) -> Resu
     }
 }
 
+/// A fresh endpoint at [`LATENCY`] with an empty `vendor` and `app` queue.
+async fn fresh_endpoint() -> Result<(FakeSqs, aws_sdk_sqs::Client, String, String)> {
+    let fake = FakeSqs::start(LATENCY).await?;
+    let client = Moto::client_for(&fake.endpoint);
+    let vendor = fake_sqs::create_queue(&client, "vendor").await?;
+    let app = fake_sqs::create_queue(&client, "app").await?;
+    Ok((fake, client, vendor, app))
+}
+
+/// Deletes received messages in one batch call.
+async fn delete_all(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    msgs: &[aws_sdk_sqs::types::Message],
+) -> Result<()> {
+    let mut del = sqs.delete_message_batch().queue_url(queue);
+    for (i, m) in msgs.iter().enumerate() {
+        del = del.entries(
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()?,
+        );
+    }
+    del.send().await.context("DeleteMessageBatch")?;
+    Ok(())
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -210,10 +229,7 @@ pub async fn figures(env: &Env, n: u64, latency_seconds: u64) -> Result<Vec<Figu
     let dir = env.dir("relay-latency")?;
 
     // The plain loop.
-    let fake = FakeSqs::start(LATENCY).await?;
-    let client = Moto::client_for(&fake.endpoint);
-    let vendor = fake_sqs::create_queue(&client, "vendor").await?;
-    let app = fake_sqs::create_queue(&client, "app").await?;
+    let (fake, client, vendor, app) = fresh_endpoint().await?;
     preload(&client, &vendor, "loop", n).await?;
     plain_loop(&client, &vendor, &app, &fake, n).await?;
     let (_, loop_span) = fake.arrivals("app");
@@ -221,10 +237,7 @@ pub async fn figures(env: &Env, n: u64, latency_seconds: u64) -> Result<Vec<Figu
     drop(fake);
 
     // gapwatch's relay over the same preloaded queue.
-    let fake = FakeSqs::start(LATENCY).await?;
-    let client = Moto::client_for(&fake.endpoint);
-    let vendor = fake_sqs::create_queue(&client, "vendor").await?;
-    let app = fake_sqs::create_queue(&client, "app").await?;
+    let (fake, client, vendor, app) = fresh_endpoint().await?;
     preload(&client, &vendor, "relay", n).await?;
     let mut gw = Gapwatch::start(
         env,
@@ -279,10 +292,7 @@ pub async fn figures(env: &Env, n: u64, latency_seconds: u64) -> Result<Vec<Figu
     ));
 
     // Added latency at 500 messages/s.
-    let fake = FakeSqs::start(LATENCY).await?;
-    let client = Moto::client_for(&fake.endpoint);
-    let vendor = fake_sqs::create_queue(&client, "vendor").await?;
-    let app = fake_sqs::create_queue(&client, "app").await?;
+    let (fake, client, vendor, app) = fresh_endpoint().await?;
     let mut gw = Gapwatch::start(
         env,
         &dir,
@@ -418,7 +428,6 @@ async fn check(env: &Env) -> Result<Figure> {
         }
         results.push(format!("{name} {secs:.1} s"));
     }
-    let _ = Arc::new(());
     Ok(Figure::new(
         "4b. relay checks, moto vs the bench endpoint",
         "both pass: 200 of 200 once, attributes unchanged, vendor queue empty".to_string(),
@@ -453,8 +462,7 @@ async fn drain(
             continue;
         }
         last = Instant::now();
-        let mut del = sqs.delete_message_batch().queue_url(queue);
-        for (i, m) in msgs.iter().enumerate() {
+        for m in &msgs {
             let body: serde_json::Value = serde_json::from_str(m.body().unwrap_or("{}"))?;
             *counts
                 .entry(body["id"].as_str().unwrap_or_default().to_string())
@@ -464,14 +472,8 @@ async fn drain(
                 .and_then(|a| a.get("origin"))
                 .and_then(|v| v.string_value());
             *attrs_ok &= origin == Some("vendor");
-            del = del.entries(
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .build()?,
-            );
         }
-        del.send().await?;
+        delete_all(sqs, queue, &msgs).await?;
     }
     Ok(())
 }
