@@ -273,6 +273,8 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
             figures.extend(
                 sqs::sink_vs_loop(env, &history, sizes.sqs_records, sizes.sqs_rounds).await?,
             );
+            progress("2b. fill into the SQS sink at 20 ms SQS latency (the bench's endpoint)");
+            figures.extend(sqs::sink_at_latency(env, &history, sizes.sqs_records).await?);
         }
         if wanted("rate") {
             progress("3. rate-limited fill");
