@@ -119,6 +119,29 @@ pub async fn drain_for(
     drain_until(sqs, queue, span, span).await
 }
 
+/// Receives and deletes until `want` messages arrived (or `max` passed), then
+/// goes on until `idle` passes without one, so a repeat is still counted.
+///
+/// For queues a killed relay was long-polling: each of its orphaned receives
+/// (one per poller) can take a message sent after the kill and hide it for the
+/// queue's visibility timeout, so the message's delay depends on how many
+/// pollers died, not on a fixed idle span.
+pub async fn drain_expecting(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    want: usize,
+    max: Duration,
+    idle: Duration,
+) -> Vec<aws_sdk_sqs::types::Message> {
+    let started = Instant::now();
+    let mut out = Vec::new();
+    while out.len() < want && started.elapsed() < max {
+        out.extend(drain_until(sqs, queue, Duration::from_secs(1), Duration::from_secs(1)).await);
+    }
+    out.extend(drain(sqs, queue, idle).await);
+    out
+}
+
 async fn drain_until(
     sqs: &aws_sdk_sqs::Client,
     queue: &str,
