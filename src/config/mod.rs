@@ -143,7 +143,27 @@ pub struct FeedConfig {
     pub freshness: FreshnessConfig,
     pub backfill: Option<BackfillConfig>,
     pub audit: Option<AuditConfig>,
+    /// The shape check (None: off, or the feed cannot have one).
+    pub shape: Option<ShapeConfig>,
 }
+
+/// The shape check of a feed: a sample of live messages, compared every
+/// `every` with what a fill would send for the same records.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeConfig {
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
+    /// Body pointers not compared (each with what is under it): the
+    /// envelope's fresh fields first, then `shape.ignore`.
+    pub ignore: Vec<String>,
+    /// Message attributes not compared (`gapwatch-*` never are).
+    pub ignore_attributes: Vec<String>,
+    /// Live messages kept (in memory and in the store).
+    pub sample: NonZeroUsize,
+}
+
+/// The most live messages a feed's shape sample keeps.
+pub const MAX_SHAPE_SAMPLE: usize = 100;
 
 /// The completeness audit of a relay or report feed.
 #[derive(Debug, Clone, Serialize)]

@@ -113,6 +113,27 @@ pub struct RawFeed {
     pub backfill: Option<RawBackfill>,
     #[serde(default)]
     pub audit: Option<RawAudit>,
+    #[serde(default)]
+    pub shape: Option<RawShape>,
+}
+
+/// `[feeds.shape]`: the check that recovered messages look like live ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShape {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_shape_every")]
+    pub every: String,
+    /// JSON pointers into the message body that are not compared.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Message attributes that are not compared.
+    #[serde(default)]
+    pub ignore_attributes: Vec<String>,
+    /// Live messages kept to compare.
+    #[serde(default = "default_shape_sample")]
+    pub sample: i64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +342,12 @@ pub enum RawSink {
     },
 }
 
+fn default_shape_every() -> String {
+    "1h".into()
+}
+const fn default_shape_sample() -> i64 {
+    20
+}
 fn default_audit_every() -> String {
     "15m".into()
 }

@@ -703,3 +703,67 @@ fn status_lists_name_the_key_of_a_bad_status() {
         "{e}"
     );
 }
+
+#[test]
+fn the_shape_check_runs_by_default_where_it_can_and_is_checked() {
+    // A relay feed with both pointers and a backfill: on, with the defaults.
+    let c = load(GOOD).unwrap();
+    let s = c.feeds[0].shape.as_ref().expect("on by default");
+    assert_eq!(s.every, Duration::from_secs(3600));
+    assert_eq!(s.sample.get(), 20);
+    assert!(s.ignore.is_empty());
+    // The envelope's fresh fields are ignored first; `ignore` adds to them.
+    let wrapped = GOOD.replacen("  [feeds.freshness]", SHAPED.trim_start_matches('\n'), 1);
+    let c = load(&format!(
+        "{wrapped}\n  [feeds.shape]\n  every = \"10m\"\n  sample = 5\n  ignore = [\"/detail/updated_at\", \"/id\"]\n  ignore_attributes = [\"trace-id\"]\n"
+    ))
+    .unwrap();
+    let s = c.feeds[0].shape.as_ref().unwrap();
+    assert_eq!(s.ignore, ["/id", "/time", "/detail/updated_at"]);
+    assert_eq!(s.ignore_attributes, ["trace-id"]);
+    assert_eq!((s.every, s.sample.get()), (Duration::from_secs(600), 5));
+    let c = load(&format!("{GOOD}\n  [feeds.shape]\n  enabled = false\n")).unwrap();
+    assert!(c.feeds[0].shape.is_none());
+
+    for (shape, key) in [
+        (
+            "every = \"0s\"",
+            "feeds[0].shape.every: must be greater than zero",
+        ),
+        (
+            "sample = 0",
+            "feeds[0].shape.sample: must be between 1 and 100, got 0",
+        ),
+        (
+            "sample = 101",
+            "feeds[0].shape.sample: must be between 1 and 100",
+        ),
+        (
+            "ignore = [\"id\"]",
+            "feeds[0].shape.ignore[0]: invalid JSON pointer",
+        ),
+        (
+            "ignore = [\"\"]",
+            "feeds[0].shape.ignore[0]: \"\" is the whole message",
+        ),
+        ("often = \"1m\"", "unknown field `often`"),
+    ] {
+        let err = load(&format!("{GOOD}\n  [feeds.shape]\n  {shape}\n")).unwrap_err();
+        assert!(err.contains(key), "{shape}: {err}");
+    }
+    // Where it cannot run: off by default, an error when asked for.
+    let no_pointers = GOOD.replacen("  record_id = \"/id\"\n", "", 1);
+    assert!(load(&no_pointers).unwrap().feeds[0].shape.is_none());
+    let err = load(&format!("{no_pointers}\n  [feeds.shape]\n")).unwrap_err();
+    assert!(
+        err.contains("feeds[0].shape: relay mode needs watch.record_id and watch.event_time"),
+        "{err}"
+    );
+    let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
+    assert!(load(no_backfill).unwrap().feeds[0].shape.is_none());
+    let err = load(&format!("{no_backfill}\n  [feeds.shape]\n")).unwrap_err();
+    assert!(
+        err.contains("feeds[0].shape: needs [feeds.backfill]"),
+        "{err}"
+    );
+}

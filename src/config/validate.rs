@@ -9,15 +9,26 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
+use super::raw::{
+    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawShape, RawSink, RawSource,
+};
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
-    RateLimit, Secret, ServerConfig, SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl,
-    WatchConfig, WatchMode,
+    RateLimit, Secret, ServerConfig, ShapeConfig, SinkConfig, SourceAuth, SourceConfig,
+    StateConfig, StateUrl, WatchConfig, WatchMode, MAX_SHAPE_SAMPLE,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
 use crate::timefmt::Resolution;
+
+/// What a feed's shape check depends on.
+struct LiveSide {
+    mode: WatchMode,
+    backfill: bool,
+    /// `watch.record_id` and `watch.event_time` are both set.
+    pointers: bool,
+    envelope: crate::envelope::Envelope,
+}
 
 struct Checker<'a> {
     env: &'a HashMap<String, String>,
@@ -423,6 +434,13 @@ impl Checker<'_> {
             Some(a) => Some(self.audit(key, a, mode, backfill.as_ref())?),
             None => None,
         };
+        let live = LiveSide {
+            mode,
+            backfill: backfill.is_some(),
+            pointers: record_id.is_some() && event_time.is_some(),
+            envelope: f.watch.envelope,
+        };
+        let shape = self.shape(key, f.shape.as_ref(), &live)?;
         Some(FeedConfig {
             name: f.name.clone(),
             queue_url,
@@ -439,7 +457,108 @@ impl Checker<'_> {
             freshness: freshness?,
             backfill,
             audit,
+            shape,
         })
+    }
+
+    /// `[feeds.shape]`. Without the section the check runs with its defaults
+    /// wherever it can: a relay feed whose live record id and event time are
+    /// read from the body, or a report feed, with `[feeds.backfill]`. With the
+    /// section, a feed where it cannot run is an error naming the key.
+    fn shape(
+        &mut self,
+        feed_key: &str,
+        raw: Option<&RawShape>,
+        live: &LiveSide,
+    ) -> Option<Option<ShapeConfig>> {
+        let key = format!("{feed_key}.shape");
+        let why_not = if !live.backfill {
+            Some("needs [feeds.backfill] (its source lists the sampled records, its render step makes the messages compared)")
+        } else {
+            match live.mode {
+                WatchMode::Passive => {
+                    Some("needs live messages: relay or report mode, not passive")
+                }
+                WatchMode::Relay if !live.pointers => Some(
+                    "relay mode needs watch.record_id and watch.event_time (a sampled message is looked up at the source by its event time and matched by its id)",
+                ),
+                _ => None,
+            }
+        };
+        let Some(raw) = raw else {
+            return Some(why_not.is_none().then(|| {
+                ShapeConfig {
+                    every: Duration::from_secs(3600),
+                    ignore: live
+                        .envelope
+                        .volatile()
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                    ignore_attributes: Vec::new(),
+                    sample: NonZeroUsize::new(20).expect("20 is not zero"),
+                }
+            }));
+        };
+        if !raw.enabled {
+            return Some(None);
+        }
+        if let Some(why) = why_not {
+            self.fail(&key, why);
+            return None;
+        }
+        let every = self.duration(&format!("{key}.every"), &raw.every, false);
+        let sample = usize::try_from(raw.sample)
+            .ok()
+            .filter(|n| *n <= MAX_SHAPE_SAMPLE)
+            .and_then(NonZeroUsize::new);
+        if sample.is_none() {
+            self.fail(
+                &format!("{key}.sample"),
+                format!(
+                    "must be between 1 and {MAX_SHAPE_SAMPLE}, got {}",
+                    raw.sample
+                ),
+            );
+        }
+        let mut ignore: Vec<String> = live
+            .envelope
+            .volatile()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let mut ok = true;
+        for (i, p) in raw.ignore.iter().enumerate() {
+            let k = format!("{key}.ignore[{i}]");
+            match self.pointer(&k, p) {
+                Some(p) if p.is_empty() => {
+                    self.fail(&k, "\"\" is the whole message: nothing would be compared");
+                    ok = false;
+                }
+                Some(p) => {
+                    if !ignore.contains(&p) {
+                        ignore.push(p);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        let mut ignore_attributes = Vec::new();
+        for (i, a) in raw.ignore_attributes.iter().enumerate() {
+            match self.string(&format!("{key}.ignore_attributes[{i}]"), a) {
+                Some(a) => ignore_attributes.push(a),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(Some(ShapeConfig {
+            every: every?,
+            ignore,
+            ignore_attributes,
+            sample: sample?,
+        }))
     }
 
     fn audit(
