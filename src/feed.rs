@@ -18,6 +18,7 @@ use crate::detector::{ActiveWindow, Detector, GapEvent};
 use crate::lease::LeaseView;
 use crate::metrics::{InputSource, Metrics, Rejection};
 use crate::observe::Observation;
+use crate::shape::{Sampler, ShapeStatus};
 use crate::store::{FillState, Origin, Store};
 
 /// How often the newest event time is written to the store (at most).
@@ -55,6 +56,8 @@ pub struct FeedStatus {
     pub leader: Option<String>,
     /// Audited feeds: every record older than this is proven delivered.
     pub verified_until: Option<DateTime<Utc>>,
+    /// Feeds with a shape check: the last one (null until a first check).
+    pub shape_check: Option<ShapeStatus>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -79,6 +82,10 @@ pub struct FeedHandle {
     pub verified_until: Arc<watch::Sender<Option<DateTime<Utc>>>>,
     /// Ids observed but not in the store yet, for the fills' dedupe.
     pub unwritten: Unwritten,
+    /// Feeds with a shape check: the live messages it compares with.
+    pub shape_sample: Option<Arc<Sampler>>,
+    /// The last shape check, published by the feed's checker.
+    pub shape_status: Arc<watch::Sender<Option<ShapeStatus>>>,
 }
 
 pub struct FeedMonitor {
@@ -213,6 +220,7 @@ impl FeedMonitor {
             records_observed: 0,
             leader: None,
             verified_until: None,
+            shape_check: None,
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let fill_wakeup = Arc::new(Notify::new());
@@ -231,6 +239,11 @@ impl FeedMonitor {
             clock_lag,
             verified_until: Arc::new(watch::channel(None).0),
             unwritten: unwritten.clone(),
+            shape_sample: config
+                .shape
+                .as_ref()
+                .map(|s| Arc::new(Sampler::for_check(s.sample.get(), s.every))),
+            shape_status: Arc::new(watch::channel(None).0),
         };
         let monitor = FeedMonitor {
             config,
@@ -791,6 +804,7 @@ impl FeedMonitor {
             records_observed: self.observed,
             leader: self.lease.borrow().holder.clone(),
             verified_until: None,
+            shape_check: None,
         };
         status.refresh(now, &self.config.freshness.window);
         status.set_clock_gauges(&self.metrics);
@@ -832,6 +846,7 @@ impl FeedHandle {
     pub fn current(&self) -> FeedStatus {
         let mut status = self.status.borrow().clone();
         status.verified_until = *self.verified_until.borrow();
+        status.shape_check = self.shape_status.borrow().clone();
         status.refresh(Utc::now() - self.clock_lag, &self.config.freshness.window);
         status
     }
