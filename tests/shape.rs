@@ -73,7 +73,7 @@ async fn start(cases: &[FeedCase]) -> Setup {
     }
     let dir = tempfile::tempdir().unwrap();
     let state = format!("sqlite://{}", dir.path().join("state.db").display());
-    let config = daemon_config(&moto, &state, &feeds);
+    let config = daemon_config(&moto.endpoint, &state, &feeds);
     let gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
     Setup {
         _moto: moto,
@@ -279,4 +279,120 @@ async fn a_vendor_envelope_rendered_wrong_is_caught_and_right_ones_match() {
         let (code, out) = check_shape(&gw, feed, false);
         assert_eq!(code, 0, "{feed}: {out}");
     }
+}
+
+/// Report mode: the app sends a body along with an observation (optional),
+/// and the shape check compares it like a relayed one. No SQS involved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn report_mode_checks_the_bodies_the_app_sends_along() {
+    let sim = VendorSim::start(&[
+        "--rate",
+        "0",
+        "--history",
+        "20",
+        "--history-span",
+        "60s",
+        "--token",
+        TOKEN,
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut feeds = String::new();
+    // `quiet` never sends a body: nothing to compare.
+    for name in ["reported", "extra", "quiet"] {
+        feeds.push_str(&format!(
+            r#"
+[[feeds]]
+name = "{name}"
+  [feeds.watch]
+  mode = "report"
+  [feeds.freshness]
+  max_silence = "1h"
+  [feeds.backfill]
+  auto = false
+  settle = "1s"
+{source}    [feeds.backfill.sink]
+    type = "file"
+    path = "{sink}"
+{SHAPE}"#,
+            source = VendorShape::Cursor.source(&sim.base, 3),
+            sink = dir.path().join(format!("{name}.ndjson")).display(),
+        ));
+    }
+    let state = format!("sqlite://{}", dir.path().join("state.db").display());
+    // No AWS: report feeds with a file sink never call it.
+    let config = daemon_config("http://127.0.0.1:9", &state, &feeds);
+    let gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
+
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/events?limit=5", sim.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let record = listed["data"][2].clone();
+    let observation = |body: serde_json::Value| {
+        serde_json::json!([{
+            "id": record["id"],
+            "event_time": record["created_at"],
+            "body": body,
+        }])
+        .to_string()
+    };
+    // The app received the record as the API lists it (sent as JSON text)…
+    let (status, v) = gw
+        .post(
+            "/api/v1/feeds/reported/observations",
+            Some("adm1n"),
+            &observation(serde_json::Value::String(record.to_string())),
+        )
+        .await;
+    assert_eq!(
+        (status, &v["accepted"]),
+        (200, &serde_json::json!(1)),
+        "{v}"
+    );
+    // … and here with a field the API does not list.
+    let mut with_extra = record.clone();
+    with_extra["channel"] = serde_json::json!("web");
+    let (status, v) = gw
+        .post(
+            "/api/v1/feeds/extra/observations",
+            Some("adm1n"),
+            &observation(with_extra),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+
+    wait_outcome(&gw, "reported", "match").await;
+    wait_outcome(&gw, "extra", "mismatch").await;
+    let status = api_status(&gw, "extra").await;
+    assert_eq!(status["path"], "/channel", "{status}");
+    assert_eq!(status["live"], "\"web\"");
+    assert!(status["recovered"].is_null(), "{status}");
+    let (code, out) = check_shape(&gw, "reported", false);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = check_shape(&gw, "extra", false);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("body /channel"), "{out}");
+    wait_outcome(&gw, "quiet", "unavailable").await;
+    let status = api_status(&gw, "quiet").await;
+    assert_eq!(status["reason"], "no live message sampled yet", "{status}");
+    let (code, out) = check_shape(&gw, "quiet", false);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("unavailable: no live message sampled yet"),
+        "{out}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &m,
+            r#"gapwatch_shape_checks_total{feed="quiet",outcome="mismatch"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(sample(&m, r#"gapwatch_shape_mismatch{feed="quiet"}"#), None);
 }

@@ -284,8 +284,8 @@ poll_interval = "2s"
 }
 
 /// A daemon config: loopback server (`{port}`), admin token `adm1n`, state at
-/// `state_url`, AWS at moto, no CloudWatch; then `feeds`.
-pub fn daemon_config(moto: &Moto, state_url: &str, feeds: &str) -> String {
+/// `state_url`, AWS at `aws_endpoint` (moto's), no CloudWatch; then `feeds`.
+pub fn daemon_config(aws_endpoint: &str, state_url: &str, feeds: &str) -> String {
     format!(
         r#"
 [server]
@@ -297,13 +297,12 @@ url = "{state_url}"
 
 [aws]
 region = "us-east-1"
-endpoint_url = "{endpoint}"
+endpoint_url = "{aws_endpoint}"
 
 [monitor]
 cloudwatch = false
 poll_interval = "2s"
 {feeds}"#,
-        endpoint = moto.endpoint,
     )
 }
 
