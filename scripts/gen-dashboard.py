@@ -287,6 +287,25 @@ def panels() -> list:
         overrides=[color_override(".* failed", "red"), color_override(".* ok", "green")],
         description="Audited windows: ok (the watermark moved) or failed (it stayed)."))
 
+    p.append(row("Shape of recovered messages"))
+    p.append(state_timeline(
+        "Shape check verdict",
+        [target(f"max by (feed) (gapwatch_shape_mismatch{{{FEED}}})", "{{feed}}")],
+        12, 6, mapping({0: ("look live", "green"), 1: ("mismatch", "red")}),
+        description=("The latest shape check that compared records: sampled live messages against "
+                     "what a fill would send for the same records. red: they differ (alert "
+                     "GapwatchShapeMismatch; `gapwatch check-shape --feed F` shows where). Empty: no "
+                     "check compared anything yet.")))
+    p.append(timeseries(
+        "Shape checks by outcome",
+        [target(f"sum by (feed, outcome) (increase(gapwatch_shape_checks_total{{{FEED}}}[$__rate_interval]))",
+                "{{feed}} {{outcome}}")],
+        12, 6, min_=0, bars=True,
+        overrides=[color_override(".* mismatch", "red"), color_override(".* match", "green"),
+                   color_override(".* unavailable", "yellow")],
+        description=("unavailable: nothing compared (no live message sampled yet, the source not "
+                     "reachable, or the sampled records not listed).")))
+
     p.append(row("Vendor API"))
     p.append(timeseries(
         "Requests /s by status",
