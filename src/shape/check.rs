@@ -196,11 +196,12 @@ pub(crate) fn plan(
         .filter_map(|(i, m)| {
             let start = m.event_time.checked_sub_signed(slack)?;
             let end = m.event_time.checked_add_signed(slack)?;
-            (end <= newest).then(|| {
-                let start = res.floor(start);
-                let end = res.ceil(end).max(start + res.step());
-                (Window { start, end }, i)
-            })
+            if end > newest {
+                return None;
+            }
+            let start = res.floor(start);
+            let end = res.ceil(end).max(start.checked_add_signed(res.step())?);
+            Some((Window { start, end }, i))
         })
         .collect();
     eligible.sort_by_key(|(w, _)| (w.start, w.end));

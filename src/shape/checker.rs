@@ -118,7 +118,8 @@ pub struct ShapeChecker {
     published: Arc<watch::Sender<Option<ShapeStatus>>>,
     log: RepeatLog,
     save_failures: u32,
-    /// Whether a check ran since this process started.
+    /// Whether the first check since this process started is behind us
+    /// (run here, or left to the lease holder).
     checked: bool,
 }
 
@@ -181,6 +182,8 @@ impl ShapeChecker {
                     _ = tokio::time::sleep_until(due) => {}
                 }
                 last_check = Some(Instant::now());
+                // From here on checks are `every` apart, whoever runs them.
+                self.checked = true;
                 if !self.lease.borrow().is_mine() {
                     // The holder checks; show what it found.
                     if let Ok(Some(status)) = self.store.shape_check(&self.feed.name).await {
@@ -228,15 +231,16 @@ impl ShapeChecker {
             .backfill
             .as_ref()
             .map_or(Duration::ZERO, |b| b.settle);
+        let wait = chrono::TimeDelta::from_std(settle + SLACK).unwrap_or(chrono::TimeDelta::MAX);
         let listable = self
             .sampler
             .messages()
             .iter()
             .map(|m| m.event_time)
             .min()
-            .map(|t| t + chrono::TimeDelta::from_std(settle + SLACK).unwrap_or_default());
+            .and_then(|t| t.checked_add_signed(wait));
         match listable {
-            Some(t) => latest.min(instant_at(t)),
+            Some(t) => latest.min(instant_at(t, every)),
             None => latest,
         }
     }
@@ -297,10 +301,14 @@ impl ShapeChecker {
     }
 }
 
-/// The monotonic instant at wall-clock time `t` (now if `t` has passed).
-fn instant_at(t: DateTime<Utc>) -> Instant {
-    let ahead = (t - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    Instant::now() + ahead
+/// The monotonic instant at wall-clock time `t` (now if `t` has passed),
+/// at most `cap` ahead (an event time far in the future is no deadline).
+fn instant_at(t: DateTime<Utc>, cap: Duration) -> Instant {
+    let ahead = t
+        .signed_duration_since(Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + ahead.min(cap)
 }
 
 #[cfg(test)]
