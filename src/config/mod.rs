@@ -144,7 +144,21 @@ pub struct FeedConfig {
     pub backfill: Option<BackfillConfig>,
     pub audit: Option<AuditConfig>,
     /// The shape check (None: off, or the feed cannot have one).
+    #[serde(serialize_with = "shape_or_off")]
     pub shape: Option<ShapeConfig>,
+}
+
+/// A feed without a shape check is written `enabled = false`, so that the
+/// resolved config loads again the same (absent, the check would be on).
+fn shape_or_off<S: serde::Serializer>(v: &Option<ShapeConfig>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Off {
+        enabled: bool,
+    }
+    match v {
+        Some(c) => c.serialize(s),
+        None => Off { enabled: false }.serialize(s),
+    }
 }
 
 /// The shape check of a feed: a sample of live messages, compared every

@@ -724,6 +724,9 @@ fn the_shape_check_runs_by_default_where_it_can_and_is_checked() {
     assert_eq!((s.every, s.sample.get()), (Duration::from_secs(600), 5));
     let c = load(&format!("{GOOD}\n  [feeds.shape]\n  enabled = false\n")).unwrap();
     assert!(c.feeds[0].shape.is_none());
+    // Off stays off when the resolved config is loaded again.
+    let again = load(&c.to_redacted_toml().replace("<redacted>", "x")).unwrap();
+    assert!(again.feeds[0].shape.is_none());
 
     for (shape, key) in [
         (

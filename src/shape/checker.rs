@@ -191,7 +191,11 @@ impl ShapeChecker {
                     }
                     continue;
                 }
-                self.check_now().await;
+                // A check waits on the source (retries, timeouts): shutdown does not.
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = self.check_now() => {}
+                }
             }
             self.save().await;
             tracing::debug!("shape checker stopped");
