@@ -25,6 +25,9 @@ use crate::timefmt::Resolution;
 /// SLACK)`: the source's record time may be written a little differently
 /// from the live event time (truncated, another clock).
 pub(crate) const SLACK: Duration = Duration::from_secs(1);
+/// Pages read at most for one lookup window: a record not among them counts
+/// as not found (a source that ignores the window must not be paged through).
+const PAGES_PER_LOOKUP: u64 = 25;
 /// Differences reported per record; records with differences reported.
 const MAX_FINDINGS: usize = 10;
 const MAX_RECORDS: usize = 20;
@@ -317,7 +320,7 @@ pub async fn check(
             .map(|&i| (sample[i].id.as_str(), &sample[i]))
             .collect();
         let mut at = config.pagination.first();
-        for _ in 0..config.max_pages_per_chunk {
+        for _ in 0..config.max_pages_per_chunk.min(PAGES_PER_LOOKUP) {
             let page = match source
                 .page(lookup.window.start, lookup.window.end, &at)
                 .await

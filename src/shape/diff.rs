@@ -432,4 +432,53 @@ mod tests {
         ]);
         assert!(attribute_differences(&live, &same, &r, 10).is_empty());
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (-1e6f64..1e6).prop_map(Value::from),
+                "[a-z/~]{0,6}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                    prop::collection::btree_map("[a-z/~]{1,4}", inner, 0..5)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn no_difference_exactly_when_equal(a in json(), b in json()) {
+                let r = rules(&[], &[]);
+                prop_assert!(body_differences(&a, &a, &r, 10).is_empty());
+                prop_assert_eq!(body_differences(&a, &b, &r, 10).is_empty(), a == b);
+            }
+
+            #[test]
+            fn every_path_reported_is_a_pointer_into_a_side(a in json(), b in json()) {
+                for d in body_differences(&a, &b, &rules(&[], &[]), 10) {
+                    prop_assert_eq!(a.pointer(&d.path), d.live.as_ref());
+                    prop_assert_eq!(b.pointer(&d.path), d.recovered.as_ref());
+                }
+            }
+
+            #[test]
+            fn ignoring_each_reported_path_leaves_none(a in json(), b in json()) {
+                let paths: Vec<String> = body_differences(&a, &b, &rules(&[], &[]), usize::MAX)
+                    .into_iter()
+                    .map(|d| d.path)
+                    .collect();
+                prop_assert!(body_differences(&a, &b, &rules(&paths, &[]), 10).is_empty());
+            }
+        }
+    }
 }
