@@ -317,7 +317,94 @@ fn instant_at(t: DateTime<Utc>, cap: Duration) -> Instant {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
+    use crate::config::Config;
+
+    /// A report feed checked every hour, settle 1 m, over an in-memory store.
+    async fn checker() -> ShapeChecker {
+        let text = r#"
+[server]
+admin_token = "t0ken"
+[[feeds]]
+name = "orders"
+  [feeds.watch]
+  mode = "report"
+  [feeds.backfill]
+  settle = "1m"
+    [feeds.backfill.source]
+    url = "http://127.0.0.1:1/v1/events"
+    query = { since = "{start}", until = "{end}" }
+    record_time = "/t"
+    [feeds.backfill.sink]
+    type = "file"
+    path = "/tmp/gapwatch-shape-checker-test.ndjson"
+"#;
+        let feed = Arc::new(
+            Config::from_toml(text, &Default::default())
+                .unwrap()
+                .feeds
+                .remove(0),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let b = feed.backfill.as_ref().unwrap();
+        let source = Source::new(&feed.name, &b.source, metrics.clone()).unwrap();
+        let shape = feed.shape.as_ref().unwrap();
+        let sampler = Arc::new(Sampler::for_check(shape.sample.get(), shape.every));
+        ShapeChecker::new(
+            feed.clone(),
+            Store::memory().await.unwrap(),
+            metrics,
+            source,
+            sampler,
+            Arc::new(watch::channel(None).0),
+        )
+    }
+
+    fn live(event_time: DateTime<Utc>) -> LiveMessage {
+        LiveMessage {
+            id: "r-1".into(),
+            event_time,
+            received_at: Utc::now(),
+            body: "{}".into(),
+            attributes: BTreeMap::new(),
+        }
+    }
+
+    /// `a` and `b` within a second of each other.
+    fn near(a: Instant, b: Instant) -> bool {
+        a.max(b).duration_since(a.min(b)) < Duration::from_secs(1)
+    }
+
+    #[tokio::test]
+    async fn the_first_check_runs_once_a_sampled_message_is_listable() {
+        let mut c = checker().await;
+        let hour = Duration::from_secs(3600);
+        let started = Instant::now();
+        // Nothing sampled: `every` after the start.
+        assert_eq!(c.due(started, None), started + hour);
+        // A message of now: listable after settle + slack (61 s).
+        c.sampler.offer(live(Utc::now()));
+        assert!(near(
+            c.due(started, None),
+            Instant::now() + Duration::from_secs(61)
+        ));
+        // A message (restored from the store) listable already: at once.
+        let c = checker().await;
+        c.sampler
+            .restore(vec![live(Utc::now() - chrono::TimeDelta::minutes(5))]);
+        assert!(near(c.due(started, None), Instant::now()));
+        // An event time far ahead is no deadline beyond `every`.
+        let mut c = checker().await;
+        c.sampler
+            .restore(vec![live(Utc::now() + chrono::TimeDelta::days(3650))]);
+        assert_eq!(c.due(started, None), started + hour);
+        // Once the first check is behind, `every` apart.
+        c.checked = true;
+        let last = started + Duration::from_secs(10);
+        assert_eq!(c.due(started, Some(last)), last + hour);
+    }
 
     #[test]
     fn repeated_results_are_logged_once_per_hour() {
