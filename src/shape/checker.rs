@@ -379,7 +379,7 @@ name = "orders"
 
     #[tokio::test]
     async fn the_first_check_runs_once_a_sampled_message_is_listable() {
-        let mut c = checker().await;
+        let c = checker().await;
         let hour = Duration::from_secs(3600);
         let started = Instant::now();
         // Nothing sampled: `every` after the start.
