@@ -237,8 +237,10 @@ impl super::validate::Checker<'_> {
     }
 
     /// A request that names `{start}` but not `{end}` in a strftime format
-    /// (`/v1/days/{start}/events`) asks for one period of the format's
-    /// resolution (a day): a longer window would ask for its first day only.
+    /// coarser than a second (`/v1/days/{start}/events`) names a period (a
+    /// day, an hour) rather than an instant: a window longer than the period
+    /// would ask for its first period only. (A finer format is read as a
+    /// lower bound, `since={start}`, which any window length can use.)
     pub(super) fn one_period_per_request(
         &mut self,
         key: &str,
@@ -249,6 +251,7 @@ impl super::validate::Checker<'_> {
         let res = format.resolution();
         let longer = u128::try_from(res.as_millis()).is_ok_and(|ms| chunk.as_millis() > ms);
         if matches!(format, TimeFormat::Pattern(_))
+            && res.as_millis() > 1_000
             && uses.names("start")
             && !uses.names("end")
             && longer

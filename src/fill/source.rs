@@ -650,6 +650,11 @@ mod tests {
     use crate::config::Config;
 
     fn source(url: &str, time_format: &str, query: &str) -> Source {
+        source_with(url, time_format, &format!("query = {query}"))
+    }
+
+    /// A source at `url` whose `[feeds.backfill.source]` also has `lines`.
+    fn source_with(url: &str, time_format: &str, lines: &str) -> Source {
         let text = format!(
             r#"
 [state]
@@ -662,7 +667,7 @@ mode = "report"
 report_token = "t"
 [feeds.backfill.source]
 url = "{url}"
-query = {query}
+{lines}
 time_format = "{time_format}"
 record_time = "/t"
 [feeds.backfill.sink]
@@ -733,5 +738,122 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             u.as_str(),
             "http://v.example/v1/events?since=1796472000&until=1796472010"
         );
+    }
+
+    #[test]
+    fn a_post_request_carries_the_window_and_cursor_in_its_body() {
+        let s = source_with(
+            "http://v.example/v1/search",
+            "unix_ms",
+            r#"method = "POST"
+pagination = { type = "cursor", cursor = "/next" }
+headers = { X-Window = "{start}..{end}", X-Cursor = "{cursor}", Accept = "application/json" }
+body = { filter = { created = { gte = "{start}", lt = "{end}" }, label = "w {start}" }, after = "{cursor}", size = 100 }"#,
+        );
+        let (from, to) = (at("2026-12-05T12:00:00Z"), at("2026-12-05T13:00:00Z"));
+        let first = s.prepare(from, to, &PageCursor::First).unwrap();
+        assert_eq!(first.method, Method::Post);
+        assert_eq!(first.url.as_str(), "http://v.example/v1/search");
+        assert_eq!(
+            first.body.unwrap(),
+            serde_json::json!({
+                "filter": { "created": { "gte": 1796472000000_i64, "lt": 1796475600000_i64 }, "label": "w 1796472000000" },
+                "size": 100,
+            })
+        );
+        // Static headers are the client's; templated ones are per request,
+        // and a header that is only an absent cursor is left out.
+        let names: Vec<_> = first.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-window"]);
+        assert_eq!(first.headers[0].1, "1796472000000..1796475600000");
+        assert!(first.headers[0].1.is_sensitive());
+        let next = s
+            .prepare(
+                from,
+                to,
+                &PageCursor::Cursor {
+                    token: "c/2".into(),
+                },
+            )
+            .unwrap();
+        assert_eq!(next.body.unwrap()["after"], "c/2");
+        assert_eq!(next.headers[0].0, "x-cursor");
+        assert_eq!(next.headers[0].1, "c/2");
+        // No query parameter for the cursor: the template placed it.
+        assert_eq!(next.url.query(), None);
+    }
+
+    #[test]
+    fn page_numbers_in_the_body_are_numbers_and_dates_fill_the_path() {
+        let s = source_with(
+            "http://v.example/v1/days/{start}/events",
+            "%Y-%m-%d",
+            r#"method = "POST"
+pagination = { type = "page", size = 50, size_param = "per_page" }
+body = { page = "{cursor}", until = "{end}" }"#,
+        );
+        // A window inside a day asks for the whole day.
+        let (from, to) = (at("2026-12-05T10:00:00Z"), at("2026-12-05T11:00:00Z"));
+        let p = s.prepare(from, to, &PageCursor::Page { page: 3 }).unwrap();
+        assert_eq!(
+            p.url.as_str(),
+            "http://v.example/v1/days/2026-12-05/events?per_page=50"
+        );
+        assert_eq!(
+            p.body.unwrap(),
+            serde_json::json!({ "page": 3, "until": "2026-12-06" })
+        );
+        // A GET source sends no body.
+        let s = source(
+            "http://v.example/v1/e",
+            "%Y%m%dT%H%M%S",
+            "{ from = \"{start}\" }",
+        );
+        let p = s.prepare(from, to, &PageCursor::First).unwrap();
+        assert_eq!(p.method, Method::Get);
+        assert!(p.body.is_none());
+        assert_eq!(p.url.as_str(), "http://v.example/v1/e?from=20261205T100000");
+    }
+
+    #[test]
+    fn a_cursor_header_is_decoded_and_bad_bodies_never_panic() {
+        let s = source_with(
+            "http://v.example/v1/e",
+            "rfc3339",
+            r#"query = { from = "{start}" }
+records = ""
+record_id = "/id"
+pagination = { type = "cursor", cursor_header = "X-Next-Cursor", param = "cursor" }"#,
+        );
+        let body = serde_json::json!([{ "id": "a", "t": "2026-12-05T10:00:00Z" }]);
+        let headers = PageHeaders {
+            link: None,
+            cursor: Some(b"next-1".to_vec()),
+        };
+        let page = s.decode(&body, &headers, &PageCursor::First).unwrap();
+        assert_eq!(
+            page.next,
+            Some(PageCursor::Cursor {
+                token: "next-1".into()
+            })
+        );
+        assert_eq!(page.records.len(), 1);
+        let bad = PageHeaders {
+            link: None,
+            cursor: Some(vec![0xff, 0xfe]),
+        };
+        let err = s.decode(&body, &bad, &PageCursor::First).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cursor header X-Next-Cursor is not UTF-8 text"
+        );
+        for body in [
+            serde_json::json!({}),
+            serde_json::json!("text"),
+            serde_json::json!(null),
+            serde_json::json!([1, "x", null, {"id": {}}]),
+        ] {
+            let _ = s.decode(&body, &PageHeaders::default(), &PageCursor::First);
+        }
     }
 }
