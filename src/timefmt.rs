@@ -312,7 +312,9 @@ impl Resolution {
 
 impl fmt::Display for Resolution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.ms % 1000 == 0 {
+        if self.ms % 86_400_000 == 0 {
+            write!(f, "{}d", self.ms / 86_400_000)
+        } else if self.ms % 1000 == 0 {
             write!(f, "{}s", self.ms / 1000)
         } else {
             write!(f, "{}ms", self.ms)
@@ -701,6 +703,7 @@ mod tests {
         }
         let f: TimeFormat = "%Y-%m-%d".parse().unwrap();
         assert_eq!(f.resolution(), day);
+        assert_eq!(day.to_string(), "1d");
     }
 
     #[test]

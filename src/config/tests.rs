@@ -859,7 +859,7 @@ fn a_strftime_time_format_derives_its_resolution() {
     )
     .unwrap_err();
     assert!(
-        e.contains("feeds[0].backfill.chunk: must be at most 86400s (the resolution of time_format \"%Y-%m-%d\")"),
+        e.contains("feeds[0].backfill.chunk: must be at most 1d (the resolution of time_format \"%Y-%m-%d\")"),
         "{e}"
     );
     for (format, want) in [
