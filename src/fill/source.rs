@@ -116,7 +116,7 @@ struct Inner {
 
 /// One page request, filled in.
 #[derive(Debug)]
-pub struct Prepared {
+pub(crate) struct Prepared {
     pub method: Method,
     pub url: Url,
     /// Headers filled from templates (the static ones are the client's).
@@ -126,7 +126,7 @@ pub struct Prepared {
 
 /// The response headers a page is decoded with.
 #[derive(Debug, Default)]
-pub struct PageHeaders {
+pub(crate) struct PageHeaders {
     /// `Link` (the link_header style).
     pub link: Option<String>,
     /// The cursor style's `cursor_header`, as sent.
@@ -193,7 +193,7 @@ impl Source {
 
     /// The request for the page at `at` of the window `[start, end)`: the
     /// template's placeholders filled, the pagination's parameters added.
-    pub fn prepare(
+    pub(crate) fn prepare(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -536,7 +536,7 @@ impl Source {
     }
 
     /// Decodes a page body: records, their ids and times, and the next cursor.
-    pub fn decode(
+    pub(crate) fn decode(
         &self,
         json: &Value,
         headers: &PageHeaders,

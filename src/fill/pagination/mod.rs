@@ -115,7 +115,7 @@ pub struct PageView<'a> {
 
 /// The value of the `{cursor}` placeholder for one page.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CursorText {
+pub(crate) struct CursorText {
     pub text: String,
     /// A page number or an offset: a JSON number where it is a whole value.
     pub number: bool,
@@ -339,7 +339,7 @@ impl Pagination {
     /// Whether the style has a `{cursor}` value to give: the cursor token,
     /// the page number or the offset. A URL style replaces the whole request
     /// instead, and `none` has no pages.
-    pub fn has_cursor(&self) -> bool {
+    pub(crate) fn has_cursor(&self) -> bool {
         matches!(
             self,
             Pagination::Cursor { .. } | Pagination::Page { .. } | Pagination::Offset { .. }
@@ -348,7 +348,7 @@ impl Pagination {
 
     /// The `{cursor}` value of the page at `at`: the token (none on a cursor
     /// style's first page), the page number, the offset.
-    pub fn cursor_text(&self, at: &PageCursor) -> Option<CursorText> {
+    pub(crate) fn cursor_text(&self, at: &PageCursor) -> Option<CursorText> {
         if !self.has_cursor() {
             return None;
         }
@@ -366,7 +366,7 @@ impl Pagination {
     }
 
     /// The response header the cursor style reads its next cursor from.
-    pub fn cursor_header(&self) -> Option<&str> {
+    pub(crate) fn cursor_header(&self) -> Option<&str> {
         match self {
             Pagination::Cursor { cursor_header, .. } => cursor_header.as_deref(),
             _ => None,
@@ -375,7 +375,7 @@ impl Pagination {
 
     /// The configured query parameter that carries the page, if any: without
     /// one, the request template must place it with `{cursor}`.
-    pub fn param(&self) -> Option<&str> {
+    pub(crate) fn param(&self) -> Option<&str> {
         match self {
             Pagination::Cursor { param, .. }
             | Pagination::Page { param, .. }
