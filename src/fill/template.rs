@@ -349,4 +349,21 @@ mod tests {
         assert_eq!(vars(Some(odd)).fill_json(&json!("{cursor}")), json!("-x"));
         assert_eq!(vars(None).fill_json(&json!("{cursor}")), Value::Null);
     }
+
+    proptest::proptest! {
+        /// Any text: filling never panics, and text without a known
+        /// placeholder is left as it was.
+        #[test]
+        fn filling_any_text_is_total(s in "[a-z{}_ 0-9]{0,40}") {
+            let v = vars(Some(Var { text: "C", number: false }));
+            let filled = v.fill(&s);
+            if !PLACEHOLDERS.iter().any(|p| s.contains(&format!("{{{p}}}"))) {
+                proptest::prop_assert_eq!(&filled, &s);
+            }
+            let body = v.fill_json(&json!({ "a": [s.clone(), { "b": s.clone() }] }));
+            proptest::prop_assert!(body.is_object());
+            let _ = v.fill_value(&s);
+            let _ = names(&s);
+        }
+    }
 }
