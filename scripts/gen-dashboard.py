@@ -21,7 +21,7 @@ RUNBOOK = "https://github.com/gapwatch/gapwatch/blob/main/README.md"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 FEED = 'feed=~"$feed"'
 QUEUE = 'queue=~"$queue"'
-VENDOR_ERROR_STATUS = '429|5..|error'
+VENDOR_ERROR_STATUS = '429|5..|error|error_body'
 
 
 def threshold(alert: str, pattern: str) -> float:
@@ -311,7 +311,7 @@ def panels() -> list:
         "Requests /s by status",
         [target(f"sum by (feed, status) (rate(gapwatch_backfill_requests_total{{{FEED}}}[$__rate_interval]))",
                 "{{feed}} {{status}}")], 8, 8, unit="reqps", stack=True, min_=0,
-        overrides=[color_override(".* (429|5..|error)", "red")]))
+        overrides=[color_override(".* (429|5..|error|error_body)", "red")]))
     p.append(timeseries(
         "Request latency p50 / p99", [
             target("histogram_quantile(0.5, sum by (feed, le) (rate("

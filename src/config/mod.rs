@@ -3,6 +3,7 @@
 //! fields are real types. Every error names the key it is about.
 
 mod raw;
+mod request;
 mod secret;
 mod validate;
 
@@ -22,6 +23,7 @@ use crate::jq::Program;
 use crate::timefmt::{Resolution, TimeFormat};
 
 pub use raw::AuthStyle;
+pub use request::{BodyTemplate, Method};
 pub use secret::Secret;
 
 /// Where the config file is looked for when `--config` is not given.
@@ -299,6 +301,12 @@ pub struct SourceConfig {
     pub retry_on: Vec<u16>,
     /// Statuses that fail the chunk at once (e.g. a 503 that means "gone").
     pub fail_on: Vec<u16>,
+    pub method: Method,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyTemplate>,
+    /// True for a 2xx page whose body is an error (retried like a 5xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_when: Option<Program>,
 }
 
 /// `source.auth`, validated. Every credential is a [`Secret`].

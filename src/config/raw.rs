@@ -280,6 +280,14 @@ pub struct RawSource {
     pub retry_on: Vec<i64>,
     #[serde(default)]
     pub fail_on: Vec<i64>,
+    #[serde(default)]
+    pub method: super::request::Method,
+    /// A JSON template: a table, or a string of JSON text.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// jq: true for a 2xx page whose body is an error.
+    #[serde(default)]
+    pub error_when: Option<String>,
 }
 
 /// `source.auth`: how requests to the source prove who they are.

@@ -12,6 +12,7 @@ use url::Url;
 use super::raw::{
     RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawShape, RawSink, RawSource,
 };
+use super::request::Uses;
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
     RateLimit, Secret, ServerConfig, ShapeConfig, SinkConfig, SourceAuth, SourceConfig,
@@ -30,7 +31,7 @@ struct LiveSide {
     envelope: crate::envelope::Envelope,
 }
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     env: &'a HashMap<String, String>,
     errors: Vec<String>,
 }
@@ -82,13 +83,13 @@ impl Checker<'_> {
         }
     }
 
-    fn fail(&mut self, key: &str, msg: impl std::fmt::Display) {
+    pub(super) fn fail(&mut self, key: &str, msg: impl std::fmt::Display) {
         self.errors.push(format!("{key}: {msg}"));
     }
 
     /// `${VAR}` interpolation; `$$` is a literal `$`. Returns the value and
     /// whether anything came from the environment.
-    fn interp(&mut self, key: &str, s: &str) -> Option<(String, bool)> {
+    pub(super) fn interp(&mut self, key: &str, s: &str) -> Option<(String, bool)> {
         let mut out = String::with_capacity(s.len());
         let mut from_env = false;
         let mut rest = s;
@@ -707,6 +708,10 @@ impl Checker<'_> {
         }
         let attempts = self.positive(&format!("{key}.max_chunk_attempts"), b.max_chunk_attempts);
         let source = self.source(&format!("{key}.source"), &b.source);
+        if let (Some(s), Some(chunk)) = (&source, chunk) {
+            let uses = Uses::of(&format!("{key}.source"), s);
+            self.one_period_per_request(&key, &uses, s.time_format, chunk);
+        }
         let sink = self.sink(&format!("{key}.sink"), b.sink.as_ref(), default_queue);
         let render = self.jq_opt(&format!("{key}.render"), b.render.as_deref());
         let filter = self.jq_opt(&format!("{key}.filter"), b.filter.as_deref());
@@ -875,42 +880,8 @@ impl Checker<'_> {
         }
         let time_resolution = self.time_resolution(key, s);
         let max_page_bytes = self.byte_size(&format!("{key}.max_page_bytes"), &s.max_page_bytes);
-        if let (Some(u), Some(q)) = (&url, &query) {
-            let path = percent_encoding::percent_decode_str(u.path()).decode_utf8_lossy();
-            for name in placeholders(&path) {
-                if !KNOWN_PLACEHOLDERS.contains(&name) {
-                    self.fail(
-                        &format!("{key}.url"),
-                        format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}})"),
-                    );
-                }
-            }
-            for (k, v) in q {
-                for name in placeholders(v.expose()) {
-                    if !KNOWN_PLACEHOLDERS.contains(&name) {
-                        self.fail(
-                            &format!("{key}.query.{k}"),
-                            format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}})"),
-                        );
-                    }
-                }
-            }
-            let has_placeholder = q
-                .values()
-                .map(|v| v.expose().to_string())
-                .chain([path.to_string()])
-                .any(|v| {
-                    placeholders(&v)
-                        .iter()
-                        .any(|p| KNOWN_PLACEHOLDERS.contains(p))
-                });
-            if !has_placeholder {
-                self.fail(
-                    &format!("{key}.query"),
-                    "no {start}/{end} placeholder: the source could not be asked for an interval",
-                );
-            }
-        }
+        let body = self.body(key, s);
+        let error_when = self.jq_opt(&format!("{key}.error_when"), s.error_when.as_deref());
         let auth = match &s.auth {
             None => Some(None),
             Some(a) => self.auth(&format!("{key}.auth"), a).map(Some),
@@ -935,7 +906,10 @@ impl Checker<'_> {
                 }
             }
         }
-        Some(SourceConfig {
+        let source = SourceConfig {
+            method: s.method,
+            body: body?,
+            error_when: error_when?,
             empty_on: empty_on?,
             retry_on: retry_on?,
             fail_on: fail_on?,
@@ -955,7 +929,10 @@ impl Checker<'_> {
             max_pages_per_chunk: max_pages?,
             time_resolution: time_resolution?,
             max_page_bytes: max_page_bytes?,
-        })
+        };
+        let uses = Uses::of(key, &source);
+        self.placeholders(key, &uses, &source.pagination);
+        Some(source)
     }
 
     /// A list of HTTP statuses other than 2xx (which are pages) and 401
@@ -1258,29 +1235,4 @@ impl Checker<'_> {
             }
         }
     }
-}
-
-/// The placeholders a source request may carry.
-const KNOWN_PLACEHOLDERS: &[&str] = &["start", "end"];
-
-/// The `{name}` placeholders in `s` (a name is a letter or `_`, then letters,
-/// digits or `_`; other braces, such as a JSON value's, are not placeholders).
-fn placeholders(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(open) = rest.find('{') {
-        rest = &rest[open + 1..];
-        let Some(close) = rest.find('}') else { break };
-        let name = &rest[..close];
-        let mut chars = name.chars();
-        let ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if ok {
-            out.push(name);
-            rest = &rest[close + 1..];
-        }
-    }
-    out
 }

@@ -907,6 +907,39 @@ impl Drop for VendorSim {
     }
 }
 
+/// The ids in an NDJSON file sink, each with how often it was written.
+pub fn file_ids(path: &Path) -> std::collections::HashMap<String, usize> {
+    let mut ids = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).expect("each line is one JSON record");
+        *ids.entry(v["id"].as_str().expect("a string id").to_string())
+            .or_default() += 1;
+    }
+    ids
+}
+
+/// The ids the simulator holds with `created_at` in `[from, to)`.
+pub async fn vendor_ids(
+    sim: &VendorSim,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let v = sim
+        .get(&format!(
+            "/control/records?from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ))
+        .await;
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("a string id").to_string())
+        .collect()
+}
+
 /// The simulator is a workspace member built next to gapwatch.
 pub fn vendor_sim_bin() -> PathBuf {
     let gapwatch = PathBuf::from(bin());

@@ -8,6 +8,8 @@ mod control;
 mod history;
 mod oauth;
 mod publisher;
+mod quota;
+mod search;
 mod sim;
 mod timefmt;
 
@@ -167,12 +169,16 @@ async fn main() -> anyhow::Result<()> {
                 page_size_cap: 0,
                 bad_link: false,
                 endless_page: false,
+                error_bodies: 0,
             },
         },
     ));
 
     let app = Router::new()
         .route("/v1/events", get(api::events))
+        .route("/v1/search", post(search::search))
+        .route("/v1/days/{date}/events", get(search::day))
+        .route("/control/quota", post(control::set_quota))
         .route("/healthz", get(|| async { "ok" }))
         .route("/control/silence", post(control::silence))
         .route("/control/resume", post(control::resume))
