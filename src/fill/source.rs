@@ -460,7 +460,9 @@ impl Source {
                                 || code == 408
                         };
                         if retry {
-                            (retry_after, format!("status {code}: {body}"))
+                            // Worded like `Status` so `redact::text` withholds the
+                            // body wherever the message is shown.
+                            (retry_after, format!("source answered {code}: {body}"))
                         } else {
                             return Err(SourceError::Status { status: code, body });
                         }
@@ -516,7 +518,7 @@ impl Source {
         let delay = i.policy.delay(attempt, retry_after, &mut rand::rng());
         match delay {
             Some(d) => {
-                tracing::debug!(feed = %i.feed, attempt, delay_ms = d.as_millis() as u64, error = %last, "source request failed; retrying");
+                tracing::debug!(feed = %i.feed, attempt, delay_ms = d.as_millis() as u64, error = %crate::redact::text(&last), "source request failed; retrying");
                 tokio::time::sleep(d).await;
                 Ok(())
             }
@@ -684,6 +686,50 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    /// A loopback server answering every request with `status` and `body`.
+    async fn answering(status: u16, body: &'static str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = c.read(&mut buf).await;
+                    let answer = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = c.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        format!("http://{addr}/v1/events")
+    }
+
+    #[tokio::test]
+    async fn a_5xx_body_is_withheld_from_the_error_once_retries_run_out() {
+        let url = answering(503, r#"{"error":"token s3cr3t-tok3n is over quota"}"#).await;
+        let s = source_with(
+            &url,
+            "rfc3339",
+            "query = { since = \"{start}\" }\nmax_retries = 1\nrate_limit = \"1000/s\"",
+        );
+        let e = s
+            .page(
+                at("2026-12-05T12:00:00Z"),
+                at("2026-12-05T13:00:00Z"),
+                &PageCursor::First,
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, SourceError::Exhausted { .. }), "{e}");
+        let shown = crate::redact::text(&e.to_string());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("503"), "the status stays: {shown}");
     }
 
     #[test]
