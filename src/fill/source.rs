@@ -127,8 +127,9 @@ pub(crate) struct Prepared {
 /// The response headers a page is decoded with.
 #[derive(Debug, Default)]
 pub(crate) struct PageHeaders {
-    /// `Link` (the link_header style).
-    pub link: Option<String>,
+    /// `Link` (the link_header style), as sent: a value that is not
+    /// visible ASCII (a UTF-8 URL) is still a next link, never "no next page".
+    pub link: Option<Vec<u8>>,
     /// The cursor style's `cursor_header`, as sent.
     pub cursor: Option<Vec<u8>>,
 }
@@ -393,8 +394,7 @@ impl Source {
                             link: resp
                                 .headers()
                                 .get(reqwest::header::LINK)
-                                .and_then(|v| v.to_str().ok())
-                                .map(str::to_string),
+                                .map(|v| v.as_bytes().to_vec()),
                             cursor: i
                                 .config
                                 .pagination
@@ -553,6 +553,14 @@ impl Source {
             ),
             None => None,
         };
+        let link_header = match &headers.link {
+            Some(v) => Some(
+                std::str::from_utf8(v).map_err(|_| PaginationError::BadHeader {
+                    name: "Link".into(),
+                })?,
+            ),
+            None => None,
+        };
         let records = match json.pointer(&c.records) {
             Some(Value::Array(a)) => a.as_slice(),
             _ => {
@@ -565,7 +573,7 @@ impl Source {
             at,
             &PageView {
                 body: json,
-                link_header: headers.link.as_deref(),
+                link_header,
                 cursor_header,
                 records,
             },
@@ -690,6 +698,11 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
 
     /// A loopback server answering every request with `status` and `body`.
     async fn answering(status: u16, body: &'static str) -> String {
+        answering_with(status, "", body).await
+    }
+
+    /// [`answering`] with header lines of its own (each ending in CRLF).
+    async fn answering_with(status: u16, headers: &'static str, body: &'static str) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -699,7 +712,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
                     let mut buf = [0u8; 4096];
                     let _ = c.read(&mut buf).await;
                     let answer = format!(
-                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}\
                          content-length: {}\r\nconnection: close\r\n\r\n{body}",
                         body.len()
                     );
@@ -708,6 +721,38 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             }
         });
         format!("http://{addr}/v1/events")
+    }
+
+    #[tokio::test]
+    async fn a_link_header_with_utf8_in_its_url_still_leads_to_the_next_page() {
+        // Not visible ASCII, so `HeaderValue::to_str` refuses it: read as
+        // absent, paging ended there and the rest of the window was lost.
+        let url = answering_with(
+            200,
+            "link: <http://127.0.0.1:9/v1/events?after=caf\u{e9}-17>; rel=\"next\"\r\n",
+            r#"{"data":[{"id":"a","t":"2026-12-05T12:30:00Z"}]}"#,
+        )
+        .await;
+        let s = source_with(
+            &url,
+            "rfc3339",
+            "query = { since = \"{start}\" }\npagination = { type = \"link_header\" }",
+        );
+        let page = s
+            .page(
+                at("2026-12-05T12:00:00Z"),
+                at("2026-12-05T13:00:00Z"),
+                &PageCursor::First,
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.records.len(), 1);
+        match page.next {
+            Some(PageCursor::Url { url }) => {
+                assert!(url.ends_with("?after=caf\u{e9}-17"), "{url}")
+            }
+            other => panic!("the next page was lost: {other:?}"),
+        }
     }
 
     #[tokio::test]
