@@ -119,6 +119,10 @@ impl SqliteStore {
             // One writer at a time is what SQLite does anyway; a single connection
             // also keeps an in-memory database shared.
             .max_connections(1)
+            // A local file does not drop connections: the default ping before
+            // every acquire was one more hop to SQLite's thread per query and
+            // per transaction (a fifth of a fill's per-batch commit).
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await?;
