@@ -229,6 +229,7 @@ async fn gaps(
     let gaps = s
         .store
         .gaps(&GapFilter {
+            partition: None,
             feed: q.feed,
             state: q.state,
             limit: Some(q.limit.unwrap_or(100).clamp(1, 10_000)),

@@ -174,6 +174,7 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             let store = Store::connect(&config.state.url).await?;
             let gaps = store
                 .gaps(&GapFilter {
+                    partition: None,
                     feed,
                     state,
                     limit: Some(1000),

@@ -185,6 +185,7 @@ impl FeedMonitor {
         let open_gap_id = if restored.open_gap_start.is_some() {
             store
                 .gaps(&crate::store::GapFilter {
+                    partition: None,
                     feed: Some(config.name.clone()),
                     state: Some("open".into()),
                     limit: Some(10),
@@ -472,6 +473,7 @@ impl FeedMonitor {
         Ok(self
             .store
             .gaps(&crate::store::GapFilter {
+                partition: None,
                 feed: Some(self.config.name.clone()),
                 state: Some("open".into()),
                 limit: Some(10),
@@ -654,7 +656,10 @@ impl FeedMonitor {
             Some(b) if b.auto => FillState::Pending,
             _ => FillState::None,
         };
-        let id = self.store.open_gap(feed, start, detected_at, fill).await?;
+        let id = self
+            .store
+            .open_gap(feed, "", start, detected_at, fill)
+            .await?;
         self.store
             .remember_live(feed, Some(id), &self.before_edge)
             .await?;
@@ -683,7 +688,7 @@ impl FeedMonitor {
         end: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<(), crate::store::StoreError> {
-        let id = self.store.close_gap(feed, end, now).await?;
+        let id = self.store.close_gap(feed, "", end, now).await?;
         self.open_gap_id = None;
         self.last_unfilled_at = None;
         self.metrics.gap_open.with_label_values(&[feed]).set(0);

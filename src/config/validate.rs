@@ -9,11 +9,13 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::raw::{RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawSink, RawSource};
+use super::raw::{
+    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawPartitions, RawSink, RawSource,
+};
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
-    RateLimit, Secret, ServerConfig, SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl,
-    WatchConfig, WatchMode,
+    PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret, ServerConfig, SinkConfig,
+    SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
@@ -423,6 +425,13 @@ impl Checker<'_> {
             Some(a) => Some(self.audit(key, a, mode, backfill.as_ref())?),
             None => None,
         };
+        let partitions = match &f.partitions {
+            Some(p) => Some(self.partitions(key, p, mode, backfill.as_ref())?),
+            None => None,
+        };
+        if let Some(b) = &backfill {
+            self.partition_placeholder_rule(key, &b.source, partitions.is_some());
+        }
         Some(FeedConfig {
             name: f.name.clone(),
             queue_url,
@@ -439,7 +448,142 @@ impl Checker<'_> {
             freshness: freshness?,
             backfill,
             audit,
+            partitions,
         })
+    }
+
+    fn partitions(
+        &mut self,
+        feed_key: &str,
+        p: &RawPartitions,
+        mode: WatchMode,
+        backfill: Option<&BackfillConfig>,
+    ) -> Option<PartitionsConfig> {
+        let key = format!("{feed_key}.partitions");
+        let pointer = self.pointer(&format!("{key}.key"), &p.key);
+        if pointer.as_deref() == Some("") {
+            self.fail(
+                &format!("{key}.key"),
+                "must point into the record (\"\" would be the whole record)",
+            );
+        }
+        if mode == WatchMode::Passive {
+            self.fail(
+                &key,
+                "needs each record's partition value: relay or report mode, not passive",
+            );
+        }
+        let max = usize::try_from(p.max)
+            .ok()
+            .filter(|m| *m <= MAX_PARTITIONS)
+            .and_then(NonZeroUsize::new);
+        if max.is_none() {
+            self.fail(
+                &format!("{key}.max"),
+                format!("must be between 1 and {MAX_PARTITIONS}, got {}", p.max),
+            );
+        }
+        let list = match (&p.values, &p.from) {
+            (Some(_), Some(_)) => {
+                self.fail(&key, "give values or from, not both");
+                None
+            }
+            (None, None) => {
+                self.fail(
+                    &key,
+                    "needs values = [\"…\"] or from = { url = \"…\", records, value, every }",
+                );
+                None
+            }
+            (Some(values), None) => self.partition_values(&key, values, max),
+            (None, Some(from)) => {
+                if backfill.is_none() {
+                    self.fail(
+                        &format!("{key}.from"),
+                        "needs [feeds.backfill]: its source's auth, headers and rate limit list the partitions",
+                    );
+                }
+                let k = format!("{key}.from");
+                let url = self.url(&format!("{k}.url"), &from.url);
+                let records = self.pointer(&format!("{k}.records"), &from.records);
+                let value = self.pointer(&format!("{k}.value"), &from.value);
+                let every = self.duration(&format!("{k}.every"), &from.every, false);
+                Some(PartitionList::From(PartitionSource {
+                    url: url?,
+                    records: records?,
+                    value: value?,
+                    every: every?,
+                }))
+            }
+        };
+        Some(PartitionsConfig {
+            key: pointer.filter(|p| !p.is_empty())?,
+            list: list?,
+            max: max?,
+        })
+    }
+
+    /// A fixed partition list: non-empty values (\"\" stands for the whole
+    /// feed), each once, no more than `max`.
+    fn partition_values(
+        &mut self,
+        key: &str,
+        values: &[String],
+        max: Option<NonZeroUsize>,
+    ) -> Option<PartitionList> {
+        let key = format!("{key}.values");
+        if values.is_empty() {
+            self.fail(&key, "must list at least one partition");
+            return None;
+        }
+        if let Some(max) = max.filter(|m| values.len() > m.get()) {
+            self.fail(
+                &key,
+                format!("{} values, more than partitions.max ({max})", values.len()),
+            );
+        }
+        let mut seen: HashMap<String, usize> = HashMap::with_capacity(values.len());
+        let mut out = Vec::with_capacity(values.len());
+        let mut ok = true;
+        for (i, v) in values.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            let Some(v) = self.string(&k, v) else {
+                ok = false;
+                continue;
+            };
+            if v.is_empty() || v.len() > MAX_PARTITION_LEN {
+                self.fail(&k, format!("must be 1 to {MAX_PARTITION_LEN} bytes long"));
+                ok = false;
+            } else if let Some(first) = seen.get(&v) {
+                self.fail(&k, format!("duplicate value {v:?} (also values[{first}])"));
+                ok = false;
+            } else {
+                seen.insert(v.clone(), i);
+                out.push(v);
+            }
+        }
+        ok.then_some(PartitionList::Values(out))
+    }
+
+    /// A partitioned feed's fills ask for one partition at a time, so its
+    /// source must name `{partition}`; an unpartitioned one has no value for it.
+    fn partition_placeholder_rule(&mut self, feed_key: &str, s: &SourceConfig, partitioned: bool) {
+        let key = format!("{feed_key}.backfill.source");
+        let places = partition_places(s);
+        if partitioned && places.is_empty() {
+            self.fail(
+                &format!("{key}.url"),
+                "the feed is partitioned: name {partition} in the URL path or a query value, so that a fill asks for the silent partition only",
+            );
+        }
+        if !partitioned {
+            for place in places {
+                self.fail(
+                    &format!("{key}.{place}"),
+                    "{partition} needs [feeds.partitions]",
+                );
+            }
+        }
     }
 
     fn audit(
@@ -762,7 +906,7 @@ impl Checker<'_> {
                 if !KNOWN_PLACEHOLDERS.contains(&name) {
                     self.fail(
                         &format!("{key}.url"),
-                        format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}})"),
+                        format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}}, {{partition}})"),
                     );
                 }
             }
@@ -771,7 +915,7 @@ impl Checker<'_> {
                     if !KNOWN_PLACEHOLDERS.contains(&name) {
                         self.fail(
                             &format!("{key}.query.{k}"),
-                            format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}})"),
+                            format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}}, {{partition}})"),
                         );
                     }
                 }
@@ -783,7 +927,7 @@ impl Checker<'_> {
                 .any(|v| {
                     placeholders(&v)
                         .iter()
-                        .any(|p| KNOWN_PLACEHOLDERS.contains(p))
+                        .any(|p| INTERVAL_PLACEHOLDERS.contains(p))
                 });
             if !has_placeholder {
                 self.fail(
@@ -1142,7 +1286,38 @@ impl Checker<'_> {
 }
 
 /// The placeholders a source request may carry.
-const KNOWN_PLACEHOLDERS: &[&str] = &["start", "end"];
+const KNOWN_PLACEHOLDERS: &[&str] = &["start", "end", "partition"];
+/// The placeholders that ask for an interval (at least one is needed).
+const INTERVAL_PLACEHOLDERS: &[&str] = &["start", "end"];
+
+/// Most partitions a feed may watch (`partitions.max`).
+const MAX_PARTITIONS: usize = 1_000_000;
+/// Longest partition value accepted (in config and from live records).
+pub(crate) const MAX_PARTITION_LEN: usize = 256;
+
+/// Where a source names `{partition}`: `url`, `query.NAME`.
+fn partition_places(s: &SourceConfig) -> Vec<String> {
+    let path = percent_encoding::percent_decode_str(s.url.path()).decode_utf8_lossy();
+    let query: Vec<(String, String)> = s
+        .url
+        .query_pairs()
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    let mut out = Vec::new();
+    if placeholders(&path).contains(&"partition")
+        || query
+            .iter()
+            .any(|(_, v)| placeholders(v).contains(&"partition"))
+    {
+        out.push("url".to_string());
+    }
+    for (k, v) in &s.query {
+        if placeholders(v.expose()).contains(&"partition") {
+            out.push(format!("query.{k}"));
+        }
+    }
+    out
+}
 
 /// The `{name}` placeholders in `s` (a name is a letter or `_`, then letters,
 /// digits or `_`; other braces, such as a JSON value's, are not placeholders).

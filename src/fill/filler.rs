@@ -358,7 +358,7 @@ impl Filler {
                     .collect();
             if !new.is_empty() {
                 let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
-                self.store.add_chunks(gap.id, &windows, now).await?;
+                self.store.add_chunks(gap.id, &windows, &[], now).await?;
                 tracing::info!(
                     from = %new[0].start.to_rfc3339(),
                     to = %new[new.len() - 1].end.to_rfc3339(),

@@ -145,7 +145,7 @@ impl FillControl {
         }
         let gap_id = self
             .store
-            .manual_gap(feed, from, to, self.owner, Utc::now())
+            .manual_gap(feed, "", from, to, self.owner, Utc::now())
             .await?;
         tracing::info!(feed, gap_id, from = %from.to_rfc3339(), to = %to.to_rfc3339(), "manual backfill requested");
         wakeup.notify_one();
