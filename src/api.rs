@@ -409,6 +409,9 @@ async fn backfill(
 struct ReportedObservation {
     id: serde_json::Value,
     event_time: serde_json::Value,
+    /// Partitioned feeds: the record's partition value.
+    #[serde(default)]
+    partition: Option<serde_json::Value>,
 }
 
 async fn observations(
@@ -485,6 +488,7 @@ async fn observations(
         ));
     }
     let format = handle.config.watch.event_time_format;
+    let partitioned = handle.config.is_partitioned();
     let mut accepted = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -501,10 +505,27 @@ async fn observations(
                     _ => format.parse_json(&o.event_time),
                 }
                 .map_err(|e| format!("event_time: {e}"))?;
-                Ok(Observation { id, event_time })
+                // Without a usable partition value it is observed for the
+                // feed as a whole only (counted below).
+                let partition = o
+                    .partition
+                    .as_ref()
+                    .filter(|_| partitioned)
+                    .and_then(crate::observe::partition_value);
+                Ok(Observation {
+                    id,
+                    event_time,
+                    partition,
+                })
             });
         match parsed {
-            Ok(o) => accepted.push(o),
+            Ok(o) => {
+                if partitioned && o.partition.is_none() {
+                    s.metrics
+                        .reject(&feed, InputSource::Report, Rejection::NoPartitionKey);
+                }
+                accepted.push(o)
+            }
             Err(e) => {
                 s.metrics
                     .reject(&feed, InputSource::Report, Rejection::BadObservation);

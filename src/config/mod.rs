@@ -24,6 +24,9 @@ use crate::timefmt::{Resolution, TimeFormat};
 pub use raw::AuthStyle;
 pub use secret::Secret;
 
+/// Longest partition value accepted (in config and from live records).
+pub(crate) const MAX_PARTITION_LEN: usize = 256;
+
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/gapwatch/gapwatch.toml";
 

@@ -15,7 +15,7 @@ use super::raw::{
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
     PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret, ServerConfig, SinkConfig,
-    SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
+    SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode, MAX_PARTITION_LEN,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
@@ -1292,8 +1292,6 @@ const INTERVAL_PLACEHOLDERS: &[&str] = &["start", "end"];
 
 /// Most partitions a feed may watch (`partitions.max`).
 const MAX_PARTITIONS: usize = 1_000_000;
-/// Longest partition value accepted (in config and from live records).
-pub(crate) const MAX_PARTITION_LEN: usize = 256;
 
 /// Where a source names `{partition}`: `url`, `query.NAME`.
 fn partition_places(s: &SourceConfig) -> Vec<String> {

@@ -187,6 +187,11 @@ impl Filler {
         }
     }
 
+    /// The feed's source (its rate limit is shared by every user of it).
+    pub(crate) fn source(&self) -> &Source {
+        &self.source
+    }
+
     fn backfill(&self) -> &BackfillConfig {
         // A filler is only built for feeds with a backfill section.
         self.feed

@@ -218,6 +218,13 @@ impl Source {
         }
     }
 
+    /// A GET of another endpoint of the vendor (the partition listing),
+    /// with the pages' auth, headers, rate limit, retries and size cap.
+    /// None: an `empty_on` status.
+    pub(crate) async fn get(&self, url: Url) -> Result<Option<Vec<u8>>, SourceError> {
+        Ok(self.fetch(url).await?.map(|(body, _)| body))
+    }
+
     /// The page body and its `Link` header; None for an `empty_on` status.
     async fn fetch(&self, url: Url) -> Result<Option<(Vec<u8>, Option<String>)>, SourceError> {
         let i = &self.inner;
