@@ -144,7 +144,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await?
             .with_lease(lease.clone())
-            .with_unwritten(handle.unwritten.clone());
+            .with_unwritten(handle.unwritten.clone())
+            .with_partitions(handle.partitions.clone());
             let lister = crate::feed::Lister::new(
                 feed.clone(),
                 filler.source().clone(),
@@ -224,7 +225,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 },
             );
         }
-        fill_feeds.push((feed.clone(), handle.fill_wakeup.clone()));
+        fill_feeds.push((
+            feed.clone(),
+            handle.fill_wakeup.clone(),
+            handle.partitions.clone(),
+        ));
         handles.insert(feed.name.clone(), handle);
     }
 

@@ -153,11 +153,13 @@ impl Source {
         &self.inner.config
     }
 
-    /// The URL of the page at `at` for the window `[start, end)`.
+    /// The URL of the page at `at` for the window `[start, end)` of
+    /// `partition` (`""`: an unpartitioned feed).
     pub fn url(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
+        partition: &str,
         at: &PageCursor,
     ) -> Result<Url, SourceError> {
         let c = &self.inner.config;
@@ -167,7 +169,11 @@ impl Source {
                 let fmt = c.time_format;
                 let q = query_window(Window { start, end }, c.time_resolution);
                 let (s, e) = (fmt.format(q.start), fmt.format(q.end));
-                let vars = Vars { start: &s, end: &e };
+                let vars = Vars {
+                    start: &s,
+                    end: &e,
+                    partition,
+                };
                 let mut url = c.url.clone();
                 vars.fill_path(&mut url);
                 // The URL's own query pairs come first, filled like `query`.
@@ -203,9 +209,10 @@ impl Source {
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
+        partition: &str,
         at: &PageCursor,
     ) -> Result<Page, SourceError> {
-        let url = self.url(start, end, at)?;
+        let url = self.url(start, end, partition, at)?;
         match self.fetch(url).await? {
             Some((body, link)) => self.decode(&body, link.as_deref(), at),
             // An `empty_on` status: the window has no records.
@@ -479,6 +486,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .url(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T13:00:00.5Z"),
+                "",
                 &PageCursor::First,
             )
             .unwrap();
@@ -495,6 +503,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .url(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T12:00:10Z"),
+                "",
                 &PageCursor::First,
             )
             .unwrap();
@@ -515,6 +524,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .url(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T12:00:10Z"),
+                "",
                 &PageCursor::First,
             )
             .unwrap();

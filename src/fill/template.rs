@@ -1,5 +1,6 @@
 //! Placeholders in a source request: `{start}` and `{end}` (the query window,
-//! written in the source's `time_format`), filled into the URL path (as
+//! written in the source's `time_format`) and `{partition}` (the partition a
+//! chunk asks for, `feeds.partitions`), filled into the URL path (as
 //! percent-encoded path segments) and query values.
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
@@ -26,13 +27,17 @@ const SEGMENT: &AsciiSet = &CONTROLS
 pub struct Vars<'a> {
     pub start: &'a str,
     pub end: &'a str,
+    /// `""` for an unpartitioned feed (whose source has no `{partition}`).
+    pub partition: &'a str,
 }
 
 impl Vars<'_> {
     /// `s` with every placeholder replaced by its value, unescaped (query
     /// values are encoded by the URL's query serializer).
     pub fn fill(&self, s: &str) -> String {
-        s.replace("{start}", self.start).replace("{end}", self.end)
+        s.replace("{start}", self.start)
+            .replace("{end}", self.end)
+            .replace("{partition}", self.partition)
     }
 
     /// `url` with placeholders in its path filled, each value encoded as (part
@@ -44,9 +49,11 @@ impl Vars<'_> {
         }
         let start = utf8_percent_encode(self.start, SEGMENT).to_string();
         let end = utf8_percent_encode(self.end, SEGMENT).to_string();
+        let partition = utf8_percent_encode(self.partition, SEGMENT).to_string();
         let filled = path
             .replace("%7Bstart%7D", &start)
-            .replace("%7Bend%7D", &end);
+            .replace("%7Bend%7D", &end)
+            .replace("%7Bpartition%7D", &partition);
         url.set_path(&filled);
     }
 }
@@ -60,10 +67,15 @@ mod tests {
         let v = Vars {
             start: "a/b c%",
             end: "2026-12-05",
+            partition: "store/7?",
         };
         let mut u = Url::parse("http://x/v1/{start}/{end}/e").unwrap();
         v.fill_path(&mut u);
         assert_eq!(u.as_str(), "http://x/v1/a%2Fb%20c%25/2026-12-05/e");
         assert_eq!(u.path_segments().unwrap().count(), 4);
+        let mut u = Url::parse("http://x/v1/stores/{partition}/events").unwrap();
+        v.fill_path(&mut u);
+        assert_eq!(u.as_str(), "http://x/v1/stores/store%2F7%3F/events");
+        assert_eq!(v.fill("{partition}:{start}"), "store/7?:a/b c%");
     }
 }
