@@ -1963,4 +1963,82 @@ from = { url = "http://127.0.0.1:1/v1/stores" }
             .collect();
         assert_eq!(left, vec!["a"]);
     }
+
+    /// Two replicas on one Postgres: the holder of the lease decides a
+    /// partition's gap, the other follows it from the store (and adds the
+    /// ids it relayed to the gap's edge); once it holds the lease, it closes
+    /// the gap it adopted.
+    #[tokio::test]
+    async fn replicas_follow_the_holders_partition_gaps_through_postgres() {
+        let url = crate::store::tests::pg_cluster::shared_cluster().new_database();
+        let store_a = Store::postgres(&url).await.unwrap();
+        let store_b = Store::postgres(&url).await.unwrap();
+        let start = |store: Store| {
+            FeedMonitor::start(
+                report_feed(PARTITIONED),
+                store,
+                Arc::new(Metrics::new()),
+                10,
+                Duration::ZERO,
+            )
+        };
+        let (a, _) = start(store_a.clone()).await.unwrap();
+        let (b, hb) = start(store_b.clone()).await.unwrap();
+        let mut a = a.with_lease(watch::channel(LeaseView::held()).1);
+        let mut elsewhere = LeaseView::default();
+        elsewhere.holder = Some("a".into());
+        let (lease_b, rx) = watch::channel(elsewhere);
+        let mut b = b.with_lease(rx);
+        let at = clock();
+        // Both relay part of the feed.
+        let batch: Vec<_> = ["s1", "s2", "s3"]
+            .iter()
+            .map(|p| obs_in(&format!("a-{p}"), at(1), Some(p)))
+            .collect();
+        a.observe(batch, at(1)).await;
+        b.observe(vec![obs_in("b-s3", at(1), Some("s3"))], at(1))
+            .await;
+        a.tick(at(2)).await;
+        b.tick(at(2)).await;
+        tokio::time::sleep(SYNC_EVERY).await;
+        // Only a hears from s1 and s2 later; b learns it from the store.
+        let batch = vec![
+            obs_in("a-s1-2", at(200), Some("s1")),
+            obs_in("a-s2-2", at(200), Some("s2")),
+        ];
+        a.observe(batch, at(200)).await;
+        a.tick(at(302)).await;
+        b.tick(at(302)).await;
+        let gaps = store_a.gaps(&GapFilter::default()).await.unwrap();
+        let parts: Vec<_> = gaps.iter().map(|g| g.partition.as_str()).collect();
+        assert_eq!(
+            parts,
+            vec!["s3"],
+            "only the holder decides, and only s3 is silent"
+        );
+        let known = store_a
+            .known_ids("orders", &["a-s3", "b-s3"])
+            .await
+            .unwrap();
+        assert_eq!(
+            known.len(),
+            2,
+            "both replicas' ids are the gap's edge: {known:?}"
+        );
+        b.publish(at(302));
+        let p = hb.status.borrow().partitions.unwrap();
+        assert_eq!((p.silent, p.fresh), (1, 2), "b follows the holder");
+
+        // The lease moves to b; s3 resumes there: b closes the gap it adopted.
+        lease_b.send_replace(LeaseView::held());
+        tokio::time::sleep(SYNC_EVERY).await;
+        b.observe(vec![obs_in("b-s3-2", at(400), Some("s3"))], at(400))
+            .await;
+        b.tick(at(400)).await;
+        let gaps = store_b.gaps(&GapFilter::default()).await.unwrap();
+        assert_eq!(gaps.len(), 1, "{gaps:?}");
+        assert_eq!(gaps[0].end, Some(at(400)));
+        let p = hb.status.borrow().partitions.unwrap();
+        assert_eq!(p.silent, 0);
+    }
 }

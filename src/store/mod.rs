@@ -897,4 +897,4 @@ pub struct AuditState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

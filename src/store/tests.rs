@@ -8,7 +8,7 @@ use chrono::{Duration, TimeZone, Utc};
 use super::*;
 
 #[path = "../../tests/common/postgres.rs"]
-mod pg_cluster;
+pub(crate) mod pg_cluster;
 
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
