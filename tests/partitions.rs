@@ -13,12 +13,25 @@ use common::*;
 const ADMIN: &str = "adm1n";
 const MAX_SILENCE_S: i64 = 8;
 
+/// The stores listed by the vendor (`partitions.from`).
+fn listed(vendor: &str) -> String {
+    format!(
+        r#"  key = "/store_id"
+  from = {{ url = "{vendor}/v1/stores", records = "/stores", value = "/id", every = "1h" }}"#
+    )
+}
+
+/// A relay feed of the simulator's stores (`partitions`: the body of
+/// `[feeds.partitions]`), filled from `/v1/stores/{partition}/events`;
+/// `extra` follows the feed.
 fn relay_config(
     moto: &Moto,
     vendor: &str,
     vendor_q: &str,
     app_q: &str,
     dir: &std::path::Path,
+    partitions: &str,
+    extra: &str,
 ) -> String {
     format!(
         r#"
@@ -48,8 +61,7 @@ queue_url = "{vendor_q}"
   [feeds.freshness]
   max_silence = "{MAX_SILENCE_S}s"
   [feeds.partitions]
-  key = "/store_id"
-  from = {{ url = "{vendor}/v1/stores", records = "/stores", value = "/id", every = "1h" }}
+{partitions}
   [feeds.backfill]
   auto = true
   chunk = "20s"
@@ -68,7 +80,7 @@ queue_url = "{vendor_q}"
     timeout = "10s"
     max_retries = 10
     pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
-"#,
+{extra}"#,
         state = dir.join("state.db").display(),
         endpoint = moto.endpoint,
     )
@@ -104,7 +116,15 @@ async fn one_silent_store_of_fifty_is_detected_and_filled_alone() {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gapwatch::start(
         dir.path(),
-        &relay_config(&moto, &sim.base, &vendor_q, &app_q, dir.path()),
+        &relay_config(
+            &moto,
+            &sim.base,
+            &vendor_q,
+            &app_q,
+            dir.path(),
+            &listed(&sim.base),
+            "",
+        ),
         &[],
     );
     let mut received = Vec::new();
@@ -438,5 +458,121 @@ async fn metrics_do_not_grow_with_the_number_of_partitions() {
         "{} vs {} bytes",
         small.len(),
         large.len()
+    );
+}
+
+/// A vendor that drops 10% of its records on the way to SQS but never goes
+/// silent: the audit lists each store's records over each settled window,
+/// delivers exactly the missing ones, and moves the one watermark of the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_lists_every_partition_and_heals_each() {
+    let moto = Moto::start();
+    let sqs = moto.sqs();
+    let vendor_q = moto.create_queue("vendor-stores").await;
+    let app_q = moto.create_queue("app-stores").await;
+    let sim = VendorSim::start(&[
+        "--stores",
+        "5",
+        "--rate",
+        "0",
+        "--drop-rate",
+        "0.1",
+        "--queue-url",
+        &vendor_q,
+        "--endpoint-url",
+        &moto.endpoint,
+        "--pagination",
+        "cursor",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let values = "  key = \"/store_id\"\n  values = [\"s1\", \"s2\", \"s3\", \"s4\", \"s5\"]";
+    let audit = audit_block("3s", "10m", "5s");
+    let gw = Gapwatch::start(
+        dir.path(),
+        &relay_config(
+            &moto,
+            &sim.base,
+            &vendor_q,
+            &app_q,
+            dir.path(),
+            values,
+            &audit,
+        ),
+        &[],
+    );
+    eventually(Duration::from_secs(30), "the daemon ready", || async {
+        (gw.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // The ledger is complete from the audit's first run on; records start after it.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sim.control("/control/rate", serde_json::json!({ "rate": 5.0 }))
+        .await;
+    let mut received = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(25) {
+        received.extend(drain_for(&sqs, &app_q, Duration::from_secs(1)).await);
+    }
+    let (verified_until, missing, dropped) =
+        eventually(Duration::from_secs(60), "the audit to catch up", || async {
+            let m = gw.metrics().await;
+            let vu = sample(
+                &m,
+                r#"gapwatch_audit_verified_until_timestamp_seconds{feed="orders"}"#,
+            )?;
+            let missing =
+                sample(&m, r#"gapwatch_audit_records_missing_total{feed="orders"}"#)? as usize;
+            let vu = DateTime::<Utc>::from_timestamp_millis((vu * 1000.0).round() as i64)?;
+            let dropped: Vec<String> = sim
+                .get(&format!(
+                    "/control/records?dropped=true&to={}",
+                    vu.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                ))
+                .await["ids"]
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect();
+            (missing == dropped.len() && missing > 0).then_some((vu, missing, dropped))
+        })
+        .await;
+    received.extend(drain_for(&sqs, &app_q, Duration::from_secs(4)).await);
+    let mut got: HashMap<String, (usize, bool)> = HashMap::new();
+    for m in &received {
+        let e = got.entry(message_record_id(m)).or_default();
+        e.0 += 1;
+        e.1 |= is_recovered(m);
+    }
+    for id in &dropped {
+        assert_eq!(
+            got.get(id).copied(),
+            Some((1, true)),
+            "dropped record {id} at the app queue (count, recovered); log:\n{}",
+            gw.logs()
+        );
+    }
+    let dupes: Vec<_> = got.iter().filter(|(_, (n, _))| *n > 1).collect();
+    assert!(dupes.is_empty(), "duplicates at the app queue: {dupes:?}");
+    // Each store was asked on its own, never the feed as a whole.
+    let stats = sim.get("/control/stats").await;
+    let asked: BTreeSet<&str> = stats["requests_by_store"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        asked,
+        BTreeSet::from(["s1", "s2", "s3", "s4", "s5"]),
+        "{stats}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        sample(&m, r#"gapwatch_gaps_detected_total{feed="orders"}"#),
+        Some(0.0),
+        "the vendor never went silent"
+    );
+    eprintln!(
+        "audit: {missing} missing records delivered across 5 stores, verified until {verified_until}"
     );
 }
