@@ -352,8 +352,21 @@ fn series(metrics: &str) -> Vec<&str> {
         .collect()
 }
 
-/// A report feed of `n` partitions, 10 of them silent: its `/metrics` page.
-async fn metrics_with_partitions(n: usize) -> String {
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A report feed of `n` partitions, 10 of them silent: its `/metrics` page
+/// and the daemon's resident memory then.
+async fn metrics_with_partitions(n: usize) -> (String, u64) {
     let dir = tempfile::tempdir().unwrap();
     let gw = Gapwatch::start(dir.path(), &report_config(dir.path(), n), &[]);
     let names = move || (0..n).map(|i| format!("p{i:05}"));
@@ -436,16 +449,17 @@ async fn metrics_with_partitions(n: usize) -> String {
     let (_, v) = gw.get("/api/v1/feeds").await;
     assert_eq!(v["feeds"][0]["partitions"]["silent"], 10, "{v}");
     assert_eq!(v["feeds"][0]["partitions"]["total"], n, "{v}");
-    m
+    (m, rss_kib(gw.pid()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_do_not_grow_with_the_number_of_partitions() {
-    let small = metrics_with_partitions(50).await;
-    let large = metrics_with_partitions(5_000).await;
+    let (small, small_rss) = metrics_with_partitions(50).await;
+    let (large, large_rss) = metrics_with_partitions(5_000).await;
     let (a, b) = (series(&small), series(&large));
     eprintln!(
-        "/metrics with 50 partitions: {} series, {} bytes; with 5,000: {} series, {} bytes",
+        "/metrics with 50 partitions: {} series, {} bytes; with 5,000: {} series, {} bytes \
+         (resident memory {small_rss} / {large_rss} KiB)",
         a.len(),
         small.len(),
         b.len(),
