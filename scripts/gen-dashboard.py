@@ -21,7 +21,7 @@ RUNBOOK = "https://github.com/gapwatch/gapwatch/blob/main/README.md"
 DS = {"type": "prometheus", "uid": "${datasource}"}
 FEED = 'feed=~"$feed"'
 QUEUE = 'queue=~"$queue"'
-VENDOR_ERROR_STATUS = '429|5..|error'
+VENDOR_ERROR_STATUS = '429|5..|error|error_body'
 
 
 def threshold(alert: str, pattern: str) -> float:
@@ -287,12 +287,31 @@ def panels() -> list:
         overrides=[color_override(".* failed", "red"), color_override(".* ok", "green")],
         description="Audited windows: ok (the watermark moved) or failed (it stayed)."))
 
+    p.append(row("Shape of recovered messages"))
+    p.append(state_timeline(
+        "Shape check verdict",
+        [target(f"max by (feed) (gapwatch_shape_mismatch{{{FEED}}})", "{{feed}}")],
+        12, 6, mapping({0: ("look live", "green"), 1: ("mismatch", "red")}),
+        description=("The latest shape check that compared records: sampled live messages against "
+                     "what a fill would send for the same records. red: they differ (alert "
+                     "GapwatchShapeMismatch; `gapwatch check-shape --feed F` shows where). Empty: no "
+                     "check compared anything yet.")))
+    p.append(timeseries(
+        "Shape checks by outcome",
+        [target(f"sum by (feed, outcome) (increase(gapwatch_shape_checks_total{{{FEED}}}[$__rate_interval]))",
+                "{{feed}} {{outcome}}")],
+        12, 6, min_=0, bars=True,
+        overrides=[color_override(".* mismatch", "red"), color_override(".* match", "green"),
+                   color_override(".* unavailable", "yellow")],
+        description=("unavailable: nothing compared (no live message sampled yet, the source not "
+                     "reachable, or the sampled records not listed).")))
+
     p.append(row("Vendor API"))
     p.append(timeseries(
         "Requests /s by status",
         [target(f"sum by (feed, status) (rate(gapwatch_backfill_requests_total{{{FEED}}}[$__rate_interval]))",
                 "{{feed}} {{status}}")], 8, 8, unit="reqps", stack=True, min_=0,
-        overrides=[color_override(".* (429|5..|error)", "red")]))
+        overrides=[color_override(".* (429|5..|error|error_body)", "red")]))
     p.append(timeseries(
         "Request latency p50 / p99", [
             target("histogram_quantile(0.5, sum by (feed, le) (rate("

@@ -1,7 +1,7 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz` and the JSON API under
 //! `/api/v1`. Every error is `{"error": "…"}` with a 4xx/5xx status.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
@@ -20,6 +20,7 @@ use crate::fill::FillControl;
 use crate::health::Health;
 use crate::metrics::{InputSource, Metrics, Rejection};
 use crate::observe::Observation;
+use crate::shape::{Attribute, LiveMessage};
 use crate::store::{GapFilter, Store};
 
 /// Most observations one report request may carry.
@@ -508,9 +509,32 @@ async fn backfill(
 struct ReportedObservation {
     id: serde_json::Value,
     event_time: serde_json::Value,
+    /// Optional, for the shape check: the message body as the app received
+    /// it (its JSON text as a string, or the JSON value itself).
+    #[serde(default)]
+    body: Option<serde_json::Value>,
+    /// Optional, with `body`: its String message attributes.
+    #[serde(default)]
+    attributes: BTreeMap<String, String>,
     /// Partitioned feeds: the record's partition value.
     #[serde(default)]
     partition: Option<serde_json::Value>,
+}
+
+/// A reported body larger than this is not sampled (SQS's own limit).
+const MAX_SAMPLED_BODY: usize = 1024 * 1024;
+
+/// A reported body as the shape sample keeps it: JSON text, or None when
+/// it is not JSON or too large.
+fn reported_body(body: serde_json::Value) -> Option<String> {
+    let text = match body {
+        serde_json::Value::String(text) => {
+            serde_json::from_str::<serde::de::IgnoredAny>(&text).ok()?;
+            text
+        }
+        other => other.to_string(),
+    };
+    (text.len() <= MAX_SAMPLED_BODY).then_some(text)
 }
 
 async fn observations(
@@ -588,6 +612,9 @@ async fn observations(
     }
     let format = handle.config.watch.event_time_format;
     let partitioned = handle.config.is_partitioned();
+    let now = Utc::now();
+    // At most one reported body a request is sampled (one per spacing).
+    let mut sample = handle.shape_sample.as_ref().filter(|s| s.wants(now));
     let mut accepted = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
@@ -611,17 +638,32 @@ async fn observations(
                     .as_ref()
                     .filter(|_| partitioned)
                     .and_then(crate::observe::partition_value);
-                Ok(Observation {
+                let observation = Observation {
                     id,
                     event_time,
                     partition,
-                })
+                };
+                Ok((observation, o.body, o.attributes))
             });
         match parsed {
-            Ok(o) => {
+            Ok((o, body, attributes)) => {
                 if partitioned && o.partition.is_none() {
                     s.metrics
                         .reject(&feed, InputSource::Report, Rejection::NoPartitionKey);
+                }
+                if let Some(body) = body.filter(|_| sample.is_some()).and_then(reported_body) {
+                    if let Some(sampler) = sample.take() {
+                        sampler.offer(LiveMessage {
+                            id: o.id.clone(),
+                            event_time: o.event_time,
+                            received_at: now,
+                            body,
+                            attributes: attributes
+                                .into_iter()
+                                .map(|(k, v)| (k, Attribute::string(v)))
+                                .collect(),
+                        });
+                    }
                 }
                 accepted.push(o)
             }

@@ -1,4 +1,5 @@
-//! The command line: `run`, `check-config`, `gaps`, `backfill`, `audit`.
+//! The command line: `run`, `check-config`, `gaps`, `backfill`, `audit`,
+//! `check-shape`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -107,7 +108,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the live messages the daemon sampled (read from the state
+    /// store) with what a fill would send for the same records. Exits 0 when
+    /// they match, 1 when they differ, 2 when nothing could be compared.
+    CheckShape {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        feed: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
+
+/// `check-shape` exit codes: a deploy gate tells "differs" from "cannot tell".
+pub const SHAPE_MISMATCH: u8 = 1;
+pub const SHAPE_UNAVAILABLE: u8 = 2;
 
 impl ConfigArg {
     fn path(&self, env: &HashMap<String, String>) -> PathBuf {
@@ -234,6 +250,14 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             };
             audit(config.load(env)?, &interval, dry_run, json).await
         }
+        Command::CheckShape { config, feed, json } => {
+            // Whatever keeps the check from running is "cannot tell", not a mismatch.
+            let result = async { check_shape(config.load(env)?, &feed, json).await }.await;
+            Ok(result.unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::from(SHAPE_UNAVAILABLE)
+            }))
+        }
     }
 }
 
@@ -263,6 +287,83 @@ async fn watched_partitions(
     let watched = crate::feed::current_partitions(feed, &store, &source).await;
     store.close().await;
     Ok(watched?)
+}
+
+/// `gapwatch check-shape`: the sample the daemon saved, checked now.
+async fn check_shape(config: Config, feed: &str, json: bool) -> anyhow::Result<ExitCode> {
+    use crate::metrics::ShapeOutcome;
+    let feed_config = config
+        .feed(feed)
+        .with_context(|| format!("unknown feed {feed:?}"))?;
+    let (Some(b), Some(_)) = (&feed_config.backfill, &feed_config.shape) else {
+        anyhow::bail!(
+            "feed {feed:?} has no shape check: it needs [feeds.backfill], relay mode with watch.record_id and watch.event_time or report mode, and [feeds.shape] not disabled"
+        );
+    };
+    let store = Store::connect(&config.state.url).await?;
+    let sample = store.shape_sample(feed).await;
+    store.close().await;
+    let sample = sample?;
+    let source = crate::fill::source::Source::new(feed, &b.source, Arc::new(Metrics::new()))?;
+    let report = crate::shape::check(feed_config, &source, &sample, Utc::now()).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", shape_text(&report));
+    }
+    Ok(match report.outcome {
+        ShapeOutcome::Match => ExitCode::SUCCESS,
+        ShapeOutcome::Mismatch => ExitCode::from(SHAPE_MISMATCH),
+        ShapeOutcome::Unavailable => ExitCode::from(SHAPE_UNAVAILABLE),
+    })
+}
+
+/// What `gapwatch check-shape` prints: the outcome, then per differing
+/// record where it differs and both values.
+pub fn shape_text(r: &crate::shape::ShapeReport) -> String {
+    use crate::metrics::ShapeOutcome;
+    use crate::shape::Part;
+    let mut out = match r.outcome {
+        ShapeOutcome::Match => format!(
+            "feed {}: match: {} sampled record(s) rendered as their live messages ({} not found at the source, {} request(s))\n",
+            r.feed, r.compared, r.not_found, r.requests
+        ),
+        ShapeOutcome::Mismatch => format!(
+            "feed {}: MISMATCH: {} of {} sampled record(s) compared differ ({} request(s)); recovered messages would not look live\n",
+            r.feed,
+            r.compared - r.matched,
+            r.compared,
+            r.requests
+        ),
+        ShapeOutcome::Unavailable => format!(
+            "feed {}: unavailable: {}\n",
+            r.feed,
+            r.reason.as_deref().unwrap_or("nothing could be compared")
+        ),
+    };
+    if r.outcome != ShapeOutcome::Unavailable {
+        if let Some(reason) = &r.reason {
+            out.push_str(&format!("  (cut short: {reason})\n"));
+        }
+    }
+    let side = |v: &Option<String>| v.clone().unwrap_or_else(|| "(absent)".into());
+    for m in &r.mismatches {
+        out.push_str(&format!("  record {}\n", m.record_id));
+        for f in &m.findings {
+            let place = match (f.part, f.path.as_str()) {
+                (Part::Body, "") => "body (the whole body)".to_string(),
+                (Part::Body | Part::Attribute, p) => format!("{} {p}", f.part.as_str()),
+                (Part::Filter, _) => "backfill.filter".to_string(),
+                (Part::Render, _) => "backfill.render / attributes".to_string(),
+            };
+            out.push_str(&format!(
+                "    {place}\n      live:      {}\n      recovered: {}\n",
+                side(&f.live),
+                side(&f.recovered)
+            ));
+        }
+    }
+    out
 }
 
 /// `gapwatch audit`: the ledger holds every id that reached the destination,

@@ -18,6 +18,7 @@ use crate::health::Health;
 use crate::lease::LeaseKeeper;
 use crate::metrics::{Metrics, TaskKind};
 use crate::observe::Extractor;
+use crate::shape::ShapeChecker;
 use crate::store::Store;
 use crate::supervise::Supervisor;
 use crate::watch::{Relay, SqsQueues};
@@ -117,7 +118,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     handle.observations.clone(),
                     metrics.clone(),
                 )
-                .with_pollers(feed.watch.pollers.get());
+                .with_pollers(feed.watch.pollers.get())
+                .with_sampler(handle.shape_sample.clone());
                 let relay = Arc::new(relay);
                 let stop = cancel.clone();
                 supervisor.spawn(
@@ -188,6 +190,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                     move || {
                         let (auditor, stop) = (auditor.clone(), stop.clone());
                         async move { auditor.lock().await.run(stop).await }
+                    },
+                );
+            }
+            if let Some(sampler) = &handle.shape_sample {
+                // The fills' source: one rate limit covers both.
+                let checker = ShapeChecker::new(
+                    feed.clone(),
+                    store.clone(),
+                    metrics.clone(),
+                    filler.source().clone(),
+                    sampler.clone(),
+                    handle.shape_status.clone(),
+                )
+                .with_lease(lease.clone());
+                // Behind a lock so that a restarted run keeps its state.
+                let checker = Arc::new(tokio::sync::Mutex::new(checker));
+                let stop = cancel.clone();
+                supervisor.spawn(
+                    &producers,
+                    TaskKind::ShapeChecker,
+                    &feed.name,
+                    cancel.clone(),
+                    move || {
+                        let (checker, stop) = (checker.clone(), stop.clone());
+                        async move { checker.lock().await.run(stop).await }
                     },
                 );
             }

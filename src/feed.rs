@@ -26,6 +26,7 @@ use crate::detector::{ActiveWindow, DetectorState, GapEvent, Lanes, Summary};
 use crate::lease::LeaseView;
 use crate::metrics::{InputSource, Metrics, PartitionState, Rejection};
 use crate::observe::Observation;
+use crate::shape::{Sampler, ShapeStatus};
 use crate::store::{FillState, Origin, Store, StoreError};
 
 pub use partitions::{current as current_partitions, Lister, Listing, ListingError};
@@ -84,6 +85,8 @@ pub struct FeedStatus {
     /// `/api/v1/feeds/{feed}/partitions`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<PartitionsStatus>,
+    /// Feeds with a shape check: the last one (null until a first check).
+    pub shape_check: Option<ShapeStatus>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
@@ -123,6 +126,10 @@ pub struct FeedHandle {
     pub verified_until: Arc<watch::Sender<Option<DateTime<Utc>>>>,
     /// Ids observed but not in the store yet, for the fills' dedupe.
     pub unwritten: Unwritten,
+    /// Feeds with a shape check: the live messages it compares with.
+    pub shape_sample: Option<Arc<Sampler>>,
+    /// The last shape check, published by the feed's checker.
+    pub shape_status: Arc<watch::Sender<Option<ShapeStatus>>>,
     /// Partitioned feeds: the partitions watched now, sorted (a fill of the
     /// whole feed asks for each).
     pub partitions: watch::Receiver<Arc<Vec<String>>>,
@@ -379,6 +386,7 @@ impl FeedMonitor {
             leader: None,
             verified_until: None,
             partitions: None,
+            shape_check: None,
         };
         let (status_tx, status_rx) = watch::channel(initial);
         let fill_wakeup = Arc::new(Notify::new());
@@ -412,6 +420,11 @@ impl FeedMonitor {
             unwritten: unwritten.clone(),
             partitions: members_rx,
             listing: Arc::new(listing_tx),
+            shape_sample: config
+                .shape
+                .as_ref()
+                .map(|s| Arc::new(Sampler::for_check(s.sample.get(), s.every))),
+            shape_status: Arc::new(watch::channel(None).0),
         };
         let mut monitor = FeedMonitor {
             config,
@@ -1423,6 +1436,7 @@ impl FeedMonitor {
             leader: self.lease.borrow().holder.clone(),
             verified_until: None,
             partitions,
+            shape_check: None,
         };
         status.refresh(now, &self.config.freshness.window);
         status.set_clock_gauges(&self.metrics);
@@ -1515,6 +1529,7 @@ impl FeedHandle {
     pub fn current(&self) -> FeedStatus {
         let mut status = self.status.borrow().clone();
         status.verified_until = *self.verified_until.borrow();
+        status.shape_check = self.shape_status.borrow().clone();
         status.refresh(Utc::now() - self.clock_lag, &self.config.freshness.window);
         status
     }

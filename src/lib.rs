@@ -23,6 +23,7 @@ pub mod observe;
 pub mod redact;
 pub mod retry;
 pub mod server;
+pub mod shape;
 pub mod store;
 pub mod supervise;
 pub mod timefmt;

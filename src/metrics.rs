@@ -38,6 +38,19 @@ pub enum AuditOutcome {
     Failed,
 }
 
+/// How a shape check ended (see [`crate::shape`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShapeOutcome {
+    /// Every sampled record the source listed renders as its live message.
+    Match,
+    /// At least one differs: recovery would send messages the app does not expect.
+    Mismatch,
+    /// Nothing could be compared: no sample yet, the source not reachable,
+    /// or none of the sampled records listed.
+    Unavailable,
+}
+
 /// How a request for an OAuth2 access token ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TokenOutcome {
@@ -80,6 +93,7 @@ pub enum TaskKind {
     QueueWatcher,
     Filler,
     Auditor,
+    ShapeChecker,
     LeaseKeeper,
     Server,
     PartitionLister,
@@ -170,6 +184,7 @@ macro_rules! label_enum {
 }
 
 label_enum!(AuditOutcome { Ok => "ok", Failed => "failed" });
+label_enum!(ShapeOutcome { Match => "match", Mismatch => "mismatch", Unavailable => "unavailable" });
 label_enum!(TokenOutcome { Ok => "ok", Refused => "refused", Error => "error" });
 label_enum!(RelayOutcome { Forwarded => "forwarded", Failed => "failed" });
 label_enum!(RecordOutcome {
@@ -188,6 +203,7 @@ label_enum!(TaskKind {
     QueueWatcher => "queue_watcher",
     Filler => "filler",
     Auditor => "auditor",
+    ShapeChecker => "shape_checker",
     LeaseKeeper => "lease_keeper",
     Server => "server",
     PartitionLister => "partition_lister",
@@ -247,6 +263,8 @@ pub struct Metrics {
     pub feed_partitions: IntGaugeVec,
     pub feed_oldest_partition_freshness: GaugeVec,
     partition_listings: IntCounterVec,
+    shape_checks: IntCounterVec,
+    shape_mismatch: IntGaugeVec,
     state_write_failures: IntCounterVec,
     pub up: IntGauge,
 }
@@ -412,6 +430,16 @@ impl Metrics {
                 "Listings of a feed's partitions from the vendor (partitions.from), by outcome.",
                 &["feed", "outcome"],
             ),
+            shape_checks: counter_vec(
+                "gapwatch_shape_checks_total",
+                "Shape checks (sampled live messages compared with what a fill would send for the same records), by outcome.",
+                &["feed", "outcome"],
+            ),
+            shape_mismatch: gauge_vec_int(
+                "gapwatch_shape_mismatch",
+                "1 while the latest shape check that compared records found a difference, 0 once one finds none (absent before the first).",
+                &["feed"],
+            ),
             state_write_failures: counter_vec(
                 "gapwatch_state_write_failures_total",
                 "Writes to the state store that failed, by reason (disk_full: the disk or quota is full; what could not be written waits in memory).",
@@ -461,6 +489,8 @@ impl Metrics {
             Box::new(self.feed_partitions.clone()),
             Box::new(self.feed_oldest_partition_freshness.clone()),
             Box::new(self.partition_listings.clone()),
+            Box::new(self.shape_checks.clone()),
+            Box::new(self.shape_mismatch.clone()),
             Box::new(self.state_write_failures.clone()),
             Box::new(self.up.clone()),
         ];
@@ -527,6 +557,32 @@ impl Metrics {
             self.audit_runs.with_label_values(&[feed, o.as_str()]);
         }
         self.audit_missing.with_label_values(&[feed]);
+    }
+
+    /// Series of a feed with a shape check, at zero (the mismatch gauge
+    /// stays absent until a check compared records).
+    pub fn init_shape(&self, feed: &str) {
+        for o in ShapeOutcome::ALL {
+            self.shape_checks.with_label_values(&[feed, o.as_str()]);
+        }
+    }
+
+    /// One shape check ended: counted, and the mismatch gauge follows a check
+    /// that compared records (an unavailable one leaves it as it was).
+    pub fn shape_checked(&self, feed: &str, outcome: ShapeOutcome) {
+        self.shape_checks
+            .with_label_values(&[feed, outcome.as_str()])
+            .inc();
+        self.shape_verdict(feed, outcome);
+    }
+
+    /// The mismatch gauge alone (restored from the store at start).
+    pub fn shape_verdict(&self, feed: &str, outcome: ShapeOutcome) {
+        match outcome {
+            ShapeOutcome::Match => self.shape_mismatch.with_label_values(&[feed]).set(0),
+            ShapeOutcome::Mismatch => self.shape_mismatch.with_label_values(&[feed]).set(1),
+            ShapeOutcome::Unavailable => {}
+        }
     }
 
     pub fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
@@ -637,6 +693,8 @@ mod tests {
             .with_label_values(&["orders"])
             .set(1.0);
         m.ledger_ids.with_label_values(&["orders"]).set(3);
+        m.init_shape("orders");
+        m.shape_checked("orders", ShapeOutcome::Mismatch);
         let text = m.render();
         for family in [
             "gapwatch_build_info",
@@ -661,6 +719,8 @@ mod tests {
             "gapwatch_audit_records_missing_total",
             "gapwatch_audit_verified_until_timestamp_seconds",
             "gapwatch_state_ledger_ids",
+            "gapwatch_shape_checks_total",
+            "gapwatch_shape_mismatch",
         ] {
             assert!(
                 text.contains(&format!("# TYPE {family} ")),

@@ -1,17 +1,20 @@
 //! How timestamps are written into source API requests and read back from records.
 //!
 //! Vendors disagree on time encoding (RFC 3339 strings, unix seconds, unix
-//! milliseconds, sometimes numbers sent as strings), so the format is a config
-//! value and both directions live here, next to each other, so they cannot drift.
+//! milliseconds, sometimes numbers sent as strings, dates such as `2026-12-05`
+//! or `20261205T120000`), so the format is a config value and both directions
+//! live here, next to each other, so they cannot drift.
 
 use std::fmt;
+use std::str::FromStr;
 
+use chrono::format::{Fixed, Item, Numeric, Parsed, StrftimeItems};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
-/// A wire encoding of an instant. Config spelling: `rfc3339 | unix_s | unix_ms`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+/// A wire encoding of an instant. Config spelling: `rfc3339 | unix_s | unix_ms`,
+/// or a strftime pattern (anything with a `%`, e.g. `"%Y-%m-%d"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum TimeFormat {
     /// `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.250Z`.
     #[default]
@@ -20,6 +23,37 @@ pub enum TimeFormat {
     UnixS,
     /// Milliseconds since the unix epoch.
     UnixMs,
+    /// A chrono strftime pattern, written in UTC.
+    Pattern(Strftime),
+}
+
+/// A strftime pattern that chrono can both write and read back, with the
+/// finest step it writes (its finest field: `%S` a second, `%M` a minute,
+/// `%d` a day, `%.3f` a millisecond). Checked when the config is loaded, so
+/// writing and reading it never meet an invalid pattern.
+///
+/// The pattern text is interned: `TimeFormat` stays `Copy` (it is passed by
+/// value through the observation path), and a process holds a handful of
+/// distinct patterns for its lifetime, each stored once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Strftime {
+    pattern: &'static str,
+    resolution: Resolution,
+}
+
+/// Why a strftime pattern is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    #[error("{pattern:?} is not a strftime pattern chrono knows (bad or unknown % specifier)")]
+    Invalid { pattern: String },
+    #[error("strftime pattern {pattern:?} cannot be read back: {written:?} parses as {reason} (a pattern needs a date: year, month and day, or %s; an hour needs %H, or %I with %p)")]
+    NotReadable {
+        pattern: String,
+        written: String,
+        reason: String,
+    },
+    #[error("unknown time format {0:?}: expected rfc3339, unix_s, unix_ms or a strftime pattern such as \"%Y-%m-%dT%H:%M:%S\"")]
+    Unknown(String),
 }
 
 /// Why a JSON value could not be read as a timestamp. Messages name the format
@@ -70,7 +104,14 @@ impl TimeFormat {
             }
             TimeFormat::UnixS => t.timestamp().to_string(),
             TimeFormat::UnixMs => t.timestamp_millis().to_string(),
+            TimeFormat::Pattern(p) => p.format(t),
         }
+    }
+
+    /// Whether [`format`](Self::format) writes a number (a JSON number in a
+    /// request body, where a placeholder is a whole value).
+    pub fn is_numeric(self) -> bool {
+        matches!(self, TimeFormat::UnixS | TimeFormat::UnixMs)
     }
 
     /// The finest instant this format can write: what a source using it for
@@ -80,6 +121,7 @@ impl TimeFormat {
             TimeFormat::UnixS => Resolution::SECOND,
             // `format` writes RFC 3339 with at most millisecond digits.
             TimeFormat::Rfc3339 | TimeFormat::UnixMs => Resolution::MILLISECOND,
+            TimeFormat::Pattern(p) => p.resolution,
         }
     }
 
@@ -89,6 +131,9 @@ impl TimeFormat {
     /// - `unix_s` / `unix_ms` accept JSON numbers (integer or float, fractions
     ///   kept down to the nanosecond) and numeric strings (`"1714564800"`,
     ///   `"1714564800.5"`), because many APIs quote large integers.
+    /// - a pattern accepts strings, and numbers as their digits (`20261205`
+    ///   for `%Y%m%d`); the time is UTC unless the pattern has an offset, a
+    ///   missing time of day is midnight, a missing minute `:00`.
     ///
     /// Never panics: wrong types, garbage, NaN/infinite and out-of-range
     /// values are errors that say what was wrong.
@@ -131,6 +176,13 @@ impl TimeFormat {
             (TimeFormat::UnixS | TimeFormat::UnixMs, other) => {
                 Err(self.wrong_type("a number or numeric string", other))
             }
+            (TimeFormat::Pattern(p), Value::String(s)) => {
+                p.parse(s.trim()).map_err(|reason| self.invalid(v, reason))
+            }
+            (TimeFormat::Pattern(p), Value::Number(n)) => p
+                .parse(&n.to_string())
+                .map_err(|reason| self.invalid(v, reason)),
+            (TimeFormat::Pattern(_), other) => Err(self.wrong_type("a string", other)),
         }
     }
 
@@ -260,7 +312,9 @@ impl Resolution {
 
 impl fmt::Display for Resolution {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.ms % 1000 == 0 {
+        if self.ms % 86_400_000 == 0 {
+            write!(f, "{}d", self.ms / 86_400_000)
+        } else if self.ms % 1000 == 0 {
             write!(f, "{}s", self.ms / 1000)
         } else {
             write!(f, "{}ms", self.ms)
@@ -280,8 +334,161 @@ impl fmt::Display for TimeFormat {
             TimeFormat::Rfc3339 => "rfc3339",
             TimeFormat::UnixS => "unix_s",
             TimeFormat::UnixMs => "unix_ms",
+            TimeFormat::Pattern(p) => p.pattern,
         })
     }
+}
+
+impl FromStr for TimeFormat {
+    type Err = PatternError;
+
+    fn from_str(s: &str) -> Result<Self, PatternError> {
+        match s {
+            "rfc3339" => Ok(TimeFormat::Rfc3339),
+            "unix_s" => Ok(TimeFormat::UnixS),
+            "unix_ms" => Ok(TimeFormat::UnixMs),
+            p if p.contains('%') => Strftime::new(p).map(TimeFormat::Pattern),
+            other => Err(PatternError::Unknown(other.to_owned())),
+        }
+    }
+}
+
+impl serde::Serialize for TimeFormat {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TimeFormat {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+// === impl Strftime ===
+
+/// Instants a pattern must write and read back exactly (to its resolution):
+/// every field non-zero, hours on both sides of noon, so a pattern that drops
+/// a field, or has `%I` without `%p`, is caught.
+const PROBES: [(i64, u32); 2] = [
+    // 2001-02-03T04:05:06.789Z
+    (981_173_106, 789_000_000),
+    // 2038-11-27T21:59:58.123Z
+    (2_174_507_998, 123_000_000),
+];
+
+impl Strftime {
+    /// Checks `pattern`: chrono knows every specifier, and what it writes
+    /// reads back as the instant written, floored to the finest field. The
+    /// resolution is that finest field.
+    pub fn new(pattern: &str) -> Result<Strftime, PatternError> {
+        let mut finest: Option<i64> = None;
+        for item in StrftimeItems::new(pattern) {
+            let ms = match item {
+                Item::Error => {
+                    return Err(PatternError::Invalid {
+                        pattern: pattern.to_owned(),
+                    })
+                }
+                Item::Numeric(n, _) => match n {
+                    Numeric::Nanosecond => Some(1),
+                    Numeric::Second | Numeric::Timestamp => Some(1_000),
+                    Numeric::Minute => Some(60_000),
+                    Numeric::Hour | Numeric::Hour12 => Some(3_600_000),
+                    _ => Some(86_400_000),
+                },
+                Item::Fixed(f) => match f {
+                    Fixed::Nanosecond
+                    | Fixed::Nanosecond3
+                    | Fixed::Nanosecond6
+                    | Fixed::Nanosecond9
+                    | Fixed::RFC3339
+                    // `%3f` and friends (fraction digits without the dot).
+                    | Fixed::Internal(_) => Some(1),
+                    Fixed::RFC2822 => Some(1_000),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some(ms) = ms {
+                finest = Some(finest.map_or(ms, |f| f.min(ms)));
+            }
+        }
+        let resolution = Resolution {
+            ms: finest.unwrap_or(86_400_000),
+        };
+        let p = Strftime {
+            pattern: intern(pattern),
+            resolution,
+        };
+        for (secs, nanos) in PROBES {
+            let t = DateTime::from_timestamp(secs, nanos).expect("a probe instant is in range");
+            let written = p.format(t);
+            let back = p.parse(&written);
+            if back != Ok(resolution.floor(t)) {
+                return Err(PatternError::NotReadable {
+                    pattern: pattern.to_owned(),
+                    written,
+                    reason: match back {
+                        Ok(b) => b.to_rfc3339_opts(SecondsFormat::Millis, true),
+                        Err(e) => e,
+                    },
+                });
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn pattern(self) -> &'static str {
+        self.pattern
+    }
+
+    fn format(self, t: DateTime<Utc>) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        // The pattern was checked by `new`: chrono cannot fail on it.
+        let _ = write!(out, "{}", t.format(self.pattern));
+        out
+    }
+
+    fn parse(self, s: &str) -> Result<DateTime<Utc>, String> {
+        let mut p = Parsed::new();
+        chrono::format::parse(&mut p, s, StrftimeItems::new(self.pattern))
+            .map_err(|e| e.to_string())?;
+        let fill = |p: &mut Parsed| -> chrono::format::ParseResult<()> {
+            if p.timestamp().is_none() {
+                if p.hour_div_12().is_none() && p.hour_mod_12().is_none() {
+                    p.set_hour(0)?;
+                }
+                if p.minute().is_none() {
+                    p.set_minute(0)?;
+                }
+            }
+            if p.offset().is_none() {
+                p.set_offset(0)?;
+            }
+            Ok(())
+        };
+        fill(&mut p).map_err(|e| e.to_string())?;
+        p.to_datetime()
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The one stored copy of `s`, for the life of the process.
+fn intern(s: &str) -> &'static str {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static SEEN: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(s) = seen.get(s) {
+        return s;
+    }
+    let s: &'static str = Box::leak(s.to_owned().into_boxed_str());
+    seen.insert(s);
+    s
 }
 
 /// `f64::from_str` also accepts `inf`, `NaN` and `infinity`; a timestamp field
@@ -467,6 +674,105 @@ mod tests {
             assert!(ok, "{v}: {err:?}");
             assert!(err.to_string().contains("unix_s"), "{err}");
         }
+    }
+
+    #[test]
+    fn strftime_resolution_is_the_finest_field() {
+        let day = Resolution::from_millis(86_400_000).unwrap();
+        for (pattern, ms) in [
+            ("%Y-%m-%dT%H:%M:%S", 1_000),
+            ("%Y-%m-%d", 86_400_000),
+            ("%Y%m%dT%H%M%S", 1_000),
+            ("%Y%m%d", 86_400_000),
+            ("%Y-%m-%d %H:%M", 60_000),
+            ("%Y-%m-%dT%H", 3_600_000),
+            ("%Y-%m-%dT%H:%M:%S%.3fZ", 1),
+            ("%Y-%m-%dT%H:%M:%S%.f%:z", 1),
+            ("%F %T", 1_000),
+            ("%d/%m/%Y", 86_400_000),
+            ("%Y-%j", 86_400_000),
+            ("%s", 1_000),
+            ("%+", 1),
+            ("%Y-%m-%d %I:%M:%S %p", 1_000),
+            ("%a, %d %b %Y %H:%M:%S GMT", 1_000),
+        ] {
+            let f: TimeFormat = pattern.parse().unwrap_or_else(|e| panic!("{pattern}: {e}"));
+            assert_eq!(f.resolution().as_millis(), ms, "{pattern}");
+            assert_eq!(f.to_string(), pattern);
+            assert!(!f.is_numeric());
+        }
+        let f: TimeFormat = "%Y-%m-%d".parse().unwrap();
+        assert_eq!(f.resolution(), day);
+        assert_eq!(day.to_string(), "1d");
+    }
+
+    #[test]
+    fn strftime_writes_utc_and_reads_back() {
+        let t = at("2026-12-05T12:34:56.789Z");
+        let f = |p: &str| p.parse::<TimeFormat>().unwrap();
+        assert_eq!(f("%Y-%m-%d").format(t), "2026-12-05");
+        assert_eq!(f("%Y%m%dT%H%M%S").format(t), "20261205T123456");
+        assert_eq!(f("%Y-%m-%dT%H:%M:%S").format(t), "2026-12-05T12:34:56");
+        assert_eq!(
+            f("%Y-%m-%dT%H:%M:%S%z").format(t),
+            "2026-12-05T12:34:56+0000"
+        );
+        assert_eq!(
+            f("%Y-%m-%d").parse_json(&json!("2026-12-05")).unwrap(),
+            at("2026-12-05T00:00:00Z")
+        );
+        assert_eq!(
+            f("%Y%m%d").parse_json(&json!(20261205)).unwrap(),
+            at("2026-12-05T00:00:00Z")
+        );
+        assert_eq!(
+            f("%Y-%m-%d %H:%M:%S%z")
+                .parse_json(&json!(" 2026-12-05 14:34:56+0200 "))
+                .unwrap(),
+            at("2026-12-05T12:34:56Z")
+        );
+        assert_eq!(
+            f("%Y-%m-%dT%H")
+                .parse_json(&json!("2026-12-05T13"))
+                .unwrap(),
+            at("2026-12-05T13:00:00Z")
+        );
+        let err = f("%Y-%m-%d").parse_json(&json!("05.12.2026")).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid %Y-%m-%d timestamp \"05.12.2026\""),
+            "{err}"
+        );
+        let err = f("%Y-%m-%d").parse_json(&json!(true)).unwrap_err();
+        assert!(matches!(err, TimeParseError::WrongType { .. }), "{err}");
+        // Serialized as written, so a resolved config loads again.
+        assert_eq!(
+            serde_json::to_value(f("%Y-%m-%d")).unwrap(),
+            json!("%Y-%m-%d")
+        );
+        assert_eq!(
+            serde_json::from_value::<TimeFormat>(json!("%Y-%m-%d")).unwrap(),
+            f("%Y-%m-%d")
+        );
+    }
+
+    #[test]
+    fn strftime_patterns_chrono_cannot_read_back_are_refused() {
+        for (pattern, why) in [
+            ("%Y-%m-%Q", "not a strftime pattern"),
+            ("%Y-%m-%d %", "not a strftime pattern"),
+            ("%Y-%m", "cannot be read back"),
+            ("%H:%M:%S", "cannot be read back"),
+            ("%Y-%m-%d %I:%M", "cannot be read back"),
+            ("%m-%d %H:%M", "cannot be read back"),
+        ] {
+            let err = pattern.parse::<TimeFormat>().unwrap_err().to_string();
+            assert!(err.contains(why), "{pattern}: {err}");
+            assert!(err.contains(pattern), "{pattern}: {err}");
+        }
+        let err = "unix".parse::<TimeFormat>().unwrap_err().to_string();
+        assert!(err.starts_with("unknown time format \"unix\""), "{err}");
+        assert!(serde_json::from_value::<TimeFormat>(json!("%Y-%m-%Q")).is_err());
     }
 
     #[test]

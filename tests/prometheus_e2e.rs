@@ -212,6 +212,12 @@ impl Scenario {
             |v| v > 0.0,
         )
         .await;
+        // … and shape-checked (on by default): the relayed records as listed match.
+        let shape = format!(r#"gapwatch_shape_mismatch{{feed="{FEED}"}}"#);
+        self.wait_for("a shape check", Duration::from_secs(30), &shape, |v| {
+            v == 0.0
+        })
+        .await;
     }
 
     /// The vendor stops publishing (its API keeps the records): a gap opens and

@@ -3,6 +3,7 @@
 //! fields are real types. Every error names the key it is about.
 
 mod raw;
+mod request;
 mod secret;
 mod validate;
 
@@ -22,6 +23,7 @@ use crate::jq::Program;
 use crate::timefmt::{Resolution, TimeFormat};
 
 pub use raw::AuthStyle;
+pub use request::{BodyTemplate, Method};
 pub use secret::Secret;
 
 /// Longest partition value accepted (in config and from live records).
@@ -146,6 +148,9 @@ pub struct FeedConfig {
     pub freshness: FreshnessConfig,
     pub backfill: Option<BackfillConfig>,
     pub audit: Option<AuditConfig>,
+    /// The shape check (None: off, or the feed cannot have one).
+    #[serde(serialize_with = "shape_or_off")]
+    pub shape: Option<ShapeConfig>,
     /// Partitioned feeds: freshness, gaps and fills per partition.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<PartitionsConfig>,
@@ -187,6 +192,37 @@ pub struct PartitionSource {
     #[serde(with = "humantime_serde_compat")]
     pub every: Duration,
 }
+
+/// A feed without a shape check is written `enabled = false`, so that the
+/// resolved config loads again the same (absent, the check would be on).
+fn shape_or_off<S: serde::Serializer>(v: &Option<ShapeConfig>, s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Off {
+        enabled: bool,
+    }
+    match v {
+        Some(c) => c.serialize(s),
+        None => Off { enabled: false }.serialize(s),
+    }
+}
+
+/// The shape check of a feed: a sample of live messages, compared every
+/// `every` with what a fill would send for the same records.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeConfig {
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
+    /// Body pointers not compared (each with what is under it): the
+    /// envelope's fresh fields first, then `shape.ignore`.
+    pub ignore: Vec<String>,
+    /// Message attributes not compared (`gapwatch-*` never are).
+    pub ignore_attributes: Vec<String>,
+    /// Live messages kept (in memory and in the store).
+    pub sample: NonZeroUsize,
+}
+
+/// The most live messages a feed's shape sample keeps.
+pub const MAX_SHAPE_SAMPLE: usize = 100;
 
 /// The completeness audit of a relay or report feed.
 #[derive(Debug, Clone, Serialize)]
@@ -313,6 +349,12 @@ pub struct SourceConfig {
     pub retry_on: Vec<u16>,
     /// Statuses that fail the chunk at once (e.g. a 503 that means "gone").
     pub fail_on: Vec<u16>,
+    pub method: Method,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body: Option<BodyTemplate>,
+    /// True for a 2xx page whose body is an error (retried like a 5xx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_when: Option<Program>,
 }
 
 /// `source.auth`, validated. Every credential is a [`Secret`].

@@ -114,7 +114,28 @@ pub struct RawFeed {
     #[serde(default)]
     pub audit: Option<RawAudit>,
     #[serde(default)]
+    pub shape: Option<RawShape>,
+    #[serde(default)]
     pub partitions: Option<RawPartitions>,
+}
+
+/// `[feeds.shape]`: the check that recovered messages look like live ones.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShape {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default = "default_shape_every")]
+    pub every: String,
+    /// JSON pointers into the message body that are not compared.
+    #[serde(default)]
+    pub ignore: Vec<String>,
+    /// Message attributes that are not compared.
+    #[serde(default)]
+    pub ignore_attributes: Vec<String>,
+    /// Live messages kept to compare.
+    #[serde(default = "default_shape_sample")]
+    pub sample: i64,
 }
 
 /// `[feeds.partitions]`: the vendor lists records per partition (store,
@@ -290,6 +311,14 @@ pub struct RawSource {
     pub retry_on: Vec<i64>,
     #[serde(default)]
     pub fail_on: Vec<i64>,
+    #[serde(default)]
+    pub method: super::request::Method,
+    /// A JSON template: a table, or a string of JSON text.
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+    /// jq: true for a 2xx page whose body is an error.
+    #[serde(default)]
+    pub error_when: Option<String>,
 }
 
 /// `source.auth`: how requests to the source prove who they are.
@@ -357,6 +386,12 @@ const fn default_max_partitions() -> i64 {
 }
 fn default_partitions_every() -> String {
     "1h".into()
+}
+fn default_shape_every() -> String {
+    "1h".into()
+}
+const fn default_shape_sample() -> i64 {
+    20
 }
 fn default_audit_every() -> String {
     "15m".into()

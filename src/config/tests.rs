@@ -834,6 +834,16 @@ fn partition_errors_name_their_key() {
         )
     ))
     .unwrap_or_else(|e| panic!("{e}"));
+    // So is a header (or the body).
+    load(&format!(
+        "{}\n  [feeds.partitions]\n  key = \"/s\"\n  values = [\"a\"]\n",
+        GOOD.replacen(
+            "headers = { Authorization = \"Bearer ${VENDOR_TOKEN}\" }",
+            "headers = { Authorization = \"Bearer ${VENDOR_TOKEN}\", X-Store = \"{partition}\" }",
+            1
+        )
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
     // Passive feeds see no records; a listing needs the backfill source.
     let passive = partitioned("  key = \"/s\"\n  values = [\"a\"]\n")
         .replacen("mode = \"relay\"", "mode = \"passive\"", 1)
@@ -856,4 +866,258 @@ fn partition_errors_name_their_key() {
         err.contains("feeds[0].partitions.from: needs [feeds.backfill]"),
         "{err}"
     );
+}
+
+#[test]
+fn the_shape_check_runs_by_default_where_it_can_and_is_checked() {
+    // A relay feed with both pointers and a backfill: on, with the defaults.
+    let c = load(GOOD).unwrap();
+    let s = c.feeds[0].shape.as_ref().expect("on by default");
+    assert_eq!(s.every, Duration::from_secs(3600));
+    assert_eq!(s.sample.get(), 20);
+    assert!(s.ignore.is_empty());
+    // The envelope's fresh fields are ignored first; `ignore` adds to them.
+    let wrapped = GOOD.replacen("  [feeds.freshness]", SHAPED.trim_start_matches('\n'), 1);
+    let c = load(&format!(
+        "{wrapped}\n  [feeds.shape]\n  every = \"10m\"\n  sample = 5\n  ignore = [\"/detail/updated_at\", \"/id\"]\n  ignore_attributes = [\"trace-id\"]\n"
+    ))
+    .unwrap();
+    let s = c.feeds[0].shape.as_ref().unwrap();
+    assert_eq!(s.ignore, ["/id", "/time", "/detail/updated_at"]);
+    assert_eq!(s.ignore_attributes, ["trace-id"]);
+    assert_eq!((s.every, s.sample.get()), (Duration::from_secs(600), 5));
+    let c = load(&format!("{GOOD}\n  [feeds.shape]\n  enabled = false\n")).unwrap();
+    assert!(c.feeds[0].shape.is_none());
+    // Off stays off when the resolved config is loaded again.
+    let again = load(&c.to_redacted_toml().replace("<redacted>", "x")).unwrap();
+    assert!(again.feeds[0].shape.is_none());
+
+    for (shape, key) in [
+        (
+            "every = \"0s\"",
+            "feeds[0].shape.every: must be greater than zero",
+        ),
+        (
+            "sample = 0",
+            "feeds[0].shape.sample: must be between 1 and 100, got 0",
+        ),
+        (
+            "sample = 101",
+            "feeds[0].shape.sample: must be between 1 and 100",
+        ),
+        (
+            "ignore = [\"id\"]",
+            "feeds[0].shape.ignore[0]: invalid JSON pointer",
+        ),
+        (
+            "ignore = [\"\"]",
+            "feeds[0].shape.ignore[0]: \"\" is the whole message",
+        ),
+        ("often = \"1m\"", "unknown field `often`"),
+    ] {
+        let err = load(&format!("{GOOD}\n  [feeds.shape]\n  {shape}\n")).unwrap_err();
+        assert!(err.contains(key), "{shape}: {err}");
+    }
+    // Where it cannot run: off by default, an error when asked for.
+    let no_pointers = GOOD.replacen("  record_id = \"/id\"\n", "", 1);
+    assert!(load(&no_pointers).unwrap().feeds[0].shape.is_none());
+    let err = load(&format!("{no_pointers}\n  [feeds.shape]\n")).unwrap_err();
+    assert!(
+        err.contains("feeds[0].shape: relay mode needs watch.record_id and watch.event_time"),
+        "{err}"
+    );
+    let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
+    assert!(load(no_backfill).unwrap().feeds[0].shape.is_none());
+    let err = load(&format!("{no_backfill}\n  [feeds.shape]\n")).unwrap_err();
+    assert!(
+        err.contains("feeds[0].shape: needs [feeds.backfill]"),
+        "{err}"
+    );
+}
+
+/// GOOD's source with its query and pagination lines replaced by `lines`.
+fn with_request(lines: &str) -> String {
+    GOOD.replace(
+        "    query = { since = \"{start}\", until = \"{end}\", limit = \"500\", api_key = \"${VENDOR_KEY}\" }\n",
+        "",
+    )
+    .replace(
+        "    pagination = { type = \"cursor\", cursor = \"/next_cursor\", param = \"cursor\" }\n",
+        &format!("{lines}\n"),
+    )
+}
+
+#[test]
+fn a_post_body_template_loads_as_a_table_or_as_json_text() {
+    let table = with_request(
+        r#"    method = "POST"
+    pagination = { type = "cursor", cursor = "/next" }
+    [feeds.backfill.source.body]
+    query = { range = { from = "{start}", to = "{end}" }, kinds = ["order", "refund"] }
+    cursor = "{cursor}"
+    size = 100
+    api_key = "${VENDOR_KEY}""#,
+    );
+    let text = with_request(
+        r#"    method = "POST"
+    pagination = { type = "cursor", cursor = "/next" }
+    body = '{"query": {"range": {"from": "{start}", "to": "{end}"}, "kinds": ["order", "refund"]}, "cursor": "{cursor}", "size": 100, "api_key": "${VENDOR_KEY}"}'"#,
+    );
+    let mut templates = Vec::new();
+    for t in [table, text] {
+        let c = load(&t).unwrap_or_else(|e| panic!("{e}"));
+        let s = &c.feeds[0].backfill.as_ref().unwrap().source;
+        assert_eq!(s.method, Method::Post);
+        let body = s.body.as_ref().unwrap();
+        assert_eq!(body.template()["api_key"], "key-s3cret");
+        assert_eq!(body.template()["size"], 100);
+        templates.push(body.template().clone());
+        // The secret is shown nowhere; the resolved config loads again.
+        let out = c.to_redacted_toml();
+        assert!(!out.contains("key-s3cret"), "{out}");
+        assert!(!format!("{c:?}").contains("key-s3cret"));
+        assert!(
+            out.contains("<redacted>") && out.contains("{cursor}"),
+            "{out}"
+        );
+        let again = load(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(again.to_redacted_toml(), out);
+    }
+    assert_eq!(templates[0], templates[1]);
+}
+
+#[test]
+fn request_template_errors_name_their_key() {
+    let cases = [
+        (
+            "    method = \"PUT\"\n    pagination = { type = \"none\" }\n    query = { from = \"{start}\" }",
+            "feeds[0].backfill.source.method: unknown variant `PUT`",
+        ),
+        (
+            "    pagination = { type = \"none\" }\n    body = { from = \"{start}\" }",
+            "feeds[0].backfill.source.body: a GET request carries no body: set method = \"POST\"",
+        ),
+        (
+            "    method = \"POST\"\n    pagination = { type = \"none\" }\n    body = '{\"from\": \"{start}\",}'",
+            "feeds[0].backfill.source.body: not JSON: trailing comma at line 1 column 20",
+        ),
+        (
+            "    method = \"POST\"\n    pagination = { type = \"none\" }\n    body = { q = { from = \"{start}\", key = \"${MISSING_KEY}\" } }",
+            "feeds[0].backfill.source.body.q.key: environment variable MISSING_KEY is not set",
+        ),
+        (
+            "    method = \"POST\"\n    pagination = { type = \"none\" }\n    body = { q = [{ from = \"{begin}\" }], to = \"{end}\" }",
+            "feeds[0].backfill.source.body.q[0].from: unknown placeholder {begin} (known: {start}, {end}, {cursor}, {partition})",
+        ),
+        (
+            "    pagination = { type = \"next_url\", next = \"/next\" }\n    query = { from = \"{start}\", c = \"{cursor}\" }",
+            "feeds[0].backfill.source.query.c: {cursor} has no value",
+        ),
+        (
+            "    pagination = { type = \"cursor\", cursor = \"/next\" }\n    query = { from = \"{start}\" }",
+            "feeds[0].backfill.source.pagination.param: is required unless the request places the page with a {cursor} placeholder",
+        ),
+        (
+            "    pagination = { type = \"page\", size = 10 }\n    query = { from = \"{start}\" }",
+            "feeds[0].backfill.source.pagination.param: is required unless",
+        ),
+        (
+            "    pagination = { type = \"cursor\", cursor_header = \"X Next\", param = \"c\" }\n    query = { from = \"{start}\" }",
+            "feeds[0].backfill.source.pagination: cursor_header: \"X Next\" is not an HTTP header name",
+        ),
+        (
+            "    method = \"POST\"\n    pagination = { type = \"none\" }\n    body = { size = 5 }",
+            "feeds[0].backfill.source.query: no {start}/{end} placeholder",
+        ),
+        (
+            "    pagination = { type = \"none\" }\n    query = { from = \"{start}\" }\n    error_when = '.status =='",
+            "feeds[0].backfill.source.error_when: jq program does not compile at line 1, column 11",
+        ),
+    ];
+    for (lines, want) in cases {
+        let e = load(&with_request(lines)).expect_err(lines);
+        assert!(e.contains(want), "for {lines:?}: wanted {want:?} in:\n{e}");
+        for secret in ["admin-s3cret", "vendor-s3cret", "key-s3cret"] {
+            assert!(!e.contains(secret), "{secret} leaked in: {e}");
+        }
+    }
+    let e = load(&GOOD.replace("Bearer ${VENDOR_TOKEN}", "Bearer ${VENDOR_TOKEN} {until}"))
+        .unwrap_err();
+    assert!(
+        e.contains("feeds[0].backfill.source.headers.Authorization: unknown placeholder {until}"),
+        "{e}"
+    );
+    assert!(!e.contains("vendor-s3cret"), "{e}");
+    // The same places are fine with known placeholders; a header and the
+    // body may carry the cursor, and the page style's param is then optional.
+    let c = load(&with_request(
+        "    method = \"post\"\n    pagination = { type = \"page\", size = 50 }\n    body = { from = \"{start}\", page = \"{cursor}\", per_page = 50 }\n    error_when = '.status? == \"error\"'",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let s = &c.feeds[0].backfill.as_ref().unwrap().source;
+    assert!(s.error_when.is_some());
+    assert_eq!(s.pagination.param(), None);
+}
+
+#[test]
+fn a_strftime_time_format_derives_its_resolution() {
+    let day = |lines: &str| {
+        with_request(&format!(
+            "    pagination = {{ type = \"cursor\", cursor_header = \"X-Next-Cursor\", param = \"cursor\" }}\n{lines}"
+        ))
+        .replace(
+            "url = \"https://api.vendor.example/v1/events\"",
+            "url = \"https://api.vendor.example/v1/days/{start}/events\"",
+        )
+    };
+    let c = load(&day("    time_format = \"%Y-%m-%d\"").replacen(
+        "\n    time_format = \"rfc3339\"",
+        "",
+        1,
+    ))
+    .map(|c| c.feeds[0].backfill.as_ref().unwrap().source.clone());
+    let s = c.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.time_resolution.as_millis(), 86_400_000);
+    assert_eq!(s.time_format.to_string(), "%Y-%m-%d");
+    // Records are read in time_format unless record_time_format says otherwise.
+    assert_eq!(s.record_time_format, s.time_format);
+
+    // One day per request ({start} only): a chunk of more would skip days.
+    let e = load(
+        &day("    time_format = \"%Y-%m-%d\"")
+            .replacen("\n    time_format = \"rfc3339\"", "", 1)
+            .replace("chunk = \"1h\"", "chunk = \"2d\""),
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("feeds[0].backfill.chunk: must be at most 1d (the resolution of time_format \"%Y-%m-%d\")"),
+        "{e}"
+    );
+    for (format, want) in [
+        (
+            "%Y-%m-%Q",
+            "feeds[0].backfill.source.time_format: \"%Y-%m-%Q\" is not a strftime pattern chrono knows",
+        ),
+        (
+            "%Y-%m",
+            "feeds[0].backfill.source.time_format: strftime pattern \"%Y-%m\" cannot be read back",
+        ),
+        (
+            "yyyy-MM-dd",
+            "feeds[0].backfill.source.time_format: unknown time format \"yyyy-MM-dd\"",
+        ),
+    ] {
+        let e = load(&GOOD.replace(
+            "time_format = \"rfc3339\"",
+            &format!("time_format = \"{format}\""),
+        ))
+        .unwrap_err();
+        assert!(e.contains(want), "{format}: {e}");
+    }
+    let e = load(&GOOD.replace(
+        "event_time_format = \"rfc3339\"",
+        "event_time_format = \"%d.%m\"",
+    ))
+    .unwrap_err();
+    assert!(e.contains("feeds[0].watch.event_time_format:"), "{e}");
 }

@@ -10,18 +10,30 @@ use std::time::Duration;
 use url::Url;
 
 use super::raw::{
-    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawPartitions, RawSink, RawSource,
+    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawPartitions, RawShape, RawSink,
+    RawSource,
 };
+use super::request::Uses;
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
-    PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret, ServerConfig, SinkConfig,
-    SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode, MAX_PARTITION_LEN,
+    PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret, ServerConfig, ShapeConfig,
+    SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
+    MAX_PARTITION_LEN, MAX_SHAPE_SAMPLE,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
 use crate::timefmt::Resolution;
 
-struct Checker<'a> {
+/// What a feed's shape check depends on.
+struct LiveSide {
+    mode: WatchMode,
+    backfill: bool,
+    /// `watch.record_id` and `watch.event_time` are both set.
+    pointers: bool,
+    envelope: crate::envelope::Envelope,
+}
+
+pub(super) struct Checker<'a> {
     env: &'a HashMap<String, String>,
     errors: Vec<String>,
 }
@@ -73,13 +85,13 @@ impl Checker<'_> {
         }
     }
 
-    fn fail(&mut self, key: &str, msg: impl std::fmt::Display) {
+    pub(super) fn fail(&mut self, key: &str, msg: impl std::fmt::Display) {
         self.errors.push(format!("{key}: {msg}"));
     }
 
     /// `${VAR}` interpolation; `$$` is a literal `$`. Returns the value and
     /// whether anything came from the environment.
-    fn interp(&mut self, key: &str, s: &str) -> Option<(String, bool)> {
+    pub(super) fn interp(&mut self, key: &str, s: &str) -> Option<(String, bool)> {
         let mut out = String::with_capacity(s.len());
         let mut from_env = false;
         let mut rest = s;
@@ -432,6 +444,13 @@ impl Checker<'_> {
         if let Some(b) = &backfill {
             self.partition_placeholder_rule(key, &b.source, partitions.is_some());
         }
+        let live = LiveSide {
+            mode,
+            backfill: backfill.is_some(),
+            pointers: record_id.is_some() && event_time.is_some(),
+            envelope: f.watch.envelope,
+        };
+        let shape = self.shape(key, f.shape.as_ref(), &live)?;
         Some(FeedConfig {
             name: f.name.clone(),
             queue_url,
@@ -448,6 +467,7 @@ impl Checker<'_> {
             freshness: freshness?,
             backfill,
             audit,
+            shape,
             partitions,
         })
     }
@@ -566,24 +586,123 @@ impl Checker<'_> {
     }
 
     /// A partitioned feed's fills ask for one partition at a time, so its
-    /// source must name `{partition}`; an unpartitioned one has no value for it.
+    /// source must name `{partition}` (URL, query, headers or body); an
+    /// unpartitioned one has no value for it.
     fn partition_placeholder_rule(&mut self, feed_key: &str, s: &SourceConfig, partitioned: bool) {
         let key = format!("{feed_key}.backfill.source");
-        let places = partition_places(s);
+        let uses = Uses::of(&key, s);
+        let places = uses.places_naming("partition");
         if partitioned && places.is_empty() {
             self.fail(
                 &format!("{key}.url"),
-                "the feed is partitioned: name {partition} in the URL path or a query value, so that a fill asks for the silent partition only",
+                "the feed is partitioned: name {partition} in the URL, a query value, a header or the body, so that a fill asks for the silent partition only",
             );
         }
         if !partitioned {
             for place in places {
-                self.fail(
-                    &format!("{key}.{place}"),
-                    "{partition} needs [feeds.partitions]",
-                );
+                self.fail(place, "{partition} needs [feeds.partitions]");
             }
         }
+    }
+
+    /// `[feeds.shape]`. Without the section the check runs with its defaults
+    /// wherever it can: a relay feed whose live record id and event time are
+    /// read from the body, or a report feed, with `[feeds.backfill]`. With the
+    /// section, a feed where it cannot run is an error naming the key.
+    fn shape(
+        &mut self,
+        feed_key: &str,
+        raw: Option<&RawShape>,
+        live: &LiveSide,
+    ) -> Option<Option<ShapeConfig>> {
+        let key = format!("{feed_key}.shape");
+        let why_not = if !live.backfill {
+            Some("needs [feeds.backfill] (its source lists the sampled records, its render step makes the messages compared)")
+        } else {
+            match live.mode {
+                WatchMode::Passive => {
+                    Some("needs live messages: relay or report mode, not passive")
+                }
+                WatchMode::Relay if !live.pointers => Some(
+                    "relay mode needs watch.record_id and watch.event_time (a sampled message is looked up at the source by its event time and matched by its id)",
+                ),
+                _ => None,
+            }
+        };
+        let Some(raw) = raw else {
+            return Some(why_not.is_none().then(|| {
+                ShapeConfig {
+                    every: Duration::from_secs(3600),
+                    ignore: live
+                        .envelope
+                        .volatile()
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect(),
+                    ignore_attributes: Vec::new(),
+                    sample: NonZeroUsize::new(20).expect("20 is not zero"),
+                }
+            }));
+        };
+        if !raw.enabled {
+            return Some(None);
+        }
+        if let Some(why) = why_not {
+            self.fail(&key, why);
+            return None;
+        }
+        let every = self.duration(&format!("{key}.every"), &raw.every, false);
+        let sample = usize::try_from(raw.sample)
+            .ok()
+            .filter(|n| *n <= MAX_SHAPE_SAMPLE)
+            .and_then(NonZeroUsize::new);
+        if sample.is_none() {
+            self.fail(
+                &format!("{key}.sample"),
+                format!(
+                    "must be between 1 and {MAX_SHAPE_SAMPLE}, got {}",
+                    raw.sample
+                ),
+            );
+        }
+        let mut ignore: Vec<String> = live
+            .envelope
+            .volatile()
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        let mut ok = true;
+        for (i, p) in raw.ignore.iter().enumerate() {
+            let k = format!("{key}.ignore[{i}]");
+            match self.pointer(&k, p) {
+                Some(p) if p.is_empty() => {
+                    self.fail(&k, "\"\" is the whole message: nothing would be compared");
+                    ok = false;
+                }
+                Some(p) => {
+                    if !ignore.contains(&p) {
+                        ignore.push(p);
+                    }
+                }
+                None => ok = false,
+            }
+        }
+        let mut ignore_attributes = Vec::new();
+        for (i, a) in raw.ignore_attributes.iter().enumerate() {
+            match self.string(&format!("{key}.ignore_attributes[{i}]"), a) {
+                Some(a) => ignore_attributes.push(a),
+                None => ok = false,
+            }
+        }
+        if !ok {
+            return None;
+        }
+        Some(Some(ShapeConfig {
+            every: every?,
+            ignore,
+            ignore_attributes,
+            sample: sample?,
+        }))
     }
 
     fn audit(
@@ -732,6 +851,10 @@ impl Checker<'_> {
         }
         let attempts = self.positive(&format!("{key}.max_chunk_attempts"), b.max_chunk_attempts);
         let source = self.source(&format!("{key}.source"), &b.source);
+        if let (Some(s), Some(chunk)) = (&source, chunk) {
+            let uses = Uses::of(&format!("{key}.source"), s);
+            self.one_period_per_request(&key, &uses, s.time_format, chunk);
+        }
         let sink = self.sink(&format!("{key}.sink"), b.sink.as_ref(), default_queue);
         let render = self.jq_opt(&format!("{key}.render"), b.render.as_deref());
         let filter = self.jq_opt(&format!("{key}.filter"), b.filter.as_deref());
@@ -900,42 +1023,8 @@ impl Checker<'_> {
         }
         let time_resolution = self.time_resolution(key, s);
         let max_page_bytes = self.byte_size(&format!("{key}.max_page_bytes"), &s.max_page_bytes);
-        if let (Some(u), Some(q)) = (&url, &query) {
-            let path = percent_encoding::percent_decode_str(u.path()).decode_utf8_lossy();
-            for name in placeholders(&path) {
-                if !KNOWN_PLACEHOLDERS.contains(&name) {
-                    self.fail(
-                        &format!("{key}.url"),
-                        format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}}, {{partition}})"),
-                    );
-                }
-            }
-            for (k, v) in q {
-                for name in placeholders(v.expose()) {
-                    if !KNOWN_PLACEHOLDERS.contains(&name) {
-                        self.fail(
-                            &format!("{key}.query.{k}"),
-                            format!("unknown placeholder {{{name}}} (known: {{start}}, {{end}}, {{partition}})"),
-                        );
-                    }
-                }
-            }
-            let has_placeholder = q
-                .values()
-                .map(|v| v.expose().to_string())
-                .chain([path.to_string()])
-                .any(|v| {
-                    placeholders(&v)
-                        .iter()
-                        .any(|p| INTERVAL_PLACEHOLDERS.contains(p))
-                });
-            if !has_placeholder {
-                self.fail(
-                    &format!("{key}.query"),
-                    "no {start}/{end} placeholder: the source could not be asked for an interval",
-                );
-            }
-        }
+        let body = self.body(key, s);
+        let error_when = self.jq_opt(&format!("{key}.error_when"), s.error_when.as_deref());
         let auth = match &s.auth {
             None => Some(None),
             Some(a) => self.auth(&format!("{key}.auth"), a).map(Some),
@@ -960,7 +1049,10 @@ impl Checker<'_> {
                 }
             }
         }
-        Some(SourceConfig {
+        let source = SourceConfig {
+            method: s.method,
+            body: body?,
+            error_when: error_when?,
             empty_on: empty_on?,
             retry_on: retry_on?,
             fail_on: fail_on?,
@@ -980,7 +1072,10 @@ impl Checker<'_> {
             max_pages_per_chunk: max_pages?,
             time_resolution: time_resolution?,
             max_page_bytes: max_page_bytes?,
-        })
+        };
+        let uses = Uses::of(key, &source);
+        self.placeholders(key, &uses, &source.pagination);
+        Some(source)
     }
 
     /// A list of HTTP statuses other than 2xx (which are pages) and 401
@@ -1285,56 +1380,5 @@ impl Checker<'_> {
     }
 }
 
-/// The placeholders a source request may carry.
-const KNOWN_PLACEHOLDERS: &[&str] = &["start", "end", "partition"];
-/// The placeholders that ask for an interval (at least one is needed).
-const INTERVAL_PLACEHOLDERS: &[&str] = &["start", "end"];
-
 /// Most partitions a feed may watch (`partitions.max`).
 const MAX_PARTITIONS: usize = 1_000_000;
-
-/// Where a source names `{partition}`: `url`, `query.NAME`.
-fn partition_places(s: &SourceConfig) -> Vec<String> {
-    let path = percent_encoding::percent_decode_str(s.url.path()).decode_utf8_lossy();
-    let query: Vec<(String, String)> = s
-        .url
-        .query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    let mut out = Vec::new();
-    if placeholders(&path).contains(&"partition")
-        || query
-            .iter()
-            .any(|(_, v)| placeholders(v).contains(&"partition"))
-    {
-        out.push("url".to_string());
-    }
-    for (k, v) in &s.query {
-        if placeholders(v.expose()).contains(&"partition") {
-            out.push(format!("query.{k}"));
-        }
-    }
-    out
-}
-
-/// The `{name}` placeholders in `s` (a name is a letter or `_`, then letters,
-/// digits or `_`; other braces, such as a JSON value's, are not placeholders).
-fn placeholders(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(open) = rest.find('{') {
-        rest = &rest[open + 1..];
-        let Some(close) = rest.find('}') else { break };
-        let name = &rest[..close];
-        let mut chars = name.chars();
-        let ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if ok {
-            out.push(name);
-            rest = &rest[close + 1..];
-        }
-    }
-    out
-}

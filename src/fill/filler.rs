@@ -228,8 +228,8 @@ impl Filler {
         }
     }
 
-    /// The feed's source (its rate limit is shared by every user of it).
-    pub(crate) fn source(&self) -> &Source {
+    /// The feed's source (its rate limit is shared by every clone).
+    pub fn source(&self) -> &Source {
         &self.source
     }
 

@@ -9,6 +9,7 @@ pub mod body;
 pub mod filler;
 pub mod pagination;
 pub mod plan;
+pub mod quota;
 pub mod render;
 pub mod sink;
 pub mod source;

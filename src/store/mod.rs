@@ -584,6 +584,44 @@ impl Store {
         dispatch!(self.verified_until(feed))
     }
 
+    // === shape check ===
+
+    /// Adds a feed's sampled live messages (an id already there keeps its
+    /// row) and keeps the newest `keep` of every replica's.
+    pub async fn save_shape_sample(
+        &self,
+        feed: &str,
+        messages: &[crate::shape::LiveMessage],
+        keep: usize,
+    ) -> Result<(), StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        dispatch_write!(self.save_shape_sample(feed, messages, keep))
+    }
+
+    /// The feed's sampled live messages, oldest first.
+    pub async fn shape_sample(
+        &self,
+        feed: &str,
+    ) -> Result<Vec<crate::shape::LiveMessage>, StoreError> {
+        dispatch!(self.shape_sample(feed))
+    }
+
+    /// Keeps the feed's last shape check (values arrive redacted).
+    pub async fn save_shape_check(
+        &self,
+        feed: &str,
+        status: &crate::shape::ShapeStatus,
+    ) -> Result<(), StoreError> {
+        dispatch_write!(self.save_shape_check(feed, status))
+    }
+
+    pub async fn shape_check(
+        &self,
+        feed: &str,
+    ) -> Result<Option<crate::shape::ShapeStatus>, StoreError> {
+        dispatch!(self.shape_check(feed))
+    }
+
     /// Moves the audit watermark forward to `until` (never backwards).
     pub async fn set_verified_until(
         &self,

@@ -35,6 +35,7 @@ use super::{
     StoreError,
 };
 use crate::detector::DetectorState;
+use crate::shape::{LiveMessage, ShapeStatus};
 
 /// A store on one sqlx backend. Cheap to clone (a pool handle).
 pub(crate) struct Sql<DB: Database> {
@@ -796,6 +797,121 @@ macro_rules! shared_queries {
                         .execute(&self.pool)
                         .await?;
                     Ok(())
+                }
+
+                // === shape check ===
+
+                pub async fn save_shape_sample(
+                    &self,
+                    feed: &str,
+                    messages: &[LiveMessage],
+                    keep: i64,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    for m in messages {
+                        let attributes = serde_json::to_string(&m.attributes)
+                            .map_err(|e| StoreError::Corrupt(format!("shape sample attributes: {e}")))?;
+                        sqlx::query(
+                            "INSERT INTO shape_samples (feed, record_id, event_ms, received_ms, body, attributes) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (feed, record_id) DO NOTHING",
+                        )
+                        .bind(feed)
+                        .bind(&m.id)
+                        .bind(ms(m.event_time))
+                        .bind(ms(m.received_at))
+                        .bind(&m.body)
+                        .bind(attributes)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                    // The newest `keep` of every replica's messages stay.
+                    sqlx::query(
+                        "DELETE FROM shape_samples WHERE feed = $1 AND record_id NOT IN ( \
+                           SELECT record_id FROM shape_samples WHERE feed = $1 \
+                           ORDER BY received_ms DESC, record_id LIMIT $2)",
+                    )
+                    .bind(feed)
+                    .bind(keep)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                pub async fn shape_sample(&self, feed: &str) -> Result<Vec<LiveMessage>, StoreError> {
+                    let rows = sqlx::query(
+                        "SELECT record_id, event_ms, received_ms, body, attributes FROM shape_samples \
+                         WHERE feed = $1 ORDER BY received_ms, record_id",
+                    )
+                    .bind(feed)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    rows.iter()
+                        .map(|r| {
+                            let attributes: String = r.try_get("attributes")?;
+                            Ok(LiveMessage {
+                                id: r.try_get("record_id")?,
+                                event_time: from_ms(r.try_get("event_ms")?),
+                                received_at: from_ms(r.try_get("received_ms")?),
+                                body: r.try_get("body")?,
+                                attributes: serde_json::from_str(&attributes).map_err(|e| {
+                                    StoreError::Corrupt(format!("shape sample attributes: {e}"))
+                                })?,
+                            })
+                        })
+                        .collect()
+                }
+
+                pub async fn save_shape_check(&self, feed: &str, s: &ShapeStatus) -> Result<(), StoreError> {
+                    sqlx::query(
+                        "INSERT INTO shape_checks (feed, checked_ms, outcome, reason, record_id, part, path, live, recovered) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                         ON CONFLICT (feed) DO UPDATE SET checked_ms = excluded.checked_ms, \
+                         outcome = excluded.outcome, reason = excluded.reason, record_id = excluded.record_id, \
+                         part = excluded.part, path = excluded.path, live = excluded.live, \
+                         recovered = excluded.recovered",
+                    )
+                    .bind(feed)
+                    .bind(ms(s.checked_at))
+                    .bind(s.outcome.as_str())
+                    .bind(s.reason.as_deref())
+                    .bind(s.record_id.as_deref())
+                    .bind(s.part.map(|p| p.as_str()))
+                    .bind(s.path.as_deref())
+                    .bind(s.live.as_deref())
+                    .bind(s.recovered.as_deref())
+                    .execute(&self.pool)
+                    .await?;
+                    Ok(())
+                }
+
+                pub async fn shape_check(&self, feed: &str) -> Result<Option<ShapeStatus>, StoreError> {
+                    let Some(r) = sqlx::query(
+                        "SELECT checked_ms, outcome, reason, record_id, part, path, live, recovered \
+                         FROM shape_checks WHERE feed = $1",
+                    )
+                    .bind(feed)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    else {
+                        return Ok(None);
+                    };
+                    let outcome: String = r.try_get("outcome")?;
+                    let part: Option<String> = r.try_get("part")?;
+                    Ok(Some(ShapeStatus {
+                        checked_at: from_ms(r.try_get("checked_ms")?),
+                        outcome: crate::metrics::ShapeOutcome::ALL
+                            .iter()
+                            .copied()
+                            .find(|o| o.as_str() == outcome)
+                            .ok_or_else(|| StoreError::Corrupt(format!("shape outcome {outcome}")))?,
+                        reason: r.try_get("reason")?,
+                        record_id: r.try_get("record_id")?,
+                        part: ShapeStatus::part_from_row(part.as_deref()),
+                        path: r.try_get("path")?,
+                        live: r.try_get("live")?,
+                        recovered: r.try_get("recovered")?,
+                    }))
                 }
 
                 // === rows ===

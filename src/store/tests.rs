@@ -37,6 +37,7 @@ suite!(
     audit_watermark_starts_once_and_only_moves_forward,
     partitions_keep_their_own_gaps_chunks_and_newest_event,
     partition_pages_count_and_filter_by_state,
+    shape_sample_keeps_the_newest_and_the_last_check_survives,
 );
 
 /// A database to test against: opening it twice gives the same state.
@@ -662,4 +663,67 @@ async fn partition_pages_count_and_filter_by_state(db: Db) {
             .collect();
         assert_eq!(names, want, "{state}");
     }
+}
+
+async fn shape_sample_keeps_the_newest_and_the_last_check_survives(db: Db) {
+    use crate::metrics::ShapeOutcome;
+    use crate::shape::{Attribute, LiveMessage, Part, ShapeStatus};
+
+    let msg = |id: &str, min: i64| LiveMessage {
+        id: id.into(),
+        event_time: t(min),
+        received_at: t(min) + Duration::milliseconds(250),
+        body: format!(r#"{{"id":"{id}","note":"it's \"quoted\""}}"#),
+        attributes: [("event-type".to_string(), Attribute::string("order"))]
+            .into_iter()
+            .collect(),
+    };
+    let store = db.open().await;
+    assert!(store.shape_sample("orders").await.unwrap().is_empty());
+    assert!(store.shape_check("orders").await.unwrap().is_none());
+    store
+        .save_shape_sample("orders", &[msg("a", 0), msg("b", 1)], 3)
+        .await
+        .unwrap();
+    // Another replica's messages join; the newest 3 of all stay; a message
+    // saved twice keeps one row.
+    store
+        .save_shape_sample("orders", &[msg("b", 1), msg("c", 2), msg("d", 3)], 3)
+        .await
+        .unwrap();
+    store
+        .save_shape_sample("other", &[msg("x", 9)], 3)
+        .await
+        .unwrap();
+    let status = ShapeStatus {
+        checked_at: t(5),
+        outcome: ShapeOutcome::Mismatch,
+        reason: None,
+        record_id: Some("c".into()),
+        part: Some(Part::Body),
+        path: Some("/detail/amount".into()),
+        live: Some("5".into()),
+        recovered: Some("\"5\"".into()),
+    };
+    store.save_shape_check("orders", &status).await.unwrap();
+    drop(store);
+
+    let store = db.open().await;
+    let sample = store.shape_sample("orders").await.unwrap();
+    assert_eq!(sample, vec![msg("b", 1), msg("c", 2), msg("d", 3)]);
+    assert_eq!(store.shape_check("orders").await.unwrap(), Some(status));
+    // The next check replaces the last one.
+    let matched = ShapeStatus {
+        checked_at: t(65),
+        outcome: ShapeOutcome::Match,
+        reason: None,
+        record_id: None,
+        part: None,
+        path: None,
+        live: None,
+        recovered: None,
+    };
+    store.save_shape_check("orders", &matched).await.unwrap();
+    assert_eq!(store.shape_check("orders").await.unwrap(), Some(matched));
+    assert_eq!(store.shape_sample("other").await.unwrap().len(), 1);
 }

@@ -15,6 +15,7 @@ use crate::aws::AwsFailure;
 use crate::metrics::{InputSource, Metrics, RelayOutcome};
 use crate::observe::{Extractor, Observation};
 use crate::retry::RetryPolicy;
+use crate::shape::{Attribute, LiveMessage, Sampler};
 
 /// Tries per batch for entries that failed in a retryable way; what still fails
 /// stays in the vendor queue and comes back after its visibility timeout.
@@ -35,6 +36,8 @@ pub struct Relay<Q> {
     pollers: usize,
     /// Message ids in hand or forwarded lately, shared by the loops.
     seen: Seen,
+    /// Feeds with a shape check: where forwarded messages are sampled.
+    sampler: Option<Arc<Sampler>>,
 }
 
 /// How long a forwarded message id is remembered: longer than any
@@ -134,7 +137,14 @@ impl<Q: RelayQueues> Relay<Q> {
             },
             pollers: 1,
             seen: Seen::default(),
+            sampler: None,
         }
+    }
+
+    /// Offers forwarded messages to the feed's shape sample (at most one a batch).
+    pub fn with_sampler(mut self, sampler: Option<Arc<Sampler>>) -> Self {
+        self.sampler = sampler;
+        self
     }
 
     #[cfg(test)]
@@ -263,6 +273,9 @@ impl<Q: RelayQueues> Relay<Q> {
         }
         let mut observed = Vec::with_capacity(msgs.len());
         let mut done: HashSet<&str> = HashSet::with_capacity(msgs.len());
+        let now = chrono::Utc::now();
+        // One question to the sampler a batch: it takes one message per spacing.
+        let mut sample = self.sampler.as_ref().filter(|s| s.wants(now));
         for group in size_groups(&msgs) {
             let forwarded = self.forward(&group).await;
             let failed = group.len() - forwarded.len();
@@ -277,6 +290,11 @@ impl<Q: RelayQueues> Relay<Q> {
                 .relay(&self.feed, RelayOutcome::Forwarded, forwarded.len() as u64);
             for m in forwarded {
                 let ex = self.extractor.extract(&m.body, &m.message_id, m.sent);
+                if ex.problems.is_empty() {
+                    if let Some(s) = sample.take() {
+                        s.offer(live_message(m, &ex.observation, now));
+                    }
+                }
                 for p in ex.problems {
                     self.metrics.reject(&self.feed, InputSource::Queue, p);
                 }
@@ -383,6 +401,34 @@ impl<Q: RelayQueues> Relay<Q> {
             }
         }
         tracing::error!(feed = %self.feed, count = pending.len(), "delete kept failing; forwarded messages will be delivered again");
+    }
+}
+
+/// A forwarded message as the shape sample keeps it.
+fn live_message(m: &Message, o: &Observation, now: chrono::DateTime<chrono::Utc>) -> LiveMessage {
+    use base64::Engine;
+    let attributes = m
+        .attributes
+        .iter()
+        .map(|(name, v)| {
+            let value = match (v.string_value(), v.binary_value()) {
+                (Some(s), _) => s.to_string(),
+                (None, Some(b)) => base64::engine::general_purpose::STANDARD.encode(b.as_ref()),
+                (None, None) => String::new(),
+            };
+            let attribute = Attribute {
+                data_type: v.data_type().to_string(),
+                value,
+            };
+            (name.clone(), attribute)
+        })
+        .collect();
+    LiveMessage {
+        id: o.id.clone(),
+        event_time: o.event_time,
+        received_at: now,
+        body: m.body.clone(),
+        attributes,
     }
 }
 

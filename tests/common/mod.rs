@@ -283,6 +283,29 @@ poll_interval = "2s"
     )
 }
 
+/// A daemon config: loopback server (`{port}`), admin token `adm1n`, state at
+/// `state_url`, AWS at `aws_endpoint` (moto's), no CloudWatch; then `feeds`.
+pub fn daemon_config(aws_endpoint: &str, state_url: &str, feeds: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "adm1n"
+
+[state]
+url = "{state_url}"
+
+[aws]
+region = "us-east-1"
+endpoint_url = "{aws_endpoint}"
+
+[monitor]
+cloudwatch = false
+poll_interval = "2s"
+{feeds}"#,
+    )
+}
+
 /// A `[feeds.audit]` block to append to a feed.
 pub fn audit_block(every: &str, lookback: &str, delay: &str) -> String {
     format!(
@@ -346,6 +369,100 @@ impl VendorShape {
 "#
         )
     }
+}
+
+// === live message shapes ===
+
+/// How the vendor's live messages look, and how gapwatch is told.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Live {
+    EventBridge,
+    /// An SNS subscription without raw delivery: the record is JSON text.
+    Sns,
+    /// The vendor's own envelope and attribute, recovered with render + attributes.
+    Custom,
+    /// The queue carries odd `seq` records only; the API lists all.
+    OddOnly,
+}
+
+impl Live {
+    /// The simulator's flags for this shape.
+    pub fn sim_args(self) -> &'static [&'static str] {
+        match self {
+            Live::EventBridge => &["--live-envelope", "eventbridge"],
+            Live::Sns => &["--live-envelope", "sns"],
+            Live::Custom => &["--live-envelope", "custom"],
+            Live::OddOnly => &["--live-odd-only"],
+        }
+    }
+
+    /// `(lines for [feeds.watch], lines for [feeds.backfill])`.
+    pub fn config(self) -> (&'static str, &'static str) {
+        match self {
+            Live::EventBridge => (
+                r#"  envelope = "eventbridge"
+  envelope_fields = { "detail-type" = "order.created", source = "partner.vendor-sim", account = "123456789012", region = "us-east-1" }
+"#,
+                "",
+            ),
+            Live::Sns => (
+                r#"  envelope = "sns"
+  envelope_fields = { TopicArn = "arn:aws:sns:us-east-1:123456789012:vendor-orders" }
+"#,
+                "",
+            ),
+            Live::Custom => (
+                "",
+                r#"  render = '{event: "order.created", data: .}'
+  attributes = { event-type = '"order.created"' }
+"#,
+            ),
+            Live::OddOnly => ("", "  filter = '.seq % 2 == 1'\n"),
+        }
+    }
+
+    /// The record inside a message, as the app reads it.
+    pub fn parse(self, body: &str) -> Option<serde_json::Value> {
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        match self {
+            Live::EventBridge => v.get("detail").cloned(),
+            Live::Sns => serde_json::from_str(v.get("Message")?.as_str()?).ok(),
+            Live::Custom => v.get("data").cloned(),
+            Live::OddOnly => Some(v),
+        }
+    }
+}
+
+/// A relay feed `orders` (see [`relay_feed_with_source`]) whose live
+/// messages have the shape `live`, configured to recover them alike.
+pub fn shaped_feed(live: Live, vendor_url: &str, vendor_q: &str, app_q: &str) -> String {
+    let (watch, backfill) = live.config();
+    let mut feed = relay_feed_with_source(
+        "orders",
+        vendor_q,
+        app_q,
+        &VendorShape::Cursor.source(vendor_url, 10),
+    );
+    if live == Live::Custom {
+        feed = feed
+            .replacen(
+                "event_time = \"/created_at\"",
+                "event_time = \"/data/created_at\"",
+                1,
+            )
+            // The first one is the live side's; the source lists bare records.
+            .replacen("record_id = \"/id\"\n", "record_id = \"/data/id\"\n", 1);
+    }
+    feed.replacen(
+        "  [feeds.freshness]",
+        &format!("{watch}  [feeds.freshness]"),
+        1,
+    )
+    .replacen(
+        "  concurrency = 2\n",
+        &format!("  concurrency = 2\n{backfill}"),
+        1,
+    )
 }
 
 // === gapwatch ===
@@ -788,6 +905,39 @@ impl Drop for VendorSim {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The ids in an NDJSON file sink, each with how often it was written.
+pub fn file_ids(path: &Path) -> std::collections::HashMap<String, usize> {
+    let mut ids = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).expect("each line is one JSON record");
+        *ids.entry(v["id"].as_str().expect("a string id").to_string())
+            .or_default() += 1;
+    }
+    ids
+}
+
+/// The ids the simulator holds with `created_at` in `[from, to)`.
+pub async fn vendor_ids(
+    sim: &VendorSim,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+) -> Vec<String> {
+    let v = sim
+        .get(&format!(
+            "/control/records?from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ))
+        .await;
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|i| i.as_str().expect("a string id").to_string())
+        .collect()
 }
 
 /// The simulator is a workspace member built next to gapwatch.

@@ -3,8 +3,9 @@
 
     python3 tests/ops/check_queries.py                       # list queries and metric names
     python3 tests/ops/check_queries.py --promtool            # + parse each query with promtool
-    python3 tests/ops/check_queries.py --design ../shared/DESIGN.md
+    python3 tests/ops/check_queries.py --design ../shared/DESIGN.md --design README.md
                                                              # + names/labels against the contract
+                                                             #   and the metrics the README adds to it
     python3 tests/ops/check_queries.py --metrics-url http://127.0.0.1:9464/metrics
                                                              # + families a live gapwatch exports
     python3 tests/ops/check_queries.py --metrics-file exposition.txt   # same, from a file
@@ -246,10 +247,27 @@ def read_design(path: pathlib.Path) -> dict:
         m = re.match(r"\|\s*`(gapwatch_\w+)`\s*\|\s*([^|]+?)\s*\|\s*([^|]*?)\s*\|", line)
         if m:
             kind = m.group(2).split()[0]
-            labels = {re.split(r"[=\s]", part.strip())[0] for part in m.group(3).split(",") if part.strip()}
+            # "source (`queue`, `report`), reason": notes in parentheses are not labels
+            column = re.sub(r"\([^)]*\)", "", m.group(3))
+            labels = {re.split(r"[=\s]", part.strip())[0] for part in column.split(",") if part.strip()}
             design[m.group(1)] = {"type": kind, "labels": labels}
     if not design:
         fail(f"{path}: no metric table found")
+    return design
+
+
+def read_designs(paths: list[pathlib.Path]) -> dict:
+    """The first table is the contract; later ones may add families, never
+    change a contract family's type or drop one of its labels."""
+    design = read_design(paths[0])
+    for path in paths[1:]:
+        for name, fam in read_design(path).items():
+            known = design.get(name)
+            if known is None:
+                design[name] = fam
+            elif known["type"] != fam["type"] or not known["labels"] <= fam["labels"]:
+                fail(f"{path}: {name} is documented as {fam['type']} {sorted(fam['labels'])}, "
+                     f"the contract says {known['type']} {sorted(known['labels'])}")
     return design
 
 
@@ -329,7 +347,7 @@ def check_design(queries: list[Query], design: dict):
         for name in sorted(metric_names(q.promql)):
             fam = family(name, design)
             if name != "up" and fam not in design:
-                fail(f"{q.source}: {name} is not in DESIGN.md's metric table")
+                fail(f"{q.source}: {name} is not in DESIGN.md's metric table (nor in the README's)")
                 bad += 1
         for metric, labels in selectors(q.promql):
             if metric == "up":
@@ -394,7 +412,9 @@ def main() -> int:
     global RULES, DASHBOARD, PROMETHEUS_RULE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--promtool", action="store_true", help="parse every query with promtool")
-    ap.add_argument("--design", type=pathlib.Path, help="DESIGN.md: check names and labels against its metric table")
+    ap.add_argument("--design", type=pathlib.Path, action="append",
+                    help="DESIGN.md: check names and labels against its metric table; given again (README.md), "
+                         "a table of the metrics added beyond the contract (a family in both must agree)")
     ap.add_argument("--metrics-url", help="a live gapwatch /metrics URL: every referenced family must be exported")
     ap.add_argument("--metrics-file", type=pathlib.Path, help="like --metrics-url, from a saved exposition")
     ap.add_argument("--quiet", action="store_true", help="do not list the queries")
@@ -409,7 +429,7 @@ def main() -> int:
     rules, templates = rule_queries(RULES)
     dash = dashboard_queries(DASHBOARD)
     queries = rules + templates + dash
-    design = read_design(args.design) if args.design else None
+    design = read_designs(args.design) if args.design else None
 
     referenced: dict[str, set[str]] = {}
     for q in queries:

@@ -1,6 +1,7 @@
-//! `GET /v1/events`: the vendor's REST API over the history; with `--stores`,
-//! one store's records at `GET /v1/stores/{store}/events` (or
-//! `/v1/events?store_id=`), and the stores at `GET /v1/stores`.
+//! `GET /v1/events`: the vendor's REST API over the history, and what every
+//! API request goes through first ([`admit`]). With `--stores`, one store's
+//! records at `GET /v1/stores/{store}/events` (or `/v1/events?store_id=`),
+//! and the stores at `GET /v1/stores`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,84 +22,60 @@ use crate::timefmt::parse_time;
 
 type Params = Vec<(String, String)>;
 
-pub async fn events(
-    State(sim): State<Arc<Sim>>,
-    headers: HeaderMap,
-    Query(params): Query<Params>,
-) -> Response {
-    let store = param(&params, "store_id").map(str::to_owned);
-    serve(sim, headers, params, store, "/v1/events".to_owned()).await
+/// An API request let through [`admit`]: the quota headers its answer carries.
+pub struct Admitted {
+    quota: crate::quota::Headers,
 }
 
-/// One store's records (`--stores`).
-pub async fn store_events(
-    State(sim): State<Arc<Sim>>,
-    Path(store): Path<String>,
-    headers: HeaderMap,
-    Query(params): Query<Params>,
-) -> Response {
-    let path = format!("/v1/stores/{}/events", encode(&store));
-    serve(sim, headers, params, Some(store), path).await
-}
-
-/// `{"stores": [{"id": "s1", "name": "Store 1"}, …]}` (`--stores`).
-pub async fn stores(State(sim): State<Arc<Sim>>) -> Response {
-    Stats::bump(&sim.stats.served_requests, 1);
-    sim.stats.count_store_request("(listing)");
-    let n = sim.history().stores();
-    if n == 0 {
-        return error(
-            StatusCode::NOT_FOUND,
-            "this vendor has no stores (--stores)",
-        );
+impl Admitted {
+    /// `resp` with the quota headers.
+    pub fn answer(self, mut resp: Response) -> Response {
+        add_headers(&mut resp, &self.quota);
+        resp
     }
-    let stores: Vec<serde_json::Value> = (0..n)
-        .map(|k| {
-            serde_json::json!({
-                "id": crate::history::store_name(k),
-                "name": format!("Store {}", k + 1),
-            })
-        })
-        .collect();
-    json(&serde_json::json!({ "stores": stores }))
 }
 
-async fn serve(
-    sim: Arc<Sim>,
-    headers: HeaderMap,
-    params: Params,
-    store: Option<String>,
-    path: String,
-) -> Response {
+fn add_headers(resp: &mut Response, headers: &crate::quota::Headers) {
+    for (name, value) in headers {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            resp.headers_mut().insert(*name, v);
+        }
+    }
+}
+
+/// What every API request goes through before its handler, in a real API's
+/// order: latency, authentication, the quota (a request past it is answered
+/// 429), injected error statuses, injected 200s with an error body.
+pub async fn admit(sim: &Sim, headers: &HeaderMap) -> Result<Admitted, Response> {
     Stats::bump(&sim.stats.served_requests, 1);
-    // Every request, answered or not, counts for the store it names ("*": none).
-    sim.stats
-        .count_store_request(store.as_deref().unwrap_or("*"));
-    tracing::debug!(store = store.as_deref().unwrap_or("*"), "events request");
+    let latency = sim.controls().faults.latency_ms;
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if let Some(refused) = authenticate(sim, headers) {
+        return Err(refused);
+    }
+    let quota = {
+        let mut q = sim.quota.lock().unwrap_or_else(|e| e.into_inner());
+        q.take(crate::sim::now_ms())
+    };
+    let quota = match quota {
+        None => Vec::new(),
+        Some(Ok(h)) => {
+            Stats::bump(&sim.stats.quota_admitted, 1);
+            h
+        }
+        Some(Err((h, retry_after))) => {
+            Stats::bump(&sim.stats.quota_refused, 1);
+            let mut resp = error(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+            add_headers(&mut resp, &h);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            return Err(resp);
+        }
+    };
+    let admitted = Admitted { quota };
     let faults = sim.controls().faults.clone();
-    if faults.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
-    }
-
-    if sim.settings.oauth.is_some() {
-        if !crate::oauth::valid(&sim, &headers) {
-            Stats::bump(&sim.stats.unauthorized, 1);
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "missing, unknown or expired access token",
-            );
-        }
-    } else if let Some(token) = &sim.settings.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if given != Some(token.as_str()) {
-            Stats::bump(&sim.stats.unauthorized, 1);
-            return error(StatusCode::UNAUTHORIZED, "missing or invalid bearer token");
-        }
-    }
-
     if faults.error_rate > 0.0 && !faults.statuses.is_empty() {
         let mut rng = rand::rng();
         if rng.random_bool(faults.error_rate.clamp(0.0, 1.0)) {
@@ -111,10 +88,121 @@ async fn serve(
                     resp.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
-            return resp;
+            return Err(admitted.answer(resp));
         }
     }
+    let error_body = {
+        let mut c = sim.controls();
+        let left = c.faults.error_bodies;
+        c.faults.error_bodies = left.saturating_sub(1);
+        left > 0
+    };
+    if error_body {
+        Stats::bump(&sim.stats.error_bodies_served, 1);
+        return Err(admitted.answer(json(&serde_json::json!({
+            "status": "error",
+            "error": { "code": "search_timeout", "message": "the search timed out, try again" },
+        }))));
+    }
+    Ok(admitted)
+}
 
+/// The 401 for a request without valid credentials.
+fn authenticate(sim: &Sim, headers: &HeaderMap) -> Option<Response> {
+    if sim.settings.oauth.is_some() {
+        if !crate::oauth::valid(sim, headers) {
+            Stats::bump(&sim.stats.unauthorized, 1);
+            return Some(error(
+                StatusCode::UNAUTHORIZED,
+                "missing, unknown or expired access token",
+            ));
+        }
+    } else if let Some(token) = &sim.settings.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if given != Some(token.as_str()) {
+            Stats::bump(&sim.stats.unauthorized, 1);
+            return Some(error(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token",
+            ));
+        }
+    }
+    None
+}
+
+pub async fn events(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let store = param(&params, "store_id").map(str::to_owned);
+    serve(&sim, &headers, &params, store, "/v1/events").await
+}
+
+/// One store's records (`--stores`).
+pub async fn store_events(
+    State(sim): State<Arc<Sim>>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let path = format!("/v1/stores/{}/events", encode(&store));
+    serve(&sim, &headers, &params, Some(store), &path).await
+}
+
+async fn serve(
+    sim: &Sim,
+    headers: &HeaderMap,
+    params: &Params,
+    store: Option<String>,
+    path: &str,
+) -> Response {
+    // Every request, answered or not, counts for the store it names ("*": none).
+    sim.stats
+        .count_store_request(store.as_deref().unwrap_or("*"));
+    tracing::debug!(store = store.as_deref().unwrap_or("*"), "events request");
+    match admit(sim, headers).await {
+        Ok(admitted) => admitted.answer(events_page(sim, headers, params, store.as_deref(), path)),
+        Err(resp) => resp,
+    }
+}
+
+/// `{"stores": [{"id": "s1", "name": "Store 1"}, …]}` (`--stores`).
+pub async fn stores(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    sim.stats.count_store_request("(listing)");
+    let admitted = match admit(&sim, &headers).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let n = sim.history().stores();
+    if n == 0 {
+        return admitted.answer(error(
+            StatusCode::NOT_FOUND,
+            "this vendor has no stores (--stores)",
+        ));
+    }
+    let stores: Vec<serde_json::Value> = (0..n)
+        .map(|k| {
+            serde_json::json!({
+                "id": crate::history::store_name(k),
+                "name": format!("Store {}", k + 1),
+            })
+        })
+        .collect();
+    admitted.answer(json(&serde_json::json!({ "stores": stores })))
+}
+
+fn events_page(
+    sim: &Sim,
+    headers: &HeaderMap,
+    params: &Params,
+    store: Option<&str>,
+    path: &str,
+) -> Response {
+    let faults = sim.controls().faults.clone();
     if faults.endless_page {
         Stats::bump(&sim.stats.malformed_served, 1);
         let head = futures_util::stream::once(async {
@@ -130,7 +218,7 @@ async fn serve(
             .into_response();
     }
 
-    let request = match parse_request(&sim, &params, faults.page_size_cap) {
+    let request = match parse_request(sim, params, faults.page_size_cap) {
         Ok(r) => r,
         Err(msg) => {
             Stats::bump(&sim.stats.bad_requests, 1);
@@ -155,7 +243,7 @@ async fn serve(
         .to_owned();
     let (prefix, views, page) = {
         let history = sim.history();
-        let stride = match &store {
+        let stride = match store {
             None => None,
             Some(name) => match history.store_index(name).and_then(|k| history.stride(k)) {
                 Some(stride) => Some(stride),
@@ -184,12 +272,22 @@ async fn serve(
             data: &records,
             rest: serde_json::json!({ "next_cursor": next_cursor.unwrap_or_default() }),
         }),
+        Pagination::HeaderCursor => {
+            let mut resp = json(&Body {
+                data: &records,
+                rest: serde_json::json!({}),
+            });
+            if let Some(c) = next_cursor.and_then(|c| HeaderValue::from_str(&c).ok()) {
+                resp.headers_mut().insert("x-next-cursor", c);
+            }
+            resp
+        }
         Pagination::CursorLast => json(&Body {
             data: &records,
             rest: serde_json::json!({ "has_more": page.more }),
         }),
         Pagination::NextUrl => {
-            let next = next_cursor.map(|c| next_url(&host, &path, &params, &c));
+            let next = next_cursor.map(|c| next_url(&host, path, params, &c));
             json(&Body {
                 data: &records,
                 rest: serde_json::json!({ "links": { "next": next } }),
@@ -221,9 +319,9 @@ async fn serve(
             if let Some(c) = next_cursor {
                 let link = if faults.bad_link {
                     // An unterminated target: no reader can tell where the URL ends.
-                    format!("<{}; rel=\"next\"", next_url(&host, &path, &params, &c))
+                    format!("<{}; rel=\"next\"", next_url(&host, path, params, &c))
                 } else {
-                    format!("<{}>; rel=\"next\"", next_url(&host, &path, &params, &c))
+                    format!("<{}>; rel=\"next\"", next_url(&host, path, params, &c))
                 };
                 if let Ok(v) = HeaderValue::from_str(&link) {
                     resp.headers_mut().insert(header::LINK, v);
@@ -296,7 +394,10 @@ fn parse_request(sim: &Sim, params: &Params, cap: usize) -> Result<Request, Stri
     let cursor = param(params, "cursor").map(str::to_owned);
     let (position, limit) = match style {
         Pagination::None => (Position::Start, None),
-        Pagination::Cursor | Pagination::NextUrl | Pagination::LinkHeader => {
+        Pagination::Cursor
+        | Pagination::HeaderCursor
+        | Pagination::NextUrl
+        | Pagination::LinkHeader => {
             let position = match &cursor {
                 Some(c) => Position::Index(
                     decode_cursor(c).ok_or_else(|| format!("cursor: invalid cursor {c:?}"))?,
@@ -431,7 +532,7 @@ fn encode(raw: &str) -> String {
     out
 }
 
-fn json<T: Serialize>(body: &T) -> Response {
+pub fn json<T: Serialize>(body: &T) -> Response {
     match serde_json::to_vec(body) {
         Ok(bytes) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),

@@ -95,6 +95,7 @@ pub struct FaultsRequest {
     page_size_cap: Option<usize>,
     bad_link: Option<bool>,
     endless_page: Option<bool>,
+    error_bodies: Option<u64>,
 }
 
 /// Tells a missing field (`None`) from an explicit null (`Some(Value::Null)`).
@@ -164,6 +165,9 @@ pub async fn set_faults(State(sim): State<Arc<Sim>>, Json(req): Json<FaultsReque
     if let Some(v) = req.endless_page {
         faults.endless_page = v;
     }
+    if let Some(v) = req.error_bodies {
+        faults.error_bodies = v;
+    }
     tracing::info!(faults = ?faults, "faults");
     Json(json!(faults)).into_response()
 }
@@ -189,6 +193,17 @@ pub async fn set_rate(State(sim): State<Arc<Sim>>, Json(req): Json<RateRequest>)
     }
     sim.set_rate(req.rate);
     Json(json!({ "rate": req.rate, "drop_rate": sim.controls().drop_rate })).into_response()
+}
+
+/// Sets (or with `null`, removes) the API's request quota.
+pub async fn set_quota(
+    State(sim): State<Arc<Sim>>,
+    Json(req): Json<Option<crate::quota::QuotaConfig>>,
+) -> Response {
+    tracing::info!(quota = ?req, "quota");
+    let mut q = sim.quota.lock().unwrap_or_else(|e| e.into_inner());
+    q.set(req);
+    Json(json!({ "quota": q.config })).into_response()
 }
 
 pub async fn stats(State(sim): State<Arc<Sim>>) -> Response {
@@ -229,6 +244,9 @@ pub async fn stats(State(sim): State<Arc<Sim>>) -> Response {
         "token_requests": Stats::get(&s.token_requests),
         "tokens_issued": Stats::get(&s.tokens_issued),
         "tokens_refused": Stats::get(&s.tokens_refused),
+        "error_bodies_served": Stats::get(&s.error_bodies_served),
+        "quota_admitted": Stats::get(&s.quota_admitted),
+        "quota_refused": Stats::get(&s.quota_refused),
         "requests_by_store": s.store_requests(),
         "stores": sim.history().stores(),
         "history_len": len,

@@ -8,6 +8,8 @@ mod control;
 mod history;
 mod oauth;
 mod publisher;
+mod quota;
+mod search;
 mod sim;
 mod timefmt;
 
@@ -174,6 +176,7 @@ async fn main() -> anyhow::Result<()> {
                 page_size_cap: 0,
                 bad_link: false,
                 endless_page: false,
+                error_bodies: 0,
             },
         },
     ));
@@ -182,6 +185,9 @@ async fn main() -> anyhow::Result<()> {
         .route("/v1/events", get(api::events))
         .route("/v1/stores", get(api::stores))
         .route("/v1/stores/{store}/events", get(api::store_events))
+        .route("/v1/search", post(search::search))
+        .route("/v1/days/{date}/events", get(search::day))
+        .route("/control/quota", post(control::set_quota))
         .route("/healthz", get(|| async { "ok" }))
         .route("/control/silence", post(control::silence))
         .route("/control/resume", post(control::resume))

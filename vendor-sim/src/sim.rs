@@ -22,6 +22,9 @@ pub enum Pagination {
     CursorLast,
     NextUrl,
     LinkHeader,
+    /// `{"data": [...]}` with the next cursor in an `X-Next-Cursor` header
+    /// (absent on the last page).
+    HeaderCursor,
     Page,
     Offset,
     /// Stripe's list API: newest first, `created` in unix seconds,
@@ -57,6 +60,9 @@ pub struct Faults {
     pub bad_link: bool,
     /// `/v1/events` answers 200 with a JSON body that never ends.
     pub endless_page: bool,
+    /// The next this many API requests are answered 200 with an error body
+    /// (`{"status": "error", …}`), as search backends do on a timeout.
+    pub error_bodies: u64,
 }
 
 /// An interval of `created_at` (unix ms) whose records are not published; `to: None` = open.
@@ -118,6 +124,11 @@ pub struct Stats {
     pub token_requests: AtomicU64,
     pub tokens_issued: AtomicU64,
     pub tokens_refused: AtomicU64,
+    pub error_bodies_served: AtomicU64,
+    /// Requests admitted within the quota.
+    pub quota_admitted: AtomicU64,
+    /// Requests made while the quota was spent (answered 429).
+    pub quota_refused: AtomicU64,
     /// Requests for records, by the store they named (`*`: none).
     pub by_store: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -159,6 +170,7 @@ pub struct Sim {
     pub settings: Settings,
     pub history: RwLock<History>,
     pub controls: Mutex<Controls>,
+    pub quota: Mutex<crate::quota::Quota>,
     pub stats: Stats,
     /// OAuth2 access tokens issued, with their expiry (unix ms).
     pub tokens: Mutex<Vec<(String, i64)>>,
@@ -182,6 +194,7 @@ impl Sim {
             settings,
             history: RwLock::new(history),
             controls: Mutex::new(controls),
+            quota: Mutex::new(crate::quota::Quota::default()),
             stats,
             tokens: Mutex::new(Vec::new()),
             appended: Notify::new(),

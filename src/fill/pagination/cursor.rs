@@ -1,17 +1,26 @@
 //! Cursor styles: an opaque token found in the body (Slack's
-//! `next_cursor`) or taken from the last record (Stripe's `starting_after`
-//! with `has_more`).
+//! `next_cursor`), taken from the last record (Stripe's `starting_after`
+//! with `has_more`) or read from a response header (`X-Next-Cursor`).
 
 use serde_json::Value;
 
 use super::{json_kind, PageCursor, PageView, PaginationError};
 
+/// Where the cursor style finds the next token: exactly one is set.
+pub(super) struct From<'a> {
+    /// A JSON pointer into the body.
+    pub body: Option<&'a str>,
+    /// A JSON pointer into the last record.
+    pub last_record: Option<&'a str>,
+    /// A response header name.
+    pub header: Option<&'a str>,
+}
+
 /// The cursor after a page of the cursor style (see [`Pagination::next`](super::Pagination::next)).
 pub(super) fn next(
     at: &PageCursor,
     page: &PageView<'_>,
-    cursor: Option<&str>,
-    cursor_from_last_record: Option<&str>,
+    from: From<'_>,
     has_more: Option<&str>,
 ) -> Result<Option<PageCursor>, PaginationError> {
     let more = match has_more {
@@ -21,22 +30,33 @@ pub(super) fn next(
     if more == Some(false) {
         return Ok(None);
     }
-    let token = match (cursor, cursor_from_last_record) {
-        (Some(p), _) => read_token("cursor", page.body.pointer(p), p)?,
-        (None, Some(p)) => match page.records.last() {
+    let token = match from {
+        From { body: Some(p), .. } => read_token("cursor", page.body.pointer(p), p)?,
+        From {
+            last_record: Some(p),
+            ..
+        } => match page.records.last() {
             Some(last) => read_token("cursor_from_last_record", last.pointer(p), p)?,
             None => None,
         },
+        // An absent or empty header ends paging, like an absent cursor.
+        From {
+            header: Some(_), ..
+        } => page
+            .cursor_header
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned),
         // Rejected by validate(); ending is the only answer that
         // cannot loop.
-        (None, None) => None,
+        _ => None,
     };
     let Some(token) = token else {
         if more == Some(true) {
-            let missing = if cursor.is_some() {
-                "next cursor"
-            } else {
+            let missing = if from.last_record.is_some() {
                 "last record to continue from"
+            } else {
+                "next cursor"
             };
             return Err(PaginationError::MoreWithoutCursor { missing });
         }
@@ -216,6 +236,89 @@ mod tests {
             json!({"messages": [1], "response_metadata": {"next_cursor": null}}),
         ] {
             assert_eq!(walk(&p, "/messages", &[(body, None)]).1, Ok(None));
+        }
+    }
+
+    #[test]
+    fn cursor_in_a_response_header() {
+        let p = cfg(json!({"type": "cursor", "cursor_header": "X-Next-Cursor", "param": "cursor"}));
+        let (body, records) = (json!([1, 2]), [json!(1), json!(2)]);
+        let view = |cursor_header| PageView {
+            body: &body,
+            link_header: None,
+            cursor_header,
+            records: &records,
+        };
+        let first = p.first();
+        let next = p.next(&first, &view(Some(" abc ")));
+        assert_eq!(
+            next,
+            Ok(Some(PageCursor::Cursor {
+                token: "abc".into()
+            }))
+        );
+        let at = next.unwrap().unwrap();
+        assert_eq!(p.request(&at), params(&[("cursor", "abc")]));
+        // Absent or empty: the last page.
+        assert_eq!(p.next(&at, &view(None)), Ok(None));
+        assert_eq!(p.next(&at, &view(Some(""))), Ok(None));
+        assert_eq!(
+            p.next(&at, &view(Some("abc"))),
+            Err(PaginationError::CursorLoop)
+        );
+        // has_more still ends paging, or catches a missing header.
+        let p = cfg(json!({"type": "cursor", "cursor_header": "X-Next", "has_more": "/more"}));
+        let body = json!({"more": true});
+        let v = PageView {
+            body: &body,
+            link_header: None,
+            cursor_header: None,
+            records: &[],
+        };
+        assert_eq!(
+            p.next(&first, &v),
+            Err(PaginationError::MoreWithoutCursor {
+                missing: "next cursor"
+            })
+        );
+        // Without `param` the request template places the token.
+        assert_eq!(p.request(&at), params(&[]));
+        assert_eq!(
+            p.cursor_text(&at),
+            Some(CursorText {
+                text: "abc".into(),
+                number: false
+            })
+        );
+        assert_eq!(p.cursor_text(&first), None);
+        assert_eq!(p.cursor_header(), Some("X-Next"));
+    }
+
+    #[test]
+    fn a_cursor_style_has_one_cursor_source() {
+        let bad = [
+            (json!({"type": "cursor", "param": "c"}), "needs one of"),
+            (
+                json!({"type": "cursor", "cursor": "/n", "cursor_header": "X-N"}),
+                "mutually exclusive",
+            ),
+            (
+                json!({"type": "cursor", "cursor_header": "X Next"}),
+                "cursor_header: \"X Next\" is not an HTTP header name",
+            ),
+            (
+                json!({"type": "cursor", "cursor_header": ""}),
+                "is not an HTTP header name",
+            ),
+            (
+                json!({"type": "cursor", "cursor_header": "X-N", "param": " "}),
+                "param: must not be empty",
+            ),
+        ];
+        for (v, want) in bad {
+            let p: Pagination = serde_json::from_value(v.clone()).unwrap();
+            let err = p.validate().unwrap_err();
+            assert!(err.contains(want), "{v}: {err}");
         }
     }
 

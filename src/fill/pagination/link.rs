@@ -223,6 +223,7 @@ mod tests {
         let view = PageView {
             body: &json!([]),
             link_header: Some(&self_link),
+            cursor_header: None,
             records: &[],
         };
         let err = p
@@ -271,6 +272,7 @@ mod tests {
         let view = PageView {
             body: &body,
             link_header: Some("<https://a/2; rel=\"next\""),
+            cursor_header: None,
             records: body.as_array().unwrap(),
         };
         assert_eq!(
@@ -311,6 +313,7 @@ mod tests {
         let view = PageView {
             body: &json!({"links": {"next": "HTTPS://API.example.com/x"}}),
             link_header: None,
+            cursor_header: None,
             records: &[],
         };
         let err = p.next(
@@ -326,6 +329,7 @@ mod tests {
         let view = PageView {
             body: &json!({"links": {"next": 5}}),
             link_header: None,
+            cursor_header: None,
             records: &[],
         };
         assert!(matches!(

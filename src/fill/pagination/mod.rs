@@ -25,18 +25,23 @@ use serde_json::Value;
 pub enum Pagination {
     /// One request returns everything.
     None,
-    /// An opaque token sent back in `param`: either found in the body at the
-    /// JSON pointer `cursor` (Slack `/response_metadata/next_cursor`), or taken
-    /// from the last record at `cursor_from_last_record` (Stripe `starting_after`
-    /// with `/id`). `has_more` optionally points at a boolean that ends paging
-    /// when false.
+    /// An opaque token sent back in `param` (or wherever the request has a
+    /// `{cursor}` placeholder): found in the body at the JSON pointer
+    /// `cursor` (Slack `/response_metadata/next_cursor`), taken from the last
+    /// record at `cursor_from_last_record` (Stripe `starting_after` with
+    /// `/id`), or read from the response header `cursor_header`
+    /// (`X-Next-Cursor`). `has_more` optionally points at a boolean that ends
+    /// paging when false.
     Cursor {
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor_from_last_record: Option<String>,
-        param: String,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor_header: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         has_more: Option<String>,
     },
     /// The body carries the full URL of the next page at the pointer `next`
@@ -44,13 +49,14 @@ pub enum Pagination {
     NextUrl { next: String },
     /// RFC 8288 `Link: <…>; rel="next"` response header (GitHub).
     LinkHeader,
-    /// Numbered pages: `param` = page number starting at `start`, `size_param`
-    /// = `size` if set. Paging ends on an empty page: a server may cap the
-    /// page size below `size`, so a short page proves nothing, unless
-    /// `short_page_is_last` says this server never does (one request less
-    /// per chunk).
+    /// Numbered pages: `param` = page number starting at `start` (or the
+    /// request's `{cursor}`), `size_param` = `size` if set. Paging ends on an
+    /// empty page: a server may cap the page size below `size`, so a short
+    /// page proves nothing, unless `short_page_is_last` says this server never
+    /// does (one request less per chunk).
     Page {
-        param: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
         #[serde(default = "default_page_start")]
         start: u64,
         #[serde(default)]
@@ -59,12 +65,14 @@ pub enum Pagination {
         #[serde(default)]
         short_page_is_last: bool,
     },
-    /// Record offsets: `param` = records skipped so far, `limit_param` =
-    /// `limit`. Ends on an empty page, or on a short one with
-    /// `short_page_is_last`, as for `page`.
+    /// Record offsets: `param` = records skipped so far (or the request's
+    /// `{cursor}`), `limit_param` = `limit` if set. Ends on an empty page, or
+    /// on a short one with `short_page_is_last`, as for `page`.
     Offset {
-        param: String,
-        limit_param: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        param: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit_param: Option<String>,
         limit: u64,
         #[serde(default)]
         short_page_is_last: bool,
@@ -99,8 +107,18 @@ pub struct PageView<'a> {
     pub body: &'a Value,
     /// The raw `Link` header, if the response had one.
     pub link_header: Option<&'a str>,
+    /// The value of the cursor style's `cursor_header`, if the response had one.
+    pub cursor_header: Option<&'a str>,
     /// The records extracted from the body (already located by the `records` pointer).
     pub records: &'a [Value],
+}
+
+/// The value of the `{cursor}` placeholder for one page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CursorText {
+    pub text: String,
+    /// A page number or an offset: a JSON number where it is a whole value.
+    pub number: bool,
 }
 
 /// What to change in the request for one page.
@@ -153,6 +171,10 @@ pub enum PaginationError {
     /// credentials (headers) to a host nobody configured.
     #[error("next url {url:?} leaves the source origin {origin}")]
     CrossOrigin { url: String, origin: String },
+    /// A cursor header whose value is not text: taking it for "no next page"
+    /// could end the chunk early.
+    #[error("cursor header {name} is not UTF-8 text")]
+    BadHeader { name: String },
 }
 
 impl crate::retry::Retryable for PaginationError {
@@ -165,35 +187,45 @@ impl crate::retry::Retryable for PaginationError {
 
 impl Pagination {
     /// Checks what serde cannot: the cursor style needs exactly one of
-    /// `cursor` / `cursor_from_last_record`; `size` and `limit` are > 0;
-    /// parameter names are non-empty; pointers are JSON pointers (`""` or
-    /// starting with `/`). The message names the offending key inside the
-    /// `pagination` table; the caller prefixes the path to it.
+    /// `cursor` / `cursor_from_last_record` / `cursor_header`; `size` and
+    /// `limit` are > 0; parameter names are non-empty; pointers are JSON
+    /// pointers (`""` or starting with `/`); a header name is an HTTP token.
+    /// The message names the offending key inside the `pagination` table; the
+    /// caller prefixes the path to it. Whether the page is placed at all
+    /// (`param`, or `{cursor}` in the request) is the caller's to check: it
+    /// sees the request.
     pub fn validate(&self) -> Result<(), String> {
         match self {
             Pagination::None | Pagination::LinkHeader => Ok(()),
             Pagination::Cursor {
                 cursor,
                 cursor_from_last_record,
+                cursor_header,
                 param,
                 has_more,
             } => {
-                match (cursor, cursor_from_last_record) {
-                    (Some(_), Some(_)) => {
-                        return Err("cursor and cursor_from_last_record are mutually exclusive: set exactly one".to_owned())
+                let sources = [
+                    cursor.is_some(),
+                    cursor_from_last_record.is_some(),
+                    cursor_header.is_some(),
+                ];
+                match sources.iter().filter(|s| **s).count() {
+                    1 => {}
+                    0 => {
+                        return Err("cursor style needs one of cursor (pointer into the body), cursor_from_last_record (pointer into the last record) or cursor_header (a response header)".to_owned())
                     }
-                    (None, None) => {
-                        return Err("cursor style needs one of cursor (pointer into the body) or cursor_from_last_record (pointer into the last record)".to_owned())
+                    _ => {
+                        return Err("cursor, cursor_from_last_record and cursor_header are mutually exclusive: set exactly one".to_owned())
                     }
-                    _ => {}
                 }
                 check_pointer("cursor", cursor.as_deref())?;
                 check_pointer(
                     "cursor_from_last_record",
                     cursor_from_last_record.as_deref(),
                 )?;
+                check_header("cursor_header", cursor_header.as_deref())?;
                 check_pointer("has_more", has_more.as_deref())?;
-                check_param("param", param)
+                check_param("param", param.as_deref())
             }
             Pagination::NextUrl { next } => check_pointer("next", Some(next)),
             Pagination::Page {
@@ -202,10 +234,8 @@ impl Pagination {
                 size,
                 ..
             } => {
-                check_param("param", param)?;
-                if let Some(p) = size_param {
-                    check_param("size_param", p)?;
-                }
+                check_param("param", param.as_deref())?;
+                check_param("size_param", size_param.as_deref())?;
                 if *size == 0 {
                     return Err("size: must be greater than 0".to_owned());
                 }
@@ -217,8 +247,8 @@ impl Pagination {
                 limit,
                 ..
             } => {
-                check_param("param", param)?;
-                check_param("limit_param", limit_param)?;
+                check_param("param", param.as_deref())?;
+                check_param("limit_param", limit_param.as_deref())?;
                 if *limit == 0 {
                     return Err("limit: must be greater than 0".to_owned());
                 }
@@ -259,16 +289,19 @@ impl Pagination {
         )
     }
 
-    /// What to add to the request for the page at `at` (besides the
-    /// configured query): the cursor `param=token`; the page `param` (and
-    /// `size_param=size`); the offset `param` and `limit_param=limit`; nothing
-    /// for a first cursor/url page. For a `Url` cursor the returned
-    /// [`PageRequest::Url`] replaces the whole request URL.
+    /// The page parameters the style places in the request for the page at
+    /// `at` (besides the configured query): the cursor `param=token`; the
+    /// page `param` (and `size_param=size`); the offset `param` (and
+    /// `limit_param=limit`); nothing for a first cursor/url page, nor for a
+    /// parameter not configured (the request template places it with
+    /// `{cursor}`). For a `Url` cursor the returned [`PageRequest::Url`]
+    /// replaces the whole request URL.
     pub fn request(&self, at: &PageCursor) -> PageRequest {
         let at = self.normalize(at);
+        let pair = |name: &Option<String>, value: String| name.clone().map(|n| (n, value));
         match (self, at) {
             (Pagination::Cursor { param, .. }, PageCursor::Cursor { token }) => {
-                PageRequest::Params(vec![(param.clone(), token)])
+                PageRequest::Params(pair(param, token).into_iter().collect())
             }
             (_, PageCursor::Url { url }) => PageRequest::Url(url),
             (
@@ -279,13 +312,12 @@ impl Pagination {
                     ..
                 },
                 PageCursor::Page { page },
-            ) => {
-                let mut params = vec![(param.clone(), page.to_string())];
-                if let Some(size_param) = size_param {
-                    params.push((size_param.clone(), size.to_string()));
-                }
-                PageRequest::Params(params)
-            }
+            ) => PageRequest::Params(
+                pair(param, page.to_string())
+                    .into_iter()
+                    .chain(pair(size_param, size.to_string()))
+                    .collect(),
+            ),
             (
                 Pagination::Offset {
                     param,
@@ -294,11 +326,61 @@ impl Pagination {
                     ..
                 },
                 PageCursor::Offset { offset },
-            ) => PageRequest::Params(vec![
-                (param.clone(), offset.to_string()),
-                (limit_param.clone(), limit.to_string()),
-            ]),
+            ) => PageRequest::Params(
+                pair(param, offset.to_string())
+                    .into_iter()
+                    .chain(pair(limit_param, limit.to_string()))
+                    .collect(),
+            ),
             _ => PageRequest::Params(Vec::new()),
+        }
+    }
+
+    /// Whether the style has a `{cursor}` value to give: the cursor token,
+    /// the page number or the offset. A URL style replaces the whole request
+    /// instead, and `none` has no pages.
+    pub(crate) fn has_cursor(&self) -> bool {
+        matches!(
+            self,
+            Pagination::Cursor { .. } | Pagination::Page { .. } | Pagination::Offset { .. }
+        )
+    }
+
+    /// The `{cursor}` value of the page at `at`: the token (none on a cursor
+    /// style's first page), the page number, the offset.
+    pub(crate) fn cursor_text(&self, at: &PageCursor) -> Option<CursorText> {
+        if !self.has_cursor() {
+            return None;
+        }
+        match self.normalize(at) {
+            PageCursor::Cursor { token } => Some(CursorText {
+                text: token,
+                number: false,
+            }),
+            PageCursor::Page { page: n } | PageCursor::Offset { offset: n } => Some(CursorText {
+                text: n.to_string(),
+                number: true,
+            }),
+            PageCursor::First | PageCursor::Url { .. } => None,
+        }
+    }
+
+    /// The response header the cursor style reads its next cursor from.
+    pub(crate) fn cursor_header(&self) -> Option<&str> {
+        match self {
+            Pagination::Cursor { cursor_header, .. } => cursor_header.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The configured query parameter that carries the page, if any: without
+    /// one, the request template must place it with `{cursor}`.
+    pub(crate) fn param(&self) -> Option<&str> {
+        match self {
+            Pagination::Cursor { param, .. }
+            | Pagination::Page { param, .. }
+            | Pagination::Offset { param, .. } => param.as_deref(),
+            _ => None,
         }
     }
 
@@ -331,13 +413,17 @@ impl Pagination {
             Pagination::Cursor {
                 cursor,
                 cursor_from_last_record,
+                cursor_header,
                 has_more,
                 ..
             } => cursor::next(
                 &at,
                 page,
-                cursor.as_deref(),
-                cursor_from_last_record.as_deref(),
+                cursor::From {
+                    body: cursor.as_deref(),
+                    last_record: cursor_from_last_record.as_deref(),
+                    header: cursor_header.as_deref(),
+                },
                 has_more.as_deref(),
             ),
             Pagination::NextUrl { next } => link::next_in_body(&at, page, next),
@@ -384,11 +470,21 @@ fn check_pointer(key: &str, p: Option<&str>) -> Result<(), String> {
     }
 }
 
-fn check_param(key: &str, p: &str) -> Result<(), String> {
-    if p.trim().is_empty() {
-        Err(format!("{key}: must not be empty"))
-    } else {
-        Ok(())
+fn check_param(key: &str, p: Option<&str>) -> Result<(), String> {
+    match p {
+        Some(p) if p.trim().is_empty() => Err(format!("{key}: must not be empty")),
+        _ => Ok(()),
+    }
+}
+
+/// An HTTP field name: one or more token characters (RFC 9110 §5.6.2).
+fn check_header(key: &str, h: Option<&str>) -> Result<(), String> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    match h {
+        Some(h) if h.is_empty() || !h.bytes().all(token) => {
+            Err(format!("{key}: {h:?} is not an HTTP header name"))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -415,6 +511,7 @@ pub(super) mod testing {
             let view = PageView {
                 body,
                 link_header: *link,
+                cursor_header: None,
                 records: &records,
             };
             match p.next(&at, &view) {
@@ -476,6 +573,7 @@ mod tests {
         let view = PageView {
             body: &json!(null),
             link_header: None,
+            cursor_header: None,
             records: &[json!(1), json!(2)],
         };
         assert_eq!(
@@ -527,7 +625,7 @@ mod tests {
         assert_eq!(
             p,
             Pagination::Page {
-                param: "page".into(),
+                param: Some("page".into()),
                 start: 1,
                 size_param: None,
                 size: 100,
@@ -635,7 +733,7 @@ mod tests {
                 prop_assert!(pages <= max_pages, "more than {max_pages} pages");
                 let records = capped_server(&p, &at, n, cap);
                 seen.extend(records.iter().map(|v| v.as_u64().unwrap()));
-                let view = PageView { body: &Value::Null, link_header: None, records: &records };
+                let view = PageView { body: &Value::Null, link_header: None, cursor_header: None, records: &records };
                 match p.next(&at, &view) {
                     Ok(Some(next)) => at = next,
                     Ok(None) => break,
@@ -685,7 +783,7 @@ mod tests {
                     match &at { PageCursor::Cursor { token } => json!(token), _ => Value::Null }
                 } else if to < n { json!(to.to_string()) } else { Value::Null };
                 let body = json!({ "next": next, "has_more": to < n });
-                let view = PageView { body: &body, link_header: None, records: &records };
+                let view = PageView { body: &body, link_header: None, cursor_header: None, records: &records };
                 match p.next(&at, &view) {
                     Ok(Some(c)) => {
                         prop_assert_ne!(&c, &at, "the same page again");

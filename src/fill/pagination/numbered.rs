@@ -115,6 +115,7 @@ mod tests {
             &PageView {
                 body: &json!([1, 2]),
                 link_header: None,
+                cursor_header: None,
                 records: &[json!(1), json!(2)],
             },
         );
@@ -144,6 +145,7 @@ mod tests {
         let view = PageView {
             body: &json!(null),
             link_header: None,
+            cursor_header: None,
             records: &[json!(1), json!(2), json!(3)],
         };
         assert_eq!(
