@@ -29,7 +29,7 @@ use crate::observe::Observation;
 use crate::shape::{Sampler, ShapeStatus};
 use crate::store::{FillState, Origin, Store, StoreError};
 
-pub use partitions::{current as current_partitions, Lister, Listing, ListingError};
+pub(crate) use partitions::{current as current_partitions, Lister, Listing};
 
 /// How often the newest event time is written to the store (at most).
 const SAVE_EVERY: Duration = Duration::from_secs(1);

@@ -50,7 +50,7 @@ impl Extractor {
 
     /// Also reads each record's partition value at `key` (a JSON pointer
     /// into the record, inside the envelope).
-    pub fn with_partition_key(mut self, key: Option<String>) -> Self {
+    pub(crate) fn with_partition_key(mut self, key: Option<String>) -> Self {
         self.partition = key;
         self
     }
@@ -134,7 +134,7 @@ pub fn id_string(v: &serde_json::Value) -> Option<String> {
 
 /// A partition value as a string: like an id (a non-empty string, or a
 /// number in its JSON spelling), at most 256 bytes; anything else is none.
-pub fn partition_value(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn partition_value(v: &serde_json::Value) -> Option<String> {
     id_string(v).filter(|p| p.len() <= crate::config::MAX_PARTITION_LEN)
 }
 

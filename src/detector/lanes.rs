@@ -27,38 +27,38 @@ use super::{ActiveWindow, Detector, DetectorState, GapEvent};
 
 /// One partition: its detector, when it is queued to be ticked, the shell's data.
 #[derive(Debug)]
-pub struct Lane<T> {
+pub(crate) struct Lane<T> {
     detector: Detector,
     /// The deadline of its live heap entry (None: not queued: a gap is open,
     /// or no event was seen yet).
     queued: Option<DateTime<Utc>>,
-    pub data: T,
+    pub(crate) data: T,
 }
 
 impl<T> Lane<T> {
-    pub fn state(&self) -> DetectorState {
+    pub(crate) fn state(&self) -> DetectorState {
         self.detector.state()
     }
 }
 
 /// How a feed's partitions stand, counted over every lane.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Summary {
-    pub total: usize,
+pub(crate) struct Summary {
+    pub(crate) total: usize,
     /// With an open gap.
-    pub silent: usize,
+    pub(crate) silent: usize,
     /// Seen, no open gap.
-    pub fresh: usize,
+    pub(crate) fresh: usize,
     /// No event seen yet.
-    pub unseen: usize,
+    pub(crate) unseen: usize,
     /// The oldest newest-event among the partitions seen.
     #[serde(skip)]
-    pub oldest_last_event: Option<DateTime<Utc>>,
+    pub(crate) oldest_last_event: Option<DateTime<Utc>>,
 }
 
 /// The detectors of a feed's partitions, keyed by partition value.
 #[derive(Debug)]
-pub struct Lanes<T> {
+pub(crate) struct Lanes<T> {
     max_silence: Duration,
     window: ActiveWindow,
     lanes: HashMap<Arc<str>, Lane<T>>,
@@ -71,7 +71,7 @@ pub struct Lanes<T> {
 // === impl Lanes ===
 
 impl<T> Lanes<T> {
-    pub fn new(max_silence: Duration, window: ActiveWindow) -> Self {
+    pub(crate) fn new(max_silence: Duration, window: ActiveWindow) -> Self {
         Self {
             max_silence,
             window,
@@ -81,36 +81,32 @@ impl<T> Lanes<T> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.lanes.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.lanes.is_empty()
-    }
-
-    pub fn contains(&self, partition: &str) -> bool {
+    pub(crate) fn contains(&self, partition: &str) -> bool {
         self.lanes.contains_key(partition)
     }
 
-    pub fn get(&self, partition: &str) -> Option<&Lane<T>> {
+    pub(crate) fn get(&self, partition: &str) -> Option<&Lane<T>> {
         self.lanes.get(partition)
     }
 
-    pub fn get_mut(&mut self, partition: &str) -> Option<&mut Lane<T>> {
+    pub(crate) fn get_mut(&mut self, partition: &str) -> Option<&mut Lane<T>> {
         self.lanes.get_mut(partition)
     }
 
     /// The partition's own name, shared (cheap to keep in queues).
-    pub fn key(&self, partition: &str) -> Option<Arc<str>> {
+    pub(crate) fn key(&self, partition: &str) -> Option<Arc<str>> {
         self.lanes.get_key_value(partition).map(|(k, _)| k.clone())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Lane<T>)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Arc<str>, &Lane<T>)> {
         self.lanes.iter()
     }
 
-    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Lane<T>)> {
+    pub(crate) fn iter_mut(&mut self) -> impl Iterator<Item = (&Arc<str>, &mut Lane<T>)> {
         self.lanes.iter_mut()
     }
 
@@ -118,7 +114,7 @@ impl<T> Lanes<T> {
     /// does). Returns false, changing nothing, if it is there already. Tick
     /// (at [`Lanes::next_deadline`]) before the lane's first observation, as
     /// after any restart.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         partition: &str,
         restored: DetectorState,
@@ -143,7 +139,7 @@ impl<T> Lanes<T> {
     }
 
     /// Removes a partition; its last state and data.
-    pub fn remove(&mut self, partition: &str) -> Option<(DetectorState, T)> {
+    pub(crate) fn remove(&mut self, partition: &str) -> Option<(DetectorState, T)> {
         // Its heap entry goes stale and is skipped when it comes up.
         self.lanes
             .remove(partition)
@@ -152,7 +148,7 @@ impl<T> Lanes<T> {
 
     /// Rebuilds a lane's detector from `state` (another replica decided its
     /// gap). Unknown partitions are left alone.
-    pub fn restore(&mut self, partition: &str, state: DetectorState, now: DateTime<Utc>) {
+    pub(crate) fn restore(&mut self, partition: &str, state: DetectorState, now: DateTime<Utc>) {
         let Some(key) = self.key(partition) else {
             return;
         };
@@ -165,7 +161,7 @@ impl<T> Lanes<T> {
 
     /// A record of `partition` with this event time was observed at `now`
     /// (see [`Detector::observe`]). `None` for a partition not watched.
-    pub fn observe(
+    pub(crate) fn observe(
         &mut self,
         partition: &str,
         event_time: DateTime<Utc>,
@@ -183,7 +179,7 @@ impl<T> Lanes<T> {
 
     /// Ticks the lanes whose deadline has come (and only those); their
     /// gap events, in deadline order.
-    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<(Arc<str>, GapEvent)> {
+    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Vec<(Arc<str>, GapEvent)> {
         let mut events = Vec::new();
         while let Some(Reverse((at, _))) = self.heap.peek() {
             if *at > now {
@@ -209,7 +205,7 @@ impl<T> Lanes<T> {
     }
 
     /// The earliest deadline of any lane: when [`Lanes::tick`] has work.
-    pub fn next_deadline(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_deadline(&self) -> Option<DateTime<Utc>> {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
@@ -217,7 +213,7 @@ impl<T> Lanes<T> {
     /// silent (the shell counts the gaps the store has): one pass over every
     /// lane, so the shell calls it at its own pace (once a second at most),
     /// not per observation.
-    pub fn summary(&self, silent: impl Fn(&Lane<T>) -> bool) -> Summary {
+    pub(crate) fn summary(&self, silent: impl Fn(&Lane<T>) -> bool) -> Summary {
         let mut s = Summary {
             total: self.lanes.len(),
             ..Summary::default()
@@ -239,7 +235,8 @@ impl<T> Lanes<T> {
     }
 
     /// Lanes ticked since the start.
-    pub fn ticked(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn ticked(&self) -> u64 {
         self.ticked
     }
 

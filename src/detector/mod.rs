@@ -12,7 +12,7 @@ mod lanes;
 mod machine;
 mod window;
 
-pub use lanes::{Lane, Lanes, Summary};
+pub(crate) use lanes::{Lanes, Summary};
 pub use machine::{Detector, DetectorState, GapEvent};
 pub use window::ActiveWindow;
 

@@ -21,13 +21,13 @@ use crate::metrics::{InputSource, ListingOutcome, Metrics, Rejection};
 use crate::store::{Store, StoreError};
 
 /// The latest usable listing, as the lister hands it to the feed monitor.
-pub type Listing = Option<Arc<Vec<String>>>;
+pub(crate) type Listing = Option<Arc<Vec<String>>>;
 
 /// After a failed listing, the next try (doubling up to `every`).
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ListingError {
+pub(crate) enum ListingError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error("partition listing has no array at {pointer:?}")]
@@ -91,7 +91,7 @@ pub(crate) async fn list(
 /// The partitions a one-off command (`gapwatch backfill`, `audit`) works
 /// on: the fixed values, or those the daemon watched last (in the store), or
 /// else a listing of the vendor's. Empty for an unpartitioned feed.
-pub async fn current(
+pub(crate) async fn current(
     feed: &FeedConfig,
     store: &Store,
     source: &Source,
@@ -118,7 +118,7 @@ pub async fn current(
 
 /// Lists a `partitions.from` feed's partitions every `every` and hands each
 /// usable listing to the feed monitor.
-pub struct Lister {
+pub(crate) struct Lister {
     feed: Arc<FeedConfig>,
     source: Source,
     metrics: Arc<Metrics>,
@@ -127,7 +127,7 @@ pub struct Lister {
 
 impl Lister {
     /// None unless the feed's partitions come `from` the vendor.
-    pub fn new(
+    pub(crate) fn new(
         feed: Arc<FeedConfig>,
         source: Source,
         metrics: Arc<Metrics>,
@@ -145,7 +145,7 @@ impl Lister {
         })
     }
 
-    pub async fn run(&self, cancel: CancellationToken) {
+    pub(crate) async fn run(&self, cancel: CancellationToken) {
         let Some(PartitionList::From(from)) = self.feed.partitions.as_ref().map(|p| &p.list) else {
             return;
         };

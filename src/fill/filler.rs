@@ -175,13 +175,13 @@ impl Filler {
     }
 
     /// The partitions a fill of the whole feed asks for (partitioned feeds).
-    pub fn with_partitions(mut self, partitions: watch::Receiver<Arc<Vec<String>>>) -> Self {
+    pub(crate) fn with_partitions(mut self, partitions: watch::Receiver<Arc<Vec<String>>>) -> Self {
         self.partitions = Some(partitions);
         self
     }
 
     /// [`Filler::with_partitions`] for a one-off run: a fixed list.
-    pub fn with_partition_list(self, partitions: Vec<String>) -> Self {
+    pub(crate) fn with_partition_list(self, partitions: Vec<String>) -> Self {
         let (_tx, rx) = watch::channel(Arc::new(partitions));
         self.with_partitions(rx)
     }

@@ -168,7 +168,7 @@ impl FillControl {
 /// How many partitions a manual fill of `partition` (None: every one
 /// watched) asks each window for; an error for a partition the feed does
 /// not have.
-pub fn manual_partitions(
+pub(crate) fn manual_partitions(
     config: &FeedConfig,
     watched: &[String],
     partition: Option<&str>,
