@@ -46,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     ));
     let api = Router::new()
         .route("/api/v1/feeds", get(feeds))
+        .route("/api/v1/feeds/{feed}/partitions", get(partitions))
         .route("/api/v1/gaps", get(gaps))
         .route("/api/v1/gaps/{id}", get(gap))
         .route("/api/v1/gaps/{id}/retry", post(retry_gap))
@@ -199,6 +200,8 @@ async fn feeds(State(s): State<AppState>) -> Json<serde_json::Value> {
 struct GapQuery {
     feed: Option<String>,
     state: Option<String>,
+    /// Only the gaps of this partition (`""`: those of the whole feed).
+    partition: Option<String>,
     limit: Option<i64>,
 }
 
@@ -230,6 +233,7 @@ async fn gaps(
     let gaps = s
         .store
         .gaps(&GapFilter {
+            partition: q.partition,
             feed: q.feed,
             state: q.state,
             limit: Some(q.limit.unwrap_or(100).clamp(1, 10_000)),
@@ -238,6 +242,93 @@ async fn gaps(
         .map_err(ApiError::internal)?;
     let gaps: Vec<_> = gaps.into_iter().map(redacted).collect();
     Ok(Json(json!({ "gaps": gaps })))
+}
+
+#[derive(Deserialize)]
+struct PartitionQuery {
+    state: Option<String>,
+    /// Partitions after this one (in name order): the previous page's `next`.
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+/// Partitions listed per page by default, and at most.
+const PARTITIONS_PAGE: i64 = 100;
+const PARTITIONS_PAGE_MAX: i64 = 1000;
+const PARTITION_STATES: &[&str] = &["silent", "fresh", "unseen"];
+
+/// A partitioned feed's partitions in name order, a page at a time (`next`
+/// is the `after` of the following page), with the count of each state. As
+/// the store has them: newest events are saved about once a second.
+async fn partitions(
+    State(s): State<AppState>,
+    Path(feed): Path<String>,
+    q: Result<Query<PartitionQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Some(handle) = s.feeds.get(&feed) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown feed {feed:?}"),
+        ));
+    };
+    if !handle.config.is_partitioned() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("feed {feed:?} is not partitioned (no [feeds.partitions])"),
+        ));
+    }
+    if let Some(st) = &q.state {
+        if !PARTITION_STATES.contains(&st.as_str()) {
+            return Err(ApiError::bad_request(format!(
+                "unknown state {st:?}; one of {}",
+                PARTITION_STATES.join(", ")
+            )));
+        }
+    }
+    let limit = q
+        .limit
+        .unwrap_or(PARTITIONS_PAGE)
+        .clamp(1, PARTITIONS_PAGE_MAX);
+    let page = s
+        .store
+        .partitions_page(&feed, q.state.as_deref(), q.after.as_deref(), limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let now = Utc::now();
+    let age = |t: DateTime<Utc>| ((now - t).num_milliseconds().max(0) as f64) / 1000.0;
+    let next = (page.partitions.len() as i64 == limit)
+        .then(|| page.partitions.last().map(|p| p.partition.clone()))
+        .flatten();
+    let rows: Vec<_> = page
+        .partitions
+        .into_iter()
+        .map(|p| {
+            let state = match (&p.open_gap, p.last_event) {
+                (Some(_), _) => "silent",
+                (None, Some(_)) => "fresh",
+                (None, None) => "unseen",
+            };
+            json!({
+                "partition": p.partition,
+                "state": state,
+                "last_event": p.last_event,
+                "freshness_seconds": p.last_event.map(age),
+                "open_gap": p.open_gap.map(|(id, start)| json!({
+                    "id": id, "start": start, "silent_seconds": age(start),
+                })),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "feed": feed,
+        "total": page.silent + page.fresh + page.unseen,
+        "silent": page.silent,
+        "fresh": page.fresh,
+        "unseen": page.unseen,
+        "partitions": rows,
+        "next": next,
+    })))
 }
 
 fn gap_id(raw: &str) -> ApiResult<i64> {
@@ -259,7 +350,7 @@ async fn gap(
         .iter()
         .map(|c| {
             json!({
-                "idx": c.idx, "from": c.start, "to": c.end, "state": c.state,
+                "idx": c.idx, "partition": c.partition, "from": c.start, "to": c.end, "state": c.state,
                 "attempts": c.attempts,
                 "last_error": c.last_error.as_deref().map(crate::redact::text),
             })
@@ -366,7 +457,7 @@ fn fill_status(e: &crate::fill::FillError) -> StatusCode {
     match e {
         E::UnknownFeed(_) => StatusCode::NOT_FOUND,
         E::NoBackfill(_) => StatusCode::CONFLICT,
-        E::BadInterval(_) => StatusCode::BAD_REQUEST,
+        E::BadInterval(_) | E::BadPartition(_) => StatusCode::BAD_REQUEST,
         E::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -379,6 +470,9 @@ struct BackfillRequest {
     to: DateTime<Utc>,
     #[serde(default)]
     dry_run: bool,
+    /// Partitioned feeds: only this partition (absent: every one).
+    #[serde(default)]
+    partition: Option<String>,
 }
 
 async fn backfill(
@@ -393,7 +487,13 @@ async fn backfill(
     })?;
     let outcome = s
         .fills
-        .manual(&req.feed, req.from, req.to, req.dry_run)
+        .manual(
+            &req.feed,
+            req.partition.as_deref(),
+            req.from,
+            req.to,
+            req.dry_run,
+        )
         .await
         .map_err(|e| ApiError::new(fill_status(&e), e.to_string()))?;
     let status = if req.dry_run {
@@ -416,6 +516,9 @@ struct ReportedObservation {
     /// Optional, with `body`: its String message attributes.
     #[serde(default)]
     attributes: BTreeMap<String, String>,
+    /// Partitioned feeds: the record's partition value.
+    #[serde(default)]
+    partition: Option<serde_json::Value>,
 }
 
 /// A reported body larger than this is not sampled (SQS's own limit).
@@ -508,6 +611,7 @@ async fn observations(
         ));
     }
     let format = handle.config.watch.event_time_format;
+    let partitioned = handle.config.is_partitioned();
     let now = Utc::now();
     // At most one reported body a request is sampled (one per spacing).
     let mut sample = handle.shape_sample.as_ref().filter(|s| s.wants(now));
@@ -527,10 +631,26 @@ async fn observations(
                     _ => format.parse_json(&o.event_time),
                 }
                 .map_err(|e| format!("event_time: {e}"))?;
-                Ok((Observation { id, event_time }, o.body, o.attributes))
+                // Without a usable partition value it is observed for the
+                // feed as a whole only (counted below).
+                let partition = o
+                    .partition
+                    .as_ref()
+                    .filter(|_| partitioned)
+                    .and_then(crate::observe::partition_value);
+                let observation = Observation {
+                    id,
+                    event_time,
+                    partition,
+                };
+                Ok((observation, o.body, o.attributes))
             });
         match parsed {
             Ok((o, body, attributes)) => {
+                if partitioned && o.partition.is_none() {
+                    s.metrics
+                        .reject(&feed, InputSource::Report, Rejection::NoPartitionKey);
+                }
                 if let Some(body) = body.filter(|_| sample.is_some()).and_then(reported_body) {
                     if let Some(sampler) = sample.take() {
                         sampler.offer(LiveMessage {

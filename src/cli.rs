@@ -59,6 +59,9 @@ pub enum Command {
         /// A gap state (open, closed) or fill state (pending, running, done, failed, ignored).
         #[arg(long)]
         state: Option<String>,
+        /// Only the gaps of this partition (partitioned feeds).
+        #[arg(long)]
+        partition: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +77,9 @@ pub enum Command {
         /// End of the interval (RFC 3339), exclusive.
         #[arg(long)]
         to: DateTime<Utc>,
+        /// Partitioned feeds: only this partition (default: every one).
+        #[arg(long)]
+        partition: Option<String>,
         /// Print the plan (chunks, requests, duration under the rate limit); send nothing.
         #[arg(long)]
         dry_run: bool,
@@ -93,6 +99,9 @@ pub enum Command {
         /// End of the interval (RFC 3339), exclusive.
         #[arg(long)]
         to: DateTime<Utc>,
+        /// Partitioned feeds: only this partition (default: every one).
+        #[arg(long)]
+        partition: Option<String>,
         /// Count the missing records and show a sample of their ids; send nothing.
         #[arg(long)]
         dry_run: bool,
@@ -184,12 +193,14 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             config,
             feed,
             state,
+            partition,
             json,
         } => {
             let config = config.load(env)?;
             let store = Store::connect(&config.state.url).await?;
             let gaps = store
                 .gaps(&GapFilter {
+                    partition,
                     feed,
                     state,
                     limit: Some(1000),
@@ -210,17 +221,35 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             feed,
             from,
             to,
+            partition,
             dry_run,
             json,
-        } => backfill(config.load(env)?, &feed, from, to, dry_run, json).await,
+        } => {
+            let interval = Interval {
+                feed,
+                partition,
+                from,
+                to,
+            };
+            backfill(config.load(env)?, &interval, dry_run, json).await
+        }
         Command::Audit {
             config,
             feed,
             from,
             to,
+            partition,
             dry_run,
             json,
-        } => audit(config.load(env)?, &feed, from, to, dry_run, json).await,
+        } => {
+            let interval = Interval {
+                feed,
+                partition,
+                from,
+                to,
+            };
+            audit(config.load(env)?, &interval, dry_run, json).await
+        }
         Command::CheckShape { config, feed, json } => {
             // Whatever keeps the check from running is "cannot tell", not a mismatch.
             let result = async { check_shape(config.load(env)?, &feed, json).await }.await;
@@ -230,6 +259,34 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
             }))
         }
     }
+}
+
+/// What `backfill` and `audit` work on.
+struct Interval {
+    feed: String,
+    /// Partitioned feeds: one partition (None: every one).
+    partition: Option<String>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+}
+
+/// The partitions a one-off run of a partitioned feed works on (see
+/// [`crate::feed::current_partitions`]); empty for other feeds.
+async fn watched_partitions(
+    config: &Config,
+    feed: &crate::config::FeedConfig,
+) -> anyhow::Result<Vec<String>> {
+    let (Some(p), Some(b)) = (&feed.partitions, &feed.backfill) else {
+        return Ok(Vec::new());
+    };
+    if let crate::config::PartitionList::Values(v) = &p.list {
+        return Ok(v.clone());
+    }
+    let store = Store::connect(&config.state.url).await?;
+    let source = crate::fill::source::Source::new(&feed.name, &b.source, Arc::new(Metrics::new()))?;
+    let watched = crate::feed::current_partitions(feed, &store, &source).await;
+    store.close().await;
+    Ok(watched?)
 }
 
 /// `gapwatch check-shape`: the sample the daemon saved, checked now.
@@ -311,15 +368,15 @@ pub fn shape_text(r: &crate::shape::ShapeReport) -> String {
 
 /// `gapwatch audit`: the ledger holds every id that reached the destination,
 /// so a fill of the interval delivers exactly the missing records; a dry run
-/// only lists and compares.
+/// only lists and compares (every partition of a partitioned feed, or the
+/// one named).
 async fn audit(
     config: Config,
-    feed: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    interval: &Interval,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let (feed, from, to) = (interval.feed.as_str(), interval.from, interval.to);
     let feed_config = config
         .feed(feed)
         .with_context(|| format!("unknown feed {feed:?}"))?
@@ -330,7 +387,7 @@ async fn audit(
         );
     }
     if !dry_run {
-        return backfill(config, feed, from, to, false, json).await;
+        return backfill(config, interval, false, json).await;
     }
     let b = feed_config
         .backfill
@@ -343,10 +400,17 @@ async fn audit(
             to.to_rfc3339()
         );
     }
+    let watched = watched_partitions(&config, &feed_config).await?;
+    crate::fill::manual_partitions(&feed_config, &watched, interval.partition.as_deref())?;
+    let partitions = match &interval.partition {
+        Some(p) => vec![p.clone()],
+        None => watched,
+    };
     let metrics = Arc::new(Metrics::new());
     let store = Store::connect(&config.state.url).await?;
     let source = crate::fill::source::Source::new(feed, &b.source, metrics)?;
-    let report = crate::audit::list_missing(&feed_config, &source, &store, from, to).await?;
+    let report =
+        crate::audit::list_missing(&feed_config, &source, &store, &partitions, from, to).await?;
     store.close().await;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -383,9 +447,10 @@ fn fmt_time(t: Option<DateTime<Utc>>) -> String {
 /// The table `gapwatch gaps` prints.
 pub fn gaps_table(gaps: &[Gap]) -> String {
     let mut out = format!(
-        "{:<6} {:<16} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
+        "{:<6} {:<16} {:<12} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
         "ID",
         "FEED",
+        "PARTITION",
         "KIND",
         "STATE",
         "FROM",
@@ -398,10 +463,17 @@ pub fn gaps_table(gaps: &[Gap]) -> String {
         "ERROR"
     );
     for g in gaps {
+        // "-": the whole feed (unpartitioned, or a fill of every partition).
+        let partition = if g.partition.is_empty() {
+            "-"
+        } else {
+            g.partition.as_str()
+        };
         out.push_str(&format!(
-            "{:<6} {:<16} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
+            "{:<6} {:<16} {:<12} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
             g.id,
             g.feed,
+            partition,
             g.kind.as_str(),
             g.state.as_str(),
             fmt_time(Some(g.start)),
@@ -422,25 +494,33 @@ pub fn gaps_table(gaps: &[Gap]) -> String {
 
 async fn backfill(
     config: Config,
-    feed: &str,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
+    interval: &Interval,
     dry_run: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let (feed, from, to) = (interval.feed.as_str(), interval.from, interval.to);
+    let partition = interval.partition.as_deref();
     let feed_config = Arc::new(
         config
             .feed(feed)
             .with_context(|| format!("unknown feed {feed:?}"))?
             .clone(),
     );
+    let watched = watched_partitions(&config, &feed_config).await?;
+    let partitions = crate::fill::manual_partitions(&feed_config, &watched, partition)?;
     if dry_run {
-        let plan = crate::fill::dry_run_plan(&feed_config, from, to, Utc::now())?;
+        let mut plan = crate::fill::dry_run_plan(&feed_config, from, to, Utc::now(), partitions)?;
+        plan.partition = partition.unwrap_or("").to_string();
         if json {
             println!("{}", serde_json::to_string_pretty(&plan)?);
         } else {
+            let scope = match (partition, plan.partitions) {
+                (Some(p), _) => format!(" partition {p}"),
+                (None, n) if feed_config.is_partitioned() => format!(" ({n} partitions)"),
+                _ => String::new(),
+            };
             println!(
-                "feed {feed}: [{}, {}) in {} chunk(s); at least {} request(s), at least {:.1}s at {}/s",
+                "feed {feed}{scope}: [{}, {}) in {} chunk(s); at least {} request(s), at least {:.1}s at {}/s",
                 from.to_rfc3339(),
                 to.to_rfc3339(),
                 plan.chunks,
@@ -464,14 +544,19 @@ async fn backfill(
     } else {
         None
     };
-    let filler =
-        crate::fill::build_filler(feed_config.clone(), &store, metrics, sqs, "cli").await?;
+    let filler = crate::fill::build_filler(feed_config.clone(), &store, metrics, sqs, "cli")
+        .await?
+        .with_partition_list(watched.clone());
     let control = FillControl::new(
         store.clone(),
-        [(feed_config.clone(), Arc::new(tokio::sync::Notify::new()))],
+        [(
+            feed_config.clone(),
+            Arc::new(tokio::sync::Notify::new()),
+            tokio::sync::watch::channel(Arc::new(watched)).1,
+        )],
         "cli",
     );
-    let created = control.manual(feed, from, to, false).await?;
+    let created = control.manual(feed, partition, from, to, false).await?;
     let gap_id = created.gap_id.context("no gap id")?;
     let cancel = CancellationToken::new();
     {

@@ -113,7 +113,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 let relay = Relay::new(
                     feed.name.clone(),
                     queues,
-                    Extractor::new(&feed.watch),
+                    Extractor::new(&feed.watch)
+                        .with_partition_key(feed.partitions.as_ref().map(|p| p.key.clone())),
                     handle.observations.clone(),
                     metrics.clone(),
                 )
@@ -145,7 +146,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             )
             .await?
             .with_lease(lease.clone())
-            .with_unwritten(handle.unwritten.clone());
+            .with_unwritten(handle.unwritten.clone())
+            .with_partitions(handle.partitions.clone());
+            let lister = crate::feed::Lister::new(
+                feed.clone(),
+                filler.source().clone(),
+                metrics.clone(),
+                handle.listing.clone(),
+            );
+            if let Some(lister) = lister {
+                // Through the fills' source: one rate limit for both.
+                let lister = Arc::new(lister);
+                let stop = cancel.clone();
+                supervisor.spawn(
+                    &producers,
+                    TaskKind::PartitionLister,
+                    &feed.name,
+                    cancel.clone(),
+                    move || {
+                        let (lister, stop) = (lister.clone(), stop.clone());
+                        async move { lister.run(stop).await }
+                    },
+                );
+            }
             if feed.audit.is_some() {
                 // Same source (one rate limit) and sink as the fills.
                 let auditor = Auditor::new(
@@ -229,7 +252,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 },
             );
         }
-        fill_feeds.push((feed.clone(), handle.fill_wakeup.clone()));
+        fill_feeds.push((
+            feed.clone(),
+            handle.fill_wakeup.clone(),
+            handle.partitions.clone(),
+        ));
         handles.insert(feed.name.clone(), handle);
     }
 

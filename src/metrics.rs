@@ -96,6 +96,7 @@ pub enum TaskKind {
     ShapeChecker,
     LeaseKeeper,
     Server,
+    PartitionLister,
 }
 
 /// Where a refused piece of input came from (the `source` label).
@@ -138,6 +139,32 @@ pub enum Rejection {
     FutureEventTime,
     /// A vendor page larger than `source.max_page_bytes`.
     PageTooLarge,
+    /// A live record of a partitioned feed without a usable partition value
+    /// (observed for the feed as a whole only).
+    NoPartitionKey,
+    /// A live record whose partition is not watched (not in `values`, or
+    /// beyond `partitions.max`): observed for the feed as a whole only.
+    UnknownPartition,
+    /// A partition listing (`partitions.from`) that could not be used.
+    BadListing,
+}
+
+/// How a partitioned feed's partition stands (the `state` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Its gap is open: silent past `max_silence` inside the active window.
+    Silent,
+    /// Seen, no open gap.
+    Fresh,
+    /// Nothing seen from it yet.
+    Unseen,
+}
+
+/// How a partition listing (`partitions.from`) went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListingOutcome {
+    Ok,
+    Failed,
 }
 
 macro_rules! label_enum {
@@ -179,6 +206,7 @@ label_enum!(TaskKind {
     ShapeChecker => "shape_checker",
     LeaseKeeper => "lease_keeper",
     Server => "server",
+    PartitionLister => "partition_lister",
 });
 label_enum!(InputSource {
     Queue => "queue",
@@ -198,7 +226,12 @@ label_enum!(Rejection {
     BadPage => "bad_page",
     FutureEventTime => "future_event_time",
     PageTooLarge => "page_too_large",
+    NoPartitionKey => "no_partition_key",
+    UnknownPartition => "unknown_partition",
+    BadListing => "bad_listing",
 });
+label_enum!(PartitionState { Silent => "silent", Fresh => "fresh", Unseen => "unseen" });
+label_enum!(ListingOutcome { Ok => "ok", Failed => "failed" });
 
 pub struct Metrics {
     registry: Registry,
@@ -227,6 +260,9 @@ pub struct Metrics {
     pub audit_missing: IntCounterVec,
     pub audit_verified_until: GaugeVec,
     pub ledger_ids: IntGaugeVec,
+    pub feed_partitions: IntGaugeVec,
+    pub feed_oldest_partition_freshness: GaugeVec,
+    partition_listings: IntCounterVec,
     shape_checks: IntCounterVec,
     shape_mismatch: IntGaugeVec,
     state_write_failures: IntCounterVec,
@@ -379,6 +415,21 @@ impl Metrics {
                 "Record ids the ledger holds for the feed (kept for the audit lookback plus a margin).",
                 &["feed"],
             ),
+            feed_partitions: gauge_vec_int(
+                "gapwatch_feed_partitions",
+                "Partitions of a partitioned feed, by state (silent: an open gap; fresh; unseen: nothing seen yet).",
+                &["feed", "state"],
+            ),
+            feed_oldest_partition_freshness: gauge_vec(
+                "gapwatch_feed_oldest_partition_freshness_seconds",
+                "Now minus the newest event time of the partition heard from longest ago (partitioned feeds).",
+                &["feed"],
+            ),
+            partition_listings: counter_vec(
+                "gapwatch_partition_listings_total",
+                "Listings of a feed's partitions from the vendor (partitions.from), by outcome.",
+                &["feed", "outcome"],
+            ),
             shape_checks: counter_vec(
                 "gapwatch_shape_checks_total",
                 "Shape checks (sampled live messages compared with what a fill would send for the same records), by outcome.",
@@ -435,6 +486,9 @@ impl Metrics {
             Box::new(self.audit_missing.clone()),
             Box::new(self.audit_verified_until.clone()),
             Box::new(self.ledger_ids.clone()),
+            Box::new(self.feed_partitions.clone()),
+            Box::new(self.feed_oldest_partition_freshness.clone()),
+            Box::new(self.partition_listings.clone()),
             Box::new(self.shape_checks.clone()),
             Box::new(self.shape_mismatch.clone()),
             Box::new(self.state_write_failures.clone()),
@@ -467,6 +521,27 @@ impl Metrics {
         for s in ChunkState::ALL {
             self.backfill_chunks.with_label_values(&[feed, s.as_str()]);
         }
+    }
+
+    /// Series of a partitioned feed, at zero: per-feed counts, never a
+    /// series per partition (the oldest freshness stays absent until a
+    /// partition was heard from).
+    pub fn init_partitions(&self, feed: &str, listed: bool) {
+        for s in PartitionState::ALL {
+            self.feed_partitions.with_label_values(&[feed, s.as_str()]);
+        }
+        if listed {
+            for o in ListingOutcome::ALL {
+                self.partition_listings
+                    .with_label_values(&[feed, o.as_str()]);
+            }
+        }
+    }
+
+    pub fn partition_listing(&self, feed: &str, outcome: ListingOutcome) {
+        self.partition_listings
+            .with_label_values(&[feed, outcome.as_str()])
+            .inc();
     }
 
     /// Series of a feed that has a backfill source, at zero.

@@ -13,6 +13,9 @@ use crate::timefmt::TimeFormat;
 pub struct Observation {
     pub id: String,
     pub event_time: DateTime<Utc>,
+    /// The record's partition value (partitioned feeds; None: not readable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 /// Reads ids and event times out of message bodies as `[feeds.watch]` says.
@@ -22,6 +25,8 @@ pub struct Extractor {
     format: TimeFormat,
     record_id: Option<String>,
     envelope: Envelope,
+    /// Partitioned feeds: JSON pointer to the partition value.
+    partition: Option<String>,
 }
 
 /// The observation of a message, and what could not be read from its body (the
@@ -39,18 +44,27 @@ impl Extractor {
             format: watch.event_time_format,
             record_id: watch.record_id.clone(),
             envelope: watch.envelope,
+            partition: None,
         }
+    }
+
+    /// Also reads each record's partition value at `key` (a JSON pointer
+    /// into the record, inside the envelope).
+    pub(crate) fn with_partition_key(mut self, key: Option<String>) -> Self {
+        self.partition = key;
+        self
     }
 
     /// `message_id` and `sent` (SQS `SentTimestamp`) are the fallbacks when the
     /// body does not say.
     pub fn extract(&self, body: &str, message_id: &str, sent: DateTime<Utc>) -> Extracted {
         let mut problems = Vec::new();
-        if self.event_time.is_none() && self.record_id.is_none() {
+        if self.event_time.is_none() && self.record_id.is_none() && self.partition.is_none() {
             return Extracted {
                 observation: Observation {
                     id: message_id.to_string(),
                     event_time: sent,
+                    partition: None,
                 },
                 problems,
             };
@@ -85,8 +99,24 @@ impl Extractor {
             },
             (Some(_), None) => message_id.to_string(),
         };
+        let partition = match (&self.partition, &json) {
+            (None, _) => None,
+            (Some(ptr), Some(v)) => {
+                let value = v.pointer(ptr).and_then(partition_value);
+                if value.is_none() {
+                    problems.push(Rejection::NoPartitionKey);
+                }
+                value
+            }
+            // Counted already as not JSON or not in its envelope.
+            (Some(_), None) => None,
+        };
         Extracted {
-            observation: Observation { id, event_time },
+            observation: Observation {
+                id,
+                event_time,
+                partition,
+            },
             problems,
         }
     }
@@ -100,6 +130,12 @@ pub fn id_string(v: &serde_json::Value) -> Option<String> {
         serde_json::Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// A partition value as a string: like an id (a non-empty string, or a
+/// number in its JSON spelling), at most 256 bytes; anything else is none.
+pub(crate) fn partition_value(v: &serde_json::Value) -> Option<String> {
+    id_string(v).filter(|p| p.len() <= crate::config::MAX_PARTITION_LEN)
 }
 
 #[cfg(test)]
@@ -191,6 +227,44 @@ mod tests {
             "a bare record is not an SNS envelope"
         );
         assert_eq!(bare.problems, vec![Rejection::NoEnvelope]);
+    }
+
+    #[test]
+    fn the_partition_is_read_inside_the_envelope() {
+        let sent = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 9).unwrap();
+        let mut e = extractor(Some("/ts"), Some("/id"), TimeFormat::UnixS)
+            .with_partition_key(Some("/store_id".into()));
+        e.envelope = Envelope::EventBridge;
+        let got = e.extract(
+            r#"{"id":"env-1","detail":{"id":"r-1","ts":1767225601,"store_id":"s7"}}"#,
+            "mid",
+            sent,
+        );
+        assert_eq!(got.observation.partition.as_deref(), Some("s7"));
+        assert!(got.problems.is_empty());
+        let numeric = e.extract(r#"{"detail":{"id":"r-2","ts":1,"store_id":42}}"#, "m", sent);
+        assert_eq!(numeric.observation.partition.as_deref(), Some("42"));
+        for body in [
+            r#"{"detail":{"id":"r-3","ts":1}}"#,
+            r#"{"detail":{"id":"r-4","ts":1,"store_id":""}}"#,
+            r#"{"detail":{"id":"r-5","ts":1,"store_id":{"a":1}}}"#,
+        ] {
+            let got = e.extract(body, "m", sent);
+            assert_eq!(got.observation.partition, None, "{body}");
+            assert_eq!(got.problems, vec![Rejection::NoPartitionKey], "{body}");
+        }
+        let long = format!(
+            r#"{{"detail":{{"id":"r-6","ts":1,"store_id":"{}"}}}}"#,
+            "x".repeat(300)
+        );
+        assert_eq!(e.extract(&long, "m", sent).observation.partition, None);
+        // Without pointers for id and time the body is still read for it.
+        let mut e =
+            extractor(None, None, TimeFormat::Rfc3339).with_partition_key(Some("/store_id".into()));
+        e.envelope = Envelope::None;
+        let got = e.extract(r#"{"store_id":"s1"}"#, "mid", sent);
+        assert_eq!(got.observation.id, "mid");
+        assert_eq!(got.observation.partition.as_deref(), Some("s1"));
     }
 
     #[test]

@@ -199,7 +199,7 @@ impl Auditor {
             }
             let id = self
                 .store
-                .manual_gap(&feed, window.start, window.end, OWNER, Utc::now())
+                .manual_gap(&feed, "", window.start, window.end, OWNER, Utc::now())
                 .await?;
             if let Some(gap) = self.store.gap(id).await? {
                 self.audit_gap(gap, cancel).await?;
@@ -220,6 +220,7 @@ impl Auditor {
             let gaps = self
                 .store
                 .gaps(&GapFilter {
+                    partition: None,
                     feed: Some(self.feed.name.clone()),
                     state: Some(state.into()),
                     limit: Some(1000),
@@ -246,6 +247,7 @@ impl Auditor {
         let done = self
             .store
             .gaps(&GapFilter {
+                partition: None,
                 feed: Some(feed.clone()),
                 state: Some("done".into()),
                 limit: Some(RECENT_FILLS),
@@ -285,7 +287,7 @@ impl Auditor {
                 );
                 let id = self
                     .store
-                    .manual_gap(&feed, start, end, OWNER, Utc::now())
+                    .manual_gap(&feed, &g.partition, start, end, OWNER, Utc::now())
                     .await?;
                 if let Some(gap) = self.store.gap(id).await? {
                     self.audit_gap(gap, cancel).await?;

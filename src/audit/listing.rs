@@ -39,12 +39,14 @@ pub enum ListingError {
     TooManyPages(u64),
 }
 
-/// Lists `[from, to)` (widened to the source's resolution) page by page and
-/// counts the ids the ledger lacks.
+/// Lists `[from, to)` (widened to the source's resolution) page by page,
+/// for each of `partitions` (none: an unpartitioned feed), and counts the
+/// ids the ledger lacks.
 pub async fn list_missing(
     feed: &FeedConfig,
     source: &Source,
     store: &Store,
+    partitions: &[String],
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<MissingReport, ListingError> {
@@ -62,7 +64,15 @@ pub async fn list_missing(
         ..MissingReport::default()
     };
     let renderer = Renderer::new(feed);
-    for w in plan::split(start, end, chunk, res) {
+    let whole = [String::new()];
+    let partitions = if partitions.is_empty() {
+        &whole[..]
+    } else {
+        partitions
+    };
+    let windows = plan::split(start, end, chunk, res)
+        .flat_map(|w| partitions.iter().map(move |p| (w, p.as_str())));
+    for (w, partition) in windows {
         let mut at = config.pagination.first();
         let mut pages = 0u64;
         loop {
@@ -70,7 +80,7 @@ pub async fn list_missing(
             if pages > config.max_pages_per_chunk {
                 return Err(ListingError::TooManyPages(config.max_pages_per_chunk));
             }
-            let page = source.page(w.start, w.end, &at).await?;
+            let page = source.page(w.start, w.end, partition, &at).await?;
             report.requests += 1;
             // Compared as the live feed carries them: filtered, by their live id.
             let rendered: Vec<_> = page

@@ -26,6 +26,9 @@ pub use raw::AuthStyle;
 pub use request::{BodyTemplate, Method};
 pub use secret::Secret;
 
+/// Longest partition value accepted (in config and from live records).
+pub(crate) const MAX_PARTITION_LEN: usize = 256;
+
 /// Where the config file is looked for when `--config` is not given.
 pub const DEFAULT_PATH: &str = "/etc/gapwatch/gapwatch.toml";
 
@@ -148,6 +151,46 @@ pub struct FeedConfig {
     /// The shape check (None: off, or the feed cannot have one).
     #[serde(serialize_with = "shape_or_off")]
     pub shape: Option<ShapeConfig>,
+    /// Partitioned feeds: freshness, gaps and fills per partition.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<PartitionsConfig>,
+}
+
+/// `[feeds.partitions]`, validated: which partition a live record belongs
+/// to, and which partitions are watched.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionsConfig {
+    /// JSON pointer to the partition value in a live record (inside the envelope).
+    pub key: String,
+    #[serde(flatten)]
+    pub list: PartitionList,
+    /// Most partitions watched at once: a listing or live keys beyond it are
+    /// not watched (counted, logged).
+    pub max: NonZeroUsize,
+}
+
+/// Where the watched partitions come from.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartitionList {
+    /// A fixed list; a live record with another value is counted and
+    /// observed for the feed as a whole only.
+    Values(Vec<String>),
+    /// Listed by the vendor (through the backfill source's auth, headers and
+    /// rate limit) every `every`; a live record with a value not listed yet
+    /// adds it.
+    From(PartitionSource),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionSource {
+    pub url: Url,
+    /// JSON pointer to the array of partitions in the answer ("" = the body).
+    pub records: String,
+    /// JSON pointer to the value inside each element.
+    pub value: String,
+    #[serde(with = "humantime_serde_compat")]
+    pub every: Duration,
 }
 
 /// A feed without a shape check is written `enabled = false`, so that the
@@ -204,6 +247,11 @@ pub const LEDGER_MARGIN: Duration = Duration::from_secs(3600);
 pub const DEFAULT_LEDGER_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 
 impl FeedConfig {
+    /// Whether freshness, gaps and fills are kept per partition.
+    pub fn is_partitioned(&self) -> bool {
+        self.partitions.is_some()
+    }
+
     /// Ids older than this (event time before now − retention) are pruned.
     pub fn ledger_retention(&self) -> Duration {
         self.audit

@@ -115,6 +115,8 @@ pub struct RawFeed {
     pub audit: Option<RawAudit>,
     #[serde(default)]
     pub shape: Option<RawShape>,
+    #[serde(default)]
+    pub partitions: Option<RawPartitions>,
 }
 
 /// `[feeds.shape]`: the check that recovered messages look like live ones.
@@ -134,6 +136,35 @@ pub struct RawShape {
     /// Live messages kept to compare.
     #[serde(default = "default_shape_sample")]
     pub sample: i64,
+}
+
+/// `[feeds.partitions]`: the vendor lists records per partition (store,
+/// account, merchant); freshness, gaps and fills are kept per partition.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPartitions {
+    /// JSON pointer to the partition value in a live record.
+    pub key: String,
+    #[serde(default)]
+    pub values: Option<Vec<String>>,
+    #[serde(default)]
+    pub from: Option<RawPartitionSource>,
+    /// Most partitions watched at once.
+    #[serde(default = "default_max_partitions")]
+    pub max: i64,
+}
+
+/// `partitions.from`: the partition values as the vendor lists them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPartitionSource {
+    pub url: String,
+    #[serde(default = "default_records")]
+    pub records: String,
+    #[serde(default = "default_record_id")]
+    pub value: String,
+    #[serde(default = "default_partitions_every")]
+    pub every: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,6 +381,12 @@ pub enum RawSink {
     },
 }
 
+const fn default_max_partitions() -> i64 {
+    10_000
+}
+fn default_partitions_every() -> String {
+    "1h".into()
+}
 fn default_shape_every() -> String {
     "1h".into()
 }

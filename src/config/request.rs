@@ -194,6 +194,15 @@ impl Uses {
     pub(super) fn names(&self, name: &str) -> bool {
         self.places.iter().any(|(_, n)| n.iter().any(|n| n == name))
     }
+
+    /// The keys of the places that name `name`.
+    pub(super) fn places_naming(&self, name: &str) -> Vec<&str> {
+        self.places
+            .iter()
+            .filter(|(_, n)| n.iter().any(|n| n == name))
+            .map(|(place, _)| place.as_str())
+            .collect()
+    }
 }
 
 impl super::validate::Checker<'_> {

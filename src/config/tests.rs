@@ -704,6 +704,170 @@ fn status_lists_name_the_key_of_a_bad_status() {
     );
 }
 
+/// GOOD with its source asking for one store at a time.
+fn partitioned(partitions: &str) -> String {
+    let text = GOOD.replacen("/v1/events\"", "/v1/stores/{partition}/events\"", 1);
+    format!("{text}\n  [feeds.partitions]\n{partitions}")
+}
+
+#[test]
+fn partitions_load_from_values_or_a_listing_and_print_back() {
+    let c = load(&partitioned(
+        "  key = \"/store_id\"\n  values = [\"s1\", \"s2\"]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = c.feeds[0].partitions.as_ref().unwrap();
+    assert_eq!(p.key, "/store_id");
+    assert_eq!(p.max.get(), 10_000);
+    assert!(matches!(&p.list, PartitionList::Values(v) if v == &["s1", "s2"]));
+    // The resolved config loads again.
+    let again = load(&c.to_redacted_toml().replace("<redacted>", "x")).unwrap_or_else(|e| {
+        panic!("{e}\n{}", c.to_redacted_toml());
+    });
+    assert!(again.feeds[0].is_partitioned());
+
+    let c = load(&partitioned(
+        "  key = \"/store_id\"\n  max = 50\n  from = { url = \"https://api.vendor.example/v1/stores\", records = \"/stores\" }\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let p = c.feeds[0].partitions.as_ref().unwrap();
+    match &p.list {
+        PartitionList::From(f) => {
+            assert_eq!(f.url.as_str(), "https://api.vendor.example/v1/stores");
+            assert_eq!((f.records.as_str(), f.value.as_str()), ("/stores", "/id"));
+            assert_eq!(f.every, Duration::from_secs(3600));
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = c.to_redacted_toml();
+    assert!(text.contains("[feeds.partitions.from]"), "{text}");
+    load(&text.replace("<redacted>", "x")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+}
+
+#[test]
+fn partition_errors_name_their_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "  key = \"store_id\"\n  values = [\"s1\"]\n",
+            "feeds[0].partitions.key: invalid JSON pointer",
+        ),
+        (
+            "  key = \"\"\n  values = [\"s1\"]\n",
+            "feeds[0].partitions.key: must point into the record",
+        ),
+        ("  key = \"/s\"\n", "feeds[0].partitions: needs values"),
+        (
+            "  key = \"/s\"\n  values = [\"a\"]\n  from = { url = \"https://x.example/s\" }\n",
+            "feeds[0].partitions: give values or from, not both",
+        ),
+        (
+            "  key = \"/s\"\n  values = []\n",
+            "feeds[0].partitions.values: must list at least one partition",
+        ),
+        (
+            "  key = \"/s\"\n  values = [\"a\", \"\"]\n",
+            "feeds[0].partitions.values[1]: must be 1 to 256 bytes long",
+        ),
+        (
+            "  key = \"/s\"\n  values = [\"a\", \"b\", \"a\"]\n",
+            "feeds[0].partitions.values[2]: duplicate value \"a\" (also values[0])",
+        ),
+        (
+            "  key = \"/s\"\n  values = [\"a\", \"b\"]\n  max = 1\n",
+            "feeds[0].partitions.values: 2 values, more than partitions.max (1)",
+        ),
+        (
+            "  key = \"/s\"\n  values = [\"a\"]\n  max = 0\n",
+            "feeds[0].partitions.max: must be between 1 and 1000000, got 0",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"ftp://x\" }\n",
+            "feeds[0].partitions.from.url",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"https://x.example/s\", every = \"0s\" }\n",
+            "feeds[0].partitions.from.every: must be greater than zero",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"https://x.example/s\", value = \"id\" }\n",
+            "feeds[0].partitions.from.value: invalid JSON pointer",
+        ),
+        (
+            "  key = \"/s\"\n  values = [\"a\"]\n  color = \"red\"\n",
+            "unknown field `color`",
+        ),
+    ];
+    for (partitions, want) in cases {
+        let err = load(&partitioned(partitions)).expect_err(partitions);
+        assert!(
+            err.contains(want),
+            "for {partitions:?}: wanted {want:?} in:\n{err}"
+        );
+    }
+    // The source must name the partition it asks for, and only a
+    // partitioned feed has one.
+    let err = load(&format!(
+        "{GOOD}\n  [feeds.partitions]\n  key = \"/s\"\n  values = [\"a\"]\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("feeds[0].backfill.source.url: the feed is partitioned: name {partition}"),
+        "{err}"
+    );
+    let err = load(&GOOD.replacen(
+        "limit = \"500\"",
+        "limit = \"500\", store = \"{partition}\"",
+        1,
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("feeds[0].backfill.source.query.store: {partition} needs [feeds.partitions]"),
+        "{err}"
+    );
+    // A query value naming it is enough.
+    load(&format!(
+        "{}\n  [feeds.partitions]\n  key = \"/s\"\n  values = [\"a\"]\n",
+        GOOD.replacen(
+            "limit = \"500\"",
+            "limit = \"500\", store = \"{partition}\"",
+            1
+        )
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    // So is a header (or the body).
+    load(&format!(
+        "{}\n  [feeds.partitions]\n  key = \"/s\"\n  values = [\"a\"]\n",
+        GOOD.replacen(
+            "headers = { Authorization = \"Bearer ${VENDOR_TOKEN}\" }",
+            "headers = { Authorization = \"Bearer ${VENDOR_TOKEN}\", X-Store = \"{partition}\" }",
+            1
+        )
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Passive feeds see no records; a listing needs the backfill source.
+    let passive = partitioned("  key = \"/s\"\n  values = [\"a\"]\n")
+        .replacen("mode = \"relay\"", "mode = \"passive\"", 1)
+        .replacen(
+            "forward_to = \"http://127.0.0.1:5000/123456789012/app-orders\"",
+            "",
+            1,
+        );
+    let err = load(&passive).unwrap_err();
+    assert!(
+        err.contains("feeds[0].partitions: needs each record's partition value"),
+        "{err}"
+    );
+    let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
+    let err = load(&format!(
+        "{no_backfill}\n  [feeds.partitions]\n  key = \"/s\"\n  from = {{ url = \"https://x.example/s\" }}\n"
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("feeds[0].partitions.from: needs [feeds.backfill]"),
+        "{err}"
+    );
+}
+
 #[test]
 fn the_shape_check_runs_by_default_where_it_can_and_is_checked() {
     // A relay feed with both pointers and a backfill: on, with the defaults.
@@ -843,7 +1007,7 @@ fn request_template_errors_name_their_key() {
         ),
         (
             "    method = \"POST\"\n    pagination = { type = \"none\" }\n    body = { q = [{ from = \"{begin}\" }], to = \"{end}\" }",
-            "feeds[0].backfill.source.body.q[0].from: unknown placeholder {begin} (known: {start}, {end}, {cursor})",
+            "feeds[0].backfill.source.body.q[0].from: unknown placeholder {begin} (known: {start}, {end}, {cursor}, {partition})",
         ),
         (
             "    pagination = { type = \"next_url\", next = \"/next\" }\n    query = { from = \"{start}\", c = \"{cursor}\" }",

@@ -10,13 +10,15 @@ use std::time::Duration;
 use url::Url;
 
 use super::raw::{
-    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawShape, RawSink, RawSource,
+    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawPartitions, RawShape, RawSink,
+    RawSource,
 };
 use super::request::Uses;
 use super::{
     AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
-    RateLimit, Secret, ServerConfig, ShapeConfig, SinkConfig, SourceAuth, SourceConfig,
-    StateConfig, StateUrl, WatchConfig, WatchMode, MAX_SHAPE_SAMPLE,
+    PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret, ServerConfig, ShapeConfig,
+    SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
+    MAX_PARTITION_LEN, MAX_SHAPE_SAMPLE,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
@@ -435,6 +437,13 @@ impl Checker<'_> {
             Some(a) => Some(self.audit(key, a, mode, backfill.as_ref())?),
             None => None,
         };
+        let partitions = match &f.partitions {
+            Some(p) => Some(self.partitions(key, p, mode, backfill.as_ref())?),
+            None => None,
+        };
+        if let Some(b) = &backfill {
+            self.partition_placeholder_rule(key, &b.source, partitions.is_some());
+        }
         let live = LiveSide {
             mode,
             backfill: backfill.is_some(),
@@ -459,7 +468,141 @@ impl Checker<'_> {
             backfill,
             audit,
             shape,
+            partitions,
         })
+    }
+
+    fn partitions(
+        &mut self,
+        feed_key: &str,
+        p: &RawPartitions,
+        mode: WatchMode,
+        backfill: Option<&BackfillConfig>,
+    ) -> Option<PartitionsConfig> {
+        let key = format!("{feed_key}.partitions");
+        let pointer = self.pointer(&format!("{key}.key"), &p.key);
+        if pointer.as_deref() == Some("") {
+            self.fail(
+                &format!("{key}.key"),
+                "must point into the record (\"\" would be the whole record)",
+            );
+        }
+        if mode == WatchMode::Passive {
+            self.fail(
+                &key,
+                "needs each record's partition value: relay or report mode, not passive",
+            );
+        }
+        let max = usize::try_from(p.max)
+            .ok()
+            .filter(|m| *m <= MAX_PARTITIONS)
+            .and_then(NonZeroUsize::new);
+        if max.is_none() {
+            self.fail(
+                &format!("{key}.max"),
+                format!("must be between 1 and {MAX_PARTITIONS}, got {}", p.max),
+            );
+        }
+        let list = match (&p.values, &p.from) {
+            (Some(_), Some(_)) => {
+                self.fail(&key, "give values or from, not both");
+                None
+            }
+            (None, None) => {
+                self.fail(
+                    &key,
+                    "needs values = [\"…\"] or from = { url = \"…\", records, value, every }",
+                );
+                None
+            }
+            (Some(values), None) => self.partition_values(&key, values, max),
+            (None, Some(from)) => {
+                if backfill.is_none() {
+                    self.fail(
+                        &format!("{key}.from"),
+                        "needs [feeds.backfill]: its source's auth, headers and rate limit list the partitions",
+                    );
+                }
+                let k = format!("{key}.from");
+                let url = self.url(&format!("{k}.url"), &from.url);
+                let records = self.pointer(&format!("{k}.records"), &from.records);
+                let value = self.pointer(&format!("{k}.value"), &from.value);
+                let every = self.duration(&format!("{k}.every"), &from.every, false);
+                Some(PartitionList::From(PartitionSource {
+                    url: url?,
+                    records: records?,
+                    value: value?,
+                    every: every?,
+                }))
+            }
+        };
+        Some(PartitionsConfig {
+            key: pointer.filter(|p| !p.is_empty())?,
+            list: list?,
+            max: max?,
+        })
+    }
+
+    /// A fixed partition list: non-empty values (\"\" stands for the whole
+    /// feed), each once, no more than `max`.
+    fn partition_values(
+        &mut self,
+        key: &str,
+        values: &[String],
+        max: Option<NonZeroUsize>,
+    ) -> Option<PartitionList> {
+        let key = format!("{key}.values");
+        if values.is_empty() {
+            self.fail(&key, "must list at least one partition");
+            return None;
+        }
+        if let Some(max) = max.filter(|m| values.len() > m.get()) {
+            self.fail(
+                &key,
+                format!("{} values, more than partitions.max ({max})", values.len()),
+            );
+        }
+        let mut seen: HashMap<String, usize> = HashMap::with_capacity(values.len());
+        let mut out = Vec::with_capacity(values.len());
+        let mut ok = true;
+        for (i, v) in values.iter().enumerate() {
+            let k = format!("{key}[{i}]");
+            let Some(v) = self.string(&k, v) else {
+                ok = false;
+                continue;
+            };
+            if v.is_empty() || v.len() > MAX_PARTITION_LEN {
+                self.fail(&k, format!("must be 1 to {MAX_PARTITION_LEN} bytes long"));
+                ok = false;
+            } else if let Some(first) = seen.get(&v) {
+                self.fail(&k, format!("duplicate value {v:?} (also values[{first}])"));
+                ok = false;
+            } else {
+                seen.insert(v.clone(), i);
+                out.push(v);
+            }
+        }
+        ok.then_some(PartitionList::Values(out))
+    }
+
+    /// A partitioned feed's fills ask for one partition at a time, so its
+    /// source must name `{partition}` (URL, query, headers or body); an
+    /// unpartitioned one has no value for it.
+    fn partition_placeholder_rule(&mut self, feed_key: &str, s: &SourceConfig, partitioned: bool) {
+        let key = format!("{feed_key}.backfill.source");
+        let uses = Uses::of(&key, s);
+        let places = uses.places_naming("partition");
+        if partitioned && places.is_empty() {
+            self.fail(
+                &format!("{key}.url"),
+                "the feed is partitioned: name {partition} in the URL, a query value, a header or the body, so that a fill asks for the silent partition only",
+            );
+        }
+        if !partitioned {
+            for place in places {
+                self.fail(place, "{partition} needs [feeds.partitions]");
+            }
+        }
     }
 
     /// `[feeds.shape]`. Without the section the check runs with its defaults
@@ -1236,3 +1379,6 @@ impl Checker<'_> {
         }
     }
 }
+
+/// Most partitions a feed may watch (`partitions.max`).
+const MAX_PARTITIONS: usize = 1_000_000;

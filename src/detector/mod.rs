@@ -5,11 +5,14 @@
 //! [`Detector::observe`] for every record it sees, [`Detector::tick`] at
 //! [`Detector::next_deadline`] (and once right after rebuilding from [`DetectorState`] at
 //! startup, before the first `observe`), persists [`Detector::state`] after
-//! each [`GapEvent`], and acts on the events.
+//! each [`GapEvent`], and acts on the events. A partitioned feed has one
+//! detector per partition in [`Lanes`], ticked only when one is due.
 
+mod lanes;
 mod machine;
 mod window;
 
+pub(crate) use lanes::{Lanes, Summary};
 pub use machine::{Detector, DetectorState, GapEvent};
 pub use window::ActiveWindow;
 

@@ -4,6 +4,8 @@
 //! of it: "is this instant active?" and "since when has it been active?". Both
 //! are answered at one-second resolution, the resolution of cron expressions.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, DurationRound, FixedOffset, TimeDelta, Utc};
 use chrono_tz::Tz;
 use cron::{Schedule, TimeUnitSpec};
@@ -21,12 +23,15 @@ const MINUTE: TimeDelta = TimeDelta::minutes(1);
 /// `"* * 8-21 * * Mon-Fri"`) evaluated in a timezone. An instant is active if
 /// ANY schedule matches it (to the second, evaluated in the timezone). No
 /// schedules = always active.
+///
+/// Cheap to clone (shared schedules): a partitioned feed's detectors, one per
+/// partition, all hold the feed's window.
 #[derive(Clone, Debug)]
 pub struct ActiveWindow {
-    schedules: Vec<Schedule>,
+    schedules: Arc<[Schedule]>,
     /// Whether each schedule (same index) matches every second of any minute it
     /// matches; lets a whole minute be judged with one lookup instead of 60.
-    whole_minutes: Vec<bool>,
+    whole_minutes: Arc<[bool]>,
     tz: Tz,
 }
 
@@ -43,7 +48,7 @@ impl ActiveWindow {
     pub fn new(schedules: Vec<Schedule>, tz: Tz) -> Self {
         let whole_minutes = schedules.iter().map(|s| s.seconds().is_all()).collect();
         Self {
-            schedules,
+            schedules: schedules.into(),
             whole_minutes,
             tz,
         }
@@ -146,7 +151,7 @@ impl ActiveWindow {
             && self
                 .schedules
                 .iter()
-                .zip(&self.whole_minutes)
+                .zip(self.whole_minutes.iter())
                 .any(|(s, whole)| *whole && s.includes(local))
         {
             return None;

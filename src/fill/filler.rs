@@ -52,6 +52,18 @@ fn unfinished(chunks: &[Chunk]) -> usize {
         .count()
 }
 
+/// How many more windows may be planned, each a chunk per partition in
+/// `per_window`: up to [`PLAN_AHEAD`] chunks unfinished, but always one
+/// window when none is (a feed of thousands of partitions fills a whole
+/// window of them at a time).
+fn windows_room(unfinished: usize, per_window: usize) -> usize {
+    let per_window = per_window.max(1);
+    if unfinished == 0 {
+        return (PLAN_AHEAD / per_window).max(1);
+    }
+    PLAN_AHEAD.saturating_sub(unfinished) / per_window
+}
+
 /// Why a chunk attempt failed. The chunk is tried again later (with the one
 /// jittered backoff of [`retry`](crate::retry)) while the error is retryable
 /// and `max_chunk_attempts` allows; otherwise its gap fails with this reason.
@@ -127,6 +139,9 @@ pub struct Filler {
     renderer: Arc<Renderer>,
     /// Ids of the feed not in the store yet: known all the same.
     unwritten: Unwritten,
+    /// Partitioned feeds: the partitions watched now; a gap of the whole
+    /// feed (a manual fill, an audit window) asks each of them.
+    partitions: Option<watch::Receiver<Arc<Vec<String>>>>,
     /// Taken from a page's dedupe to its commit: shared by the fills (their
     /// chunks' windows do not overlap), alone by the audit, whose windows
     /// overlap theirs. Without it an audit window and a fill over the same
@@ -153,9 +168,34 @@ impl Filler {
             lease: watch::channel(LeaseView::held()).1,
             renderer: Arc::new(Renderer::new(&feed)),
             unwritten: Unwritten::default(),
+            partitions: None,
             turns: Arc::default(),
             feed,
         }
+    }
+
+    /// The partitions a fill of the whole feed asks for (partitioned feeds).
+    pub(crate) fn with_partitions(mut self, partitions: watch::Receiver<Arc<Vec<String>>>) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// [`Filler::with_partitions`] for a one-off run: a fixed list.
+    pub(crate) fn with_partition_list(self, partitions: Vec<String>) -> Self {
+        let (_tx, rx) = watch::channel(Arc::new(partitions));
+        self.with_partitions(rx)
+    }
+
+    /// The partitions each window of `gap` is asked for: the gap's own, or
+    /// for a gap of the whole feed every partition watched (`[""]`: an
+    /// unpartitioned feed). None: a partitioned feed whose partitions are not
+    /// known yet (its listing has not come).
+    fn chunk_partitions(&self, gap: &Gap) -> Option<Vec<String>> {
+        if !gap.partition.is_empty() || !self.feed.is_partitioned() {
+            return Some(vec![gap.partition.clone()]);
+        }
+        let list = self.partitions.as_ref()?.borrow().clone();
+        (!list.is_empty()).then(|| list.to_vec())
     }
 
     /// The feed monitor's ids not written yet (see [`Unwritten`]).
@@ -183,6 +223,7 @@ impl Filler {
             lease: self.lease.clone(),
             renderer: self.renderer.clone(),
             unwritten: self.unwritten.clone(),
+            partitions: self.partitions.clone(),
             turns: self.turns.clone(),
         }
     }
@@ -308,7 +349,8 @@ impl Filler {
             |c| c.end,
         );
         // No room to plan more: the next chunk to finish makes some.
-        let room = unfinished(&chunks) < PLAN_AHEAD;
+        let per_window = self.chunk_partitions(gap).map_or(1, |p| p.len());
+        let room = windows_room(unfinished(&chunks), per_window) > 0;
         let plan = room
             .then(|| {
                 plan::next_plan_due(
@@ -350,24 +392,31 @@ impl Filler {
         let is_final = gap.state == GapState::Closed;
         let chunks = self.store.chunks(gap.id).await?;
         let target = self.target(gap, now);
-        if let Some(target) = target {
+        let partitions = self.chunk_partitions(gap);
+        if partitions.is_none() {
+            tracing::info!("the feed's partitions are not known yet (no listing); the fill waits");
+        }
+        if let (Some(target), Some(partitions)) = (target, &partitions) {
             let covered_to = chunks.last().map_or(target.start, |c| c.end);
             let res = b.source.time_resolution;
             // A long gap is planned a bounded stretch at a time: the rest
             // follows as chunks finish, so neither memory nor the store
             // holds a month of windows at once.
-            let room = PLAN_AHEAD.saturating_sub(unfinished(&chunks));
+            let room = windows_room(unfinished(&chunks), partitions.len());
             let new: Vec<Window> =
                 plan::extend(covered_to, target, b.chunk, b.follow_step, is_final, res)
                     .take(room)
                     .collect();
             if !new.is_empty() {
                 let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
-                self.store.add_chunks(gap.id, &windows, now).await?;
+                let parts: Vec<&str> = partitions.iter().map(String::as_str).collect();
+                self.store.add_chunks(gap.id, &windows, &parts, now).await?;
                 tracing::info!(
+                    partition = %gap.partition,
+                    partitions = parts.len(),
                     from = %new[0].start.to_rfc3339(),
                     to = %new[new.len() - 1].end.to_rfc3339(),
-                    chunks = new.len(),
+                    chunks = new.len() * parts.len(),
                     following = !is_final,
                     "fill planned"
                 );
@@ -455,7 +504,7 @@ impl Filler {
     #[tracing::instrument(
         name = "chunk",
         skip_all,
-        fields(chunk = chunk.idx, from = %chunk.start.to_rfc3339(), to = %chunk.end.to_rfc3339())
+        fields(chunk = chunk.idx, partition = %chunk.partition, from = %chunk.start.to_rfc3339(), to = %chunk.end.to_rfc3339())
     )]
     async fn run_chunk(&self, gap_id: i64, chunk: Chunk, cancel: &CancellationToken) {
         let feed = self.feed.name.as_str();
@@ -552,7 +601,7 @@ impl Filler {
             }
             let page = tokio::select! {
                 _ = cancel.cancelled() => return Ok(FetchEnd::Cancelled),
-                page = source.page(chunk.start, chunk.end, &at) => page,
+                page = source.page(chunk.start, chunk.end, &chunk.partition, &at) => page,
             };
             let page = match page {
                 Ok(p) => p,
@@ -844,6 +893,17 @@ impl Filler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thousands_of_partitions_plan_a_window_at_a_time() {
+        assert_eq!(windows_room(0, 1), PLAN_AHEAD);
+        assert_eq!(windows_room(60, 1), 4);
+        assert_eq!(windows_room(0, 50), 1);
+        assert_eq!(windows_room(0, 5000), 1);
+        assert_eq!(windows_room(1, 5000), 0);
+        assert_eq!(windows_room(10, 16), 3);
+        assert_eq!(windows_room(PLAN_AHEAD, 1), 0);
+    }
 
     #[test]
     fn chunk_errors_are_retried_only_when_they_may_heal() {

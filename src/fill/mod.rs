@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 use crate::config::FeedConfig;
 use crate::store::{Store, StoreError};
@@ -36,6 +36,8 @@ pub enum FillError {
     NoBackfill(String),
     #[error("{0}")]
     BadInterval(String),
+    #[error("{0}")]
+    BadPartition(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -91,8 +93,13 @@ pub async fn build_filler(
     ))
 }
 
-/// A feed's config and the notifier that wakes its filler.
-type FillFeed = (Arc<FeedConfig>, Arc<Notify>);
+/// A feed's config, the notifier that wakes its filler, and the partitions
+/// it watches (partitioned feeds).
+pub type FillFeed = (
+    Arc<FeedConfig>,
+    Arc<Notify>,
+    watch::Receiver<Arc<Vec<String>>>,
+);
 
 /// Starts fills by hand and wakes fillers. Cheap to clone.
 #[derive(Clone)]
@@ -105,54 +112,77 @@ pub struct FillControl {
 impl FillControl {
     pub fn new(
         store: Store,
-        feeds: impl IntoIterator<Item = (Arc<FeedConfig>, Arc<Notify>)>,
+        feeds: impl IntoIterator<Item = FillFeed>,
         owner: &'static str,
     ) -> Self {
         Self {
             store,
-            feeds: Arc::new(
-                feeds
-                    .into_iter()
-                    .map(|(c, n)| (c.name.clone(), (c, n)))
-                    .collect(),
-            ),
+            feeds: Arc::new(feeds.into_iter().map(|f| (f.0.name.clone(), f)).collect()),
             owner,
         }
     }
 
     pub fn wake(&self, feed: &str) {
-        if let Some((_, n)) = self.feeds.get(feed) {
+        if let Some((_, n, _)) = self.feeds.get(feed) {
             n.notify_one();
         }
     }
 
-    /// A fill of `[from, to)` by hand. With `dry_run` only the plan is returned;
-    /// otherwise a `manual` gap is created and its id set in the plan. Re-running
-    /// an interval delivers nothing new: delivered ids are remembered.
+    /// A fill of `[from, to)` by hand, of one partition or (None) of every
+    /// partition watched. With `dry_run` only the plan is returned;
+    /// otherwise a `manual` gap is created and its id set in the plan.
+    /// Re-running an interval delivers nothing new: delivered ids are
+    /// remembered.
     pub async fn manual(
         &self,
         feed: &str,
+        partition: Option<&str>,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         dry_run: bool,
     ) -> Result<FillPlan, FillError> {
-        let (config, wakeup) = self
+        let (config, wakeup, watched) = self
             .feeds
             .get(feed)
             .ok_or_else(|| FillError::UnknownFeed(feed.to_string()))?;
-        let mut plan = dry_run_plan(config, from, to, Utc::now())?;
+        let watched = watched.borrow().clone();
+        let partitions = manual_partitions(config, &watched, partition)?;
+        let partition = partition.unwrap_or("");
+        let mut plan = dry_run_plan(config, from, to, Utc::now(), partitions)?;
+        plan.partition = partition.to_string();
         if dry_run {
             return Ok(plan);
         }
         let gap_id = self
             .store
-            .manual_gap(feed, from, to, self.owner, Utc::now())
+            .manual_gap(feed, partition, from, to, self.owner, Utc::now())
             .await?;
-        tracing::info!(feed, gap_id, from = %from.to_rfc3339(), to = %to.to_rfc3339(), "manual backfill requested");
+        tracing::info!(feed, partition, gap_id, from = %from.to_rfc3339(), to = %to.to_rfc3339(), "manual backfill requested");
         wakeup.notify_one();
         plan.gap_id = Some(gap_id);
         plan.dry_run = false;
         Ok(plan)
+    }
+}
+
+/// How many partitions a manual fill of `partition` (None: every one
+/// watched) asks each window for; an error for a partition the feed does
+/// not have.
+pub(crate) fn manual_partitions(
+    config: &FeedConfig,
+    watched: &[String],
+    partition: Option<&str>,
+) -> Result<usize, FillError> {
+    let feed = &config.name;
+    match (partition, config.is_partitioned()) {
+        (Some(_), false) => Err(FillError::BadPartition(format!(
+            "feed {feed:?} is not partitioned"
+        ))),
+        (Some(p), true) if !watched.iter().any(|w| w == p) => Err(FillError::BadPartition(
+            format!("feed {feed:?} does not watch partition {p:?}"),
+        )),
+        (Some(_), true) | (None, false) => Ok(1),
+        (None, true) => Ok(watched.len()),
     }
 }
 
@@ -170,9 +200,14 @@ pub struct FillPlan {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub dry_run: bool,
+    /// The partition filled; `""`: every partition (or an unpartitioned feed).
+    pub partition: String,
+    /// How many partitions each window is asked for.
+    pub partitions: usize,
     /// The manual gap created for the fill (not set by a dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap_id: Option<i64>,
+    /// Windows × partitions.
     pub chunks: usize,
     /// The first 100 windows.
     pub windows: Vec<PlannedWindow>,
@@ -183,12 +218,14 @@ pub struct FillPlan {
     pub note: &'static str,
 }
 
-/// The plan of a manual fill of `[from, to)` (nothing is sent).
+/// The plan of a manual fill of `[from, to)`, each window asked for
+/// `partitions` partitions (1: unpartitioned feeds). Nothing is sent.
 pub fn dry_run_plan(
     config: &FeedConfig,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     now: DateTime<Utc>,
+    partitions: usize,
 ) -> Result<FillPlan, FillError> {
     let b = config
         .backfill
@@ -220,12 +257,18 @@ pub fn dry_run_plan(
     );
     let windows = plan::split(target.start, target.end, b.chunk, res);
     let rate = b.source.rate_limit.per_second();
-    let est = plan::estimate(windows.clone().count(), 1, rate);
+    let est = plan::estimate(
+        windows.clone().count().saturating_mul(partitions.max(1)),
+        1,
+        rate,
+    );
     Ok(FillPlan {
         feed: config.name.clone(),
         from,
         to,
         dry_run: true,
+        partition: String::new(),
+        partitions: partitions.max(1),
         gap_id: None,
         chunks: est.chunks,
         windows: windows

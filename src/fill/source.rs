@@ -192,12 +192,14 @@ impl Source {
         &self.inner.config
     }
 
-    /// The request for the page at `at` of the window `[start, end)`: the
-    /// template's placeholders filled, the pagination's parameters added.
+    /// The request for the page at `at` of the window `[start, end)` of
+    /// `partition` (`""`: an unpartitioned feed): the template's
+    /// placeholders filled, the pagination's parameters added.
     pub(crate) fn prepare(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
+        partition: &str,
         at: &PageCursor,
     ) -> Result<Prepared, SourceError> {
         let i = &self.inner;
@@ -218,6 +220,10 @@ impl Source {
             cursor: cursor.as_ref().map(|c| Var {
                 text: &c.text,
                 number: c.number,
+            }),
+            partition: (!partition.is_empty()).then_some(Var {
+                text: partition,
+                number: false,
             }),
         };
         let url =
@@ -276,9 +282,10 @@ impl Source {
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
+        partition: &str,
         at: &PageCursor,
     ) -> Result<Url, SourceError> {
-        Ok(self.prepare(start, end, at)?.url)
+        Ok(self.prepare(start, end, partition, at)?.url)
     }
 
     /// Fetches and decodes one page, retrying what can be retried.
@@ -286,9 +293,10 @@ impl Source {
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
+        partition: &str,
         at: &PageCursor,
     ) -> Result<Page, SourceError> {
-        let request = self.prepare(start, end, at)?;
+        let request = self.prepare(start, end, partition, at)?;
         match self.fetch(&request).await? {
             Some((body, headers)) => self.decode(&body, &headers, at),
             // An `empty_on` status: the window has no records.
@@ -330,6 +338,19 @@ impl Source {
             }
             tokio::time::sleep_until(until.until).await;
         }
+    }
+
+    /// A GET of another endpoint of the vendor (the partition listing),
+    /// with the pages' auth, headers, rate limit, retries and size cap.
+    /// None: an `empty_on` status.
+    pub(crate) async fn get(&self, url: Url) -> Result<Option<Value>, SourceError> {
+        let request = Prepared {
+            method: Method::Get,
+            url,
+            headers: Vec::new(),
+            body: None,
+        };
+        Ok(self.fetch(&request).await?.map(|(body, _)| body))
     }
 
     /// The decoded page and its headers; None for an `empty_on` status.
@@ -742,6 +763,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .page(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T13:00:00Z"),
+                "",
                 &PageCursor::First,
             )
             .await
@@ -767,6 +789,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .page(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T13:00:00Z"),
+                "",
                 &PageCursor::First,
             )
             .await
@@ -788,6 +811,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .url(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T13:00:00.5Z"),
+                "",
                 &PageCursor::First,
             )
             .unwrap();
@@ -804,6 +828,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .url(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T12:00:10Z"),
+                "",
                 &PageCursor::First,
             )
             .unwrap();
@@ -824,6 +849,7 @@ path = "/tmp/gapwatch-source-test/out.ndjson"
             .url(
                 at("2026-12-05T12:00:00Z"),
                 at("2026-12-05T12:00:10Z"),
+                "",
                 &PageCursor::First,
             )
             .unwrap();
@@ -844,7 +870,7 @@ headers = { X-Window = "{start}..{end}", X-Cursor = "{cursor}", Accept = "applic
 body = { filter = { created = { gte = "{start}", lt = "{end}" }, label = "w {start}" }, after = "{cursor}", size = 100 }"#,
         );
         let (from, to) = (at("2026-12-05T12:00:00Z"), at("2026-12-05T13:00:00Z"));
-        let first = s.prepare(from, to, &PageCursor::First).unwrap();
+        let first = s.prepare(from, to, "", &PageCursor::First).unwrap();
         assert_eq!(first.method, Method::Post);
         assert_eq!(first.url.as_str(), "http://v.example/v1/search");
         assert_eq!(
@@ -864,6 +890,7 @@ body = { filter = { created = { gte = "{start}", lt = "{end}" }, label = "w {sta
             .prepare(
                 from,
                 to,
+                "",
                 &PageCursor::Cursor {
                     token: "c/2".into(),
                 },
@@ -887,7 +914,9 @@ body = { page = "{cursor}", until = "{end}" }"#,
         );
         // A window inside a day asks for the whole day.
         let (from, to) = (at("2026-12-05T10:00:00Z"), at("2026-12-05T11:00:00Z"));
-        let p = s.prepare(from, to, &PageCursor::Page { page: 3 }).unwrap();
+        let p = s
+            .prepare(from, to, "", &PageCursor::Page { page: 3 })
+            .unwrap();
         assert_eq!(
             p.url.as_str(),
             "http://v.example/v1/days/2026-12-05/events?per_page=50"
@@ -902,7 +931,7 @@ body = { page = "{cursor}", until = "{end}" }"#,
             "%Y%m%dT%H%M%S",
             "{ from = \"{start}\" }",
         );
-        let p = s.prepare(from, to, &PageCursor::First).unwrap();
+        let p = s.prepare(from, to, "", &PageCursor::First).unwrap();
         assert_eq!(p.method, Method::Get);
         assert!(p.body.is_none());
         assert_eq!(p.url.as_str(), "http://v.example/v1/e?from=20261205T100000");

@@ -1,6 +1,7 @@
 //! Placeholders in a source request: `{start}` and `{end}` (the query window,
-//! written in the source's `time_format`) and `{cursor}` (where the page
-//! starts: the cursor style's token, the page number or the offset), filled
+//! written in the source's `time_format`), `{cursor}` (where the page
+//! starts: the cursor style's token, the page number or the offset) and
+//! `{partition}` (the partition a chunk asks for, `feeds.partitions`), filled
 //! into the URL path (as percent-encoded path segments), query values, header
 //! values and the strings of a JSON body.
 //!
@@ -21,7 +22,7 @@ use serde_json::Value;
 use url::Url;
 
 /// Every placeholder a source request may carry.
-pub(crate) const PLACEHOLDERS: &[&str] = &["start", "end", "cursor"];
+pub(crate) const PLACEHOLDERS: &[&str] = &["start", "end", "cursor", "partition"];
 
 /// The characters a value must not carry raw inside one path segment: the
 /// WHATWG path set plus `/` and `%`, so a value never splits a segment or
@@ -54,6 +55,9 @@ pub(crate) struct Vars<'a> {
     pub end: Var<'a>,
     /// None on a cursor style's first page.
     pub cursor: Option<Var<'a>>,
+    /// The chunk's partition (None: an unpartitioned feed, whose source has
+    /// no `{partition}`).
+    pub partition: Option<Var<'a>>,
 }
 
 /// What a `{name}` stands for in one request.
@@ -73,6 +77,7 @@ impl<'a> Vars<'a> {
             "start" => Some(self.start),
             "end" => Some(self.end),
             "cursor" => self.cursor,
+            "partition" => self.partition,
             _ => return Lookup::Unknown,
         };
         value.map_or(Lookup::Absent, Lookup::Value)
@@ -241,6 +246,7 @@ mod tests {
                 number: true,
             },
             cursor,
+            partition: None,
         }
     }
 
@@ -256,11 +262,19 @@ mod tests {
                 number: false,
             },
             cursor: None,
+            partition: Some(Var {
+                text: "store/7?",
+                number: false,
+            }),
         };
         let mut u = Url::parse("http://x/v1/{start}/{end}/e{cursor}").unwrap();
         v.fill_path(&mut u);
         assert_eq!(u.as_str(), "http://x/v1/a%2Fb%20c%25/2026-12-05/e");
         assert_eq!(u.path_segments().unwrap().count(), 4);
+        let mut u = Url::parse("http://x/v1/stores/{partition}/events").unwrap();
+        v.fill_path(&mut u);
+        assert_eq!(u.as_str(), "http://x/v1/stores/store%2F7%3F/events");
+        assert_eq!(v.fill("{partition}:{end}"), "store/7?:2026-12-05");
     }
 
     #[test]
@@ -336,6 +350,7 @@ mod tests {
                 text: "2",
                 number: true,
             }),
+            partition: None,
         };
         assert_eq!(
             v.fill_json(&json!({"from": "{start}", "page": "{cursor}"})),

@@ -172,28 +172,45 @@ impl ShapeStatus {
     }
 }
 
-/// A window to list and the sampled messages to find in it.
+/// A window to list, of one partition, and the sampled messages to find in it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Lookup {
     pub window: Window,
+    /// `""`: an unpartitioned feed.
+    pub partition: String,
     /// Indexes into the sample.
     pub messages: Vec<usize>,
 }
 
+/// The partition of a sampled message of a partitioned feed, read from its
+/// body as the live side reads it (None: it has none; `""`: unpartitioned).
+fn partition_of(feed: &FeedConfig, m: &LiveMessage) -> Option<String> {
+    let Some(p) = &feed.partitions else {
+        return Some(String::new());
+    };
+    let body: Value = serde_json::from_str(&m.body).ok()?;
+    let record = feed.watch.envelope.open(&body)?;
+    record
+        .pointer(&p.key)
+        .and_then(crate::observe::partition_value)
+}
+
 /// The sampled messages the source can list by now (event time at least
-/// `settle` + [`SLACK`] ago), grouped into merged windows on `res`, oldest first.
+/// `settle` + [`SLACK`] ago), grouped into merged windows on `res` per
+/// partition (`partition`: each message's; None leaves it out), oldest first.
 pub(crate) fn plan(
     sample: &[LiveMessage],
     settle: Duration,
     res: Resolution,
     now: DateTime<Utc>,
+    partition: impl Fn(&LiveMessage) -> Option<String>,
 ) -> Vec<Lookup> {
     let slack = chrono::TimeDelta::from_std(SLACK).unwrap_or_default();
     let settle = chrono::TimeDelta::from_std(settle).unwrap_or(chrono::TimeDelta::MAX);
     let Some(newest) = now.checked_sub_signed(settle) else {
         return Vec::new();
     };
-    let mut eligible: Vec<(Window, usize)> = sample
+    let mut eligible: Vec<(String, Window, usize)> = sample
         .iter()
         .enumerate()
         .filter_map(|(i, m)| {
@@ -204,23 +221,27 @@ pub(crate) fn plan(
             }
             let start = res.floor(start);
             let end = res.ceil(end).max(start.checked_add_signed(res.step())?);
-            Some((Window { start, end }, i))
+            Some((partition(m)?, Window { start, end }, i))
         })
         .collect();
-    eligible.sort_by_key(|(w, _)| (w.start, w.end));
+    eligible
+        .sort_by(|(pa, wa, _), (pb, wb, _)| (pa, wa.start, wa.end).cmp(&(pb, wb.start, wb.end)));
     let mut out: Vec<Lookup> = Vec::new();
-    for (w, i) in eligible {
+    for (p, w, i) in eligible {
         match out.last_mut() {
-            Some(last) if w.start <= last.window.end => {
+            Some(last) if last.partition == p && w.start <= last.window.end => {
                 last.window.end = last.window.end.max(w.end);
                 last.messages.push(i);
             }
             _ => out.push(Lookup {
                 window: w,
+                partition: p,
                 messages: vec![i],
             }),
         }
     }
+    // Oldest first, whatever the partition.
+    out.sort_by_key(|l| (l.window.start, l.window.end));
     out
 }
 
@@ -292,7 +313,9 @@ pub async fn check(
         report.reason = Some("the feed has no shape check".into());
         return report;
     };
-    let lookups = plan(sample, b.settle, b.source.time_resolution, now);
+    let lookups = plan(sample, b.settle, b.source.time_resolution, now, |m| {
+        partition_of(feed, m)
+    });
     report.eligible = lookups.iter().map(|l| l.messages.len()).sum();
     if report.eligible == 0 {
         report.reason = Some(if sample.is_empty() {
@@ -322,7 +345,12 @@ pub async fn check(
         let mut at = config.pagination.first();
         for _ in 0..config.max_pages_per_chunk.min(PAGES_PER_LOOKUP) {
             let page = match source
-                .page(lookup.window.start, lookup.window.end, &at)
+                .page(
+                    lookup.window.start,
+                    lookup.window.end,
+                    &lookup.partition,
+                    &at,
+                )
                 .await
             {
                 Ok(p) => p,
@@ -477,12 +505,32 @@ mod tests {
         ];
         for (now, res, want) in cases {
             assert_eq!(
-                windows(&plan(&sample, settle, res, at_ms(now))),
+                windows(&plan(&sample, settle, res, at_ms(now), whole)),
                 want,
                 "now {now}, {res}"
             );
         }
-        assert!(plan(&[], settle, Resolution::SECOND, at_ms(0)).is_empty());
+        assert!(plan(&[], settle, Resolution::SECOND, at_ms(0), whole).is_empty());
+        // A partitioned feed: one lookup per partition, never merged across.
+        let partitions = |m: &LiveMessage| {
+            (m.id != "d").then(|| if m.id == "b" { "s2" } else { "s1" }.to_string())
+        };
+        let lookups = plan(
+            &sample,
+            settle,
+            Resolution::SECOND,
+            at_ms(64_000),
+            partitions,
+        );
+        let got: Vec<_> = lookups
+            .iter()
+            .map(|l| (l.partition.as_str(), l.messages.clone()))
+            .collect();
+        assert_eq!(got, vec![("s1", vec![0]), ("s2", vec![1]), ("s1", vec![2])]);
+    }
+
+    fn whole(_: &LiveMessage) -> Option<String> {
+        Some(String::new())
     }
 
     #[test]

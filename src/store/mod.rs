@@ -325,41 +325,91 @@ impl Store {
         dispatch_write!(self.repair_last_event(feed, last_event, now))
     }
 
+    // === partitions ===
+
+    /// Records the partitions a feed watches and the newest event time of
+    /// each (`None`: watched, nothing seen yet). Never moves a time backwards.
+    pub async fn save_partitions(
+        &self,
+        feed: &str,
+        rows: &[(&str, Option<DateTime<Utc>>)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        dispatch_write!(self.save_partitions(feed, rows, now))
+    }
+
+    /// Forgets partitions the feed no longer watches; returns how many were known.
+    pub async fn forget_partitions(&self, feed: &str, parts: &[&str]) -> Result<u64, StoreError> {
+        dispatch_write!(self.forget_partitions(feed, parts))
+    }
+
+    /// The stored state of a partitioned feed's partitions: every one
+    /// (`since` None), or those whose newest event or detected gap changed at
+    /// or after `since` (written by any replica).
+    pub async fn partition_states(
+        &self,
+        feed: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<PartitionState>, StoreError> {
+        dispatch!(self.partition_states(feed, since))
+    }
+
+    /// One page of a feed's partitions in name order, after `after`, of one
+    /// state (`silent`: an open gap, `fresh`, `unseen`: no event yet) or all;
+    /// with the count of each state over the whole feed.
+    pub async fn partitions_page(
+        &self,
+        feed: &str,
+        state: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<PartitionsPage, StoreError> {
+        dispatch!(self.partitions_page(feed, state, after, limit))
+    }
+
     // === gaps ===
 
-    /// Opens a detected gap starting at `start`; returns its id. If the feed
-    /// already has an open gap (a restart raced the detector), returns that one.
+    /// Opens a detected gap of a partition (`""`: the whole feed) starting at
+    /// `start`; returns its id. If the partition already has an open gap (a
+    /// restart raced the detector), returns that one.
     pub async fn open_gap(
         &self,
         feed: &str,
+        partition: &str,
         start: DateTime<Utc>,
         detected_at: DateTime<Utc>,
         fill: FillState,
     ) -> Result<i64, StoreError> {
-        dispatch_write!(self.open_gap(feed, start, detected_at, fill))
+        dispatch_write!(self.open_gap(feed, partition, start, detected_at, fill))
     }
 
-    /// Closes the feed's open gap at `end`; returns its id (None: no open gap).
+    /// Closes the partition's open gap at `end`; returns its id (None: no open gap).
     pub async fn close_gap(
         &self,
         feed: &str,
+        partition: &str,
         end: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        dispatch_write!(self.close_gap(feed, end, now))
+        dispatch_write!(self.close_gap(feed, partition, end, now))
     }
 
-    /// A closed gap created by hand (`backfill`), to be filled over `[from, to)`.
+    /// A closed gap created by hand (`backfill`), to be filled over `[from, to)`
+    /// for one partition, or for all of them (and unpartitioned feeds) with `""`.
     /// `owner` is who fills it: `daemon`, or `cli` for a `gapwatch backfill` run.
     pub async fn manual_gap(
         &self,
         feed: &str,
+        partition: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         owner: &str,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
-        dispatch_write!(self.manual_gap(feed, from, to, owner, now))
+        dispatch_write!(self.manual_gap(feed, partition, from, to, owner, now))
     }
 
     pub async fn set_fill(
@@ -396,14 +446,17 @@ impl Store {
 
     // === chunks ===
 
-    /// Appends chunks to a gap's plan (indexes continue after the last one).
+    /// Appends chunks to a gap's plan (indexes continue after the last one):
+    /// each window once per partition in `partitions`, in that order (once
+    /// for `""` when it is empty).
     pub async fn add_chunks(
         &self,
         gap_id: i64,
         windows: &[(DateTime<Utc>, DateTime<Utc>)],
+        partitions: &[&str],
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        dispatch_write!(self.add_chunks(gap_id, windows, now))
+        dispatch_write!(self.add_chunks(gap_id, windows, partitions, now))
     }
 
     pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
@@ -726,6 +779,9 @@ str_enum!(FillState {
 pub struct Gap {
     pub id: i64,
     pub feed: String,
+    /// The silent partition of a detected gap; `""`: the whole feed (an
+    /// unpartitioned feed, or a manual fill of every partition).
+    pub partition: String,
     pub kind: GapKind,
     pub state: GapState,
     pub start: DateTime<Utc>,
@@ -757,6 +813,8 @@ pub struct Chunk {
     pub id: i64,
     pub gap_id: i64,
     pub idx: i64,
+    /// The partition the chunk asks the source for (`""`: unpartitioned).
+    pub partition: String,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     pub state: ChunkState,
@@ -773,6 +831,8 @@ pub struct GapFilter {
     pub feed: Option<String>,
     /// A gap state (`open`, `closed`) or a fill state (`running`, `failed`, …).
     pub state: Option<String>,
+    /// Only the gaps of this partition (`""`: those of the whole feed).
+    pub partition: Option<String>,
     pub limit: Option<i64>,
 }
 
@@ -817,6 +877,43 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
+/// A partition's state in the store, as [`Store::partition_states`] reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionState {
+    pub partition: String,
+    /// The newest event time any replica saved (None: none, or not read).
+    pub last_event: Option<DateTime<Utc>>,
+    /// Its open detected gap: (id, start).
+    pub open_gap: Option<(i64, DateTime<Utc>)>,
+}
+
+impl PartitionState {
+    pub(crate) fn new(partition: String) -> Self {
+        PartitionState {
+            partition,
+            ..PartitionState::default()
+        }
+    }
+}
+
+/// One row of `GET /api/v1/feeds/{feed}/partitions`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionRow {
+    pub partition: String,
+    pub last_event: Option<DateTime<Utc>>,
+    /// (id, start)
+    pub open_gap: Option<(i64, DateTime<Utc>)>,
+}
+
+/// A page of a feed's partitions and the count of each state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartitionsPage {
+    pub silent: i64,
+    pub fresh: i64,
+    pub unseen: i64,
+    pub partitions: Vec<PartitionRow>,
+}
+
 /// How an id got into the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -838,4 +935,4 @@ pub struct AuditState {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

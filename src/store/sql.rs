@@ -31,7 +31,8 @@ use sqlx::{Database, Pool, Row};
 
 use super::{
     from_ms, ms, AuditState, Checkpoint, Chunk, ChunkState, FenceArg, FillState, Gap, GapFilter,
-    GapKind, GapState, Origin, PageCommit, Progress, StoreError,
+    GapKind, GapState, Origin, PageCommit, PartitionRow, PartitionState, PartitionsPage, Progress,
+    StoreError,
 };
 use crate::detector::DetectorState;
 use crate::shape::{LiveMessage, ShapeStatus};
@@ -89,7 +90,7 @@ pub(crate) trait Dialect: Database {
     ) -> impl Future<Output = Result<HashSet<String>, StoreError>> + Send + 'a;
 }
 
-const GAP_COLUMNS: &str = "g.id, g.feed, g.kind, g.state, g.start_ms, g.end_ms, g.detected_ms, \
+const GAP_COLUMNS: &str = "g.id, g.feed, g.part, g.kind, g.state, g.start_ms, g.end_ms, g.detected_ms, \
      g.closed_ms, g.fill, g.last_error, \
      (SELECT COUNT(*) FROM chunks c WHERE c.gap_id = g.id) AS chunks_total, \
      (SELECT COUNT(*) FROM chunks c WHERE c.gap_id = g.id AND c.state = 'done') AS chunks_done, \
@@ -101,11 +102,13 @@ const GAP_COLUMNS: &str = "g.id, g.feed, g.kind, g.state, g.start_ms, g.end_ms, 
      (SELECT CAST(COALESCE(SUM(out_of_window), 0) AS BIGINT) FROM chunks c WHERE c.gap_id = g.id) AS out_of_window";
 
 pub(super) const CHUNK_COLUMNS: &str =
-    "id, gap_id, idx, start_ms, end_ms, state, cursor, attempts, next_attempt_ms, last_error";
+    "id, gap_id, idx, part, start_ms, end_ms, state, cursor, attempts, next_attempt_ms, last_error";
 
-/// Windows per `INSERT` when a plan is appended (5 values each: far below
+/// Windows per `INSERT` when a plan is appended (6 values each: far below
 /// either backend's limit on bound parameters).
 const CHUNKS_PER_INSERT: usize = 200;
+/// Partitions per `INSERT` of their newest events (4 values each).
+const PARTITIONS_PER_INSERT: usize = 500;
 
 // === the queries ===
 
@@ -136,7 +139,7 @@ macro_rules! shared_queries {
                             .await?
                             .flatten();
                     let open: Option<i64> = sqlx::query_scalar(
-                        "SELECT start_ms FROM gaps WHERE feed = $1 AND state = 'open' AND kind = 'detected'",
+                        "SELECT start_ms FROM gaps WHERE feed = $1 AND part = '' AND state = 'open' AND kind = 'detected'",
                     )
                     .bind(feed)
                     .fetch_optional(&self.pool)
@@ -183,34 +186,188 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
+                // === partitions ===
+
+                pub async fn save_partitions(
+                    &self,
+                    feed: &str,
+                    rows: &[(&str, Option<DateTime<Utc>>)],
+                    now: DateTime<Utc>,
+                ) -> Result<(), StoreError> {
+                    let mut tx = self.pool.begin().await?;
+                    for batch in rows.chunks(PARTITIONS_PER_INSERT) {
+                        let mut qb = sqlx::QueryBuilder::<DB>::new(
+                            "INSERT INTO feed_partitions (feed, part, last_event_ms, updated_ms) ",
+                        );
+                        qb.push_values(batch, |mut b, (part, last)| {
+                            b.push_bind(feed)
+                                .push_bind(*part)
+                                .push_bind(last.map(ms))
+                                .push_bind(ms(now));
+                        });
+                        // Never backwards; a row without a time only says the partition is watched.
+                        qb.push(format!(
+                            " ON CONFLICT (feed, part) DO UPDATE SET last_event_ms = CASE \
+                               WHEN excluded.last_event_ms IS NULL THEN feed_partitions.last_event_ms \
+                               ELSE {greatest}(COALESCE(feed_partitions.last_event_ms, excluded.last_event_ms), \
+                                 excluded.last_event_ms) END, \
+                             updated_ms = excluded.updated_ms",
+                            greatest = DB::GREATEST,
+                        ));
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                    tx.commit().await?;
+                    Ok(())
+                }
+
+                pub async fn forget_partitions(&self, feed: &str, parts: &[&str]) -> Result<u64, StoreError> {
+                    let mut n = 0;
+                    for part in parts {
+                        let r = sqlx::query("DELETE FROM feed_partitions WHERE feed = $1 AND part = $2")
+                            .bind(feed)
+                            .bind(*part)
+                            .execute(&self.pool)
+                            .await?;
+                        n += DB::rows_affected(&r);
+                    }
+                    Ok(n)
+                }
+
+                pub async fn partition_states(
+                    &self,
+                    feed: &str,
+                    since: Option<DateTime<Utc>>,
+                ) -> Result<Vec<PartitionState>, StoreError> {
+                    use std::collections::BTreeMap;
+                    let since_ms = since.map_or(i64::MIN, ms);
+                    let rows: Vec<(String, Option<i64>)> = sqlx::query_as(
+                        "SELECT part, last_event_ms FROM feed_partitions WHERE feed = $1 AND updated_ms >= $2",
+                    )
+                    .bind(feed)
+                    .bind(since_ms)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    let open: Vec<(String, i64, i64)> = sqlx::query_as(
+                        "SELECT part, id, start_ms FROM gaps \
+                         WHERE feed = $1 AND part <> '' AND state = 'open' AND kind = 'detected'",
+                    )
+                    .bind(feed)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    // A gap closed since: its partition has no open gap any more.
+                    let changed: Vec<String> = match since {
+                        None => Vec::new(),
+                        Some(_) => sqlx::query_scalar(
+                            "SELECT DISTINCT part FROM gaps \
+                             WHERE feed = $1 AND part <> '' AND kind = 'detected' AND updated_ms >= $2",
+                        )
+                        .bind(feed)
+                        .bind(since_ms)
+                        .fetch_all(&self.pool)
+                        .await?,
+                    };
+                    let mut out: BTreeMap<String, PartitionState> = BTreeMap::new();
+                    for (part, last) in rows {
+                        out.entry(part.clone()).or_insert_with(|| PartitionState::new(part)).last_event =
+                            last.map(from_ms);
+                    }
+                    for part in changed {
+                        out.entry(part.clone()).or_insert_with(|| PartitionState::new(part));
+                    }
+                    for (part, id, start) in open {
+                        // Read incrementally: only the partitions that changed.
+                        if since.is_some() && !out.contains_key(&part) {
+                            continue;
+                        }
+                        out.entry(part.clone()).or_insert_with(|| PartitionState::new(part)).open_gap =
+                            Some((id, from_ms(start)));
+                    }
+                    Ok(out.into_values().collect())
+                }
+
+                pub async fn partitions_page(
+                    &self,
+                    feed: &str,
+                    state: Option<&str>,
+                    after: Option<&str>,
+                    limit: i64,
+                ) -> Result<PartitionsPage, StoreError> {
+                    const FROM: &str = "FROM feed_partitions p LEFT JOIN gaps g ON g.feed = p.feed \
+                         AND g.part = p.part AND g.state = 'open' AND g.kind = 'detected' \
+                         WHERE p.feed = $1";
+                    let (silent, fresh, unseen): (i64, i64, i64) = sqlx::query_as(&format!(
+                        "SELECT \
+                           CAST(COALESCE(SUM(CASE WHEN g.id IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                           CAST(COALESCE(SUM(CASE WHEN g.id IS NULL AND p.last_event_ms IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                           CAST(COALESCE(SUM(CASE WHEN g.id IS NULL AND p.last_event_ms IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) \
+                         {FROM}"
+                    ))
+                    .bind(feed)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    // The casts give Postgres the parameters' type where it only sees NULL.
+                    let sql = format!(
+                        "SELECT p.part, p.last_event_ms, g.id, g.start_ms {FROM} \
+                           AND (CAST($2 AS TEXT) IS NULL \
+                             OR ($2 = 'silent' AND g.id IS NOT NULL) \
+                             OR ($2 = 'fresh' AND g.id IS NULL AND p.last_event_ms IS NOT NULL) \
+                             OR ($2 = 'unseen' AND g.id IS NULL AND p.last_event_ms IS NULL)) \
+                           AND (CAST($3 AS TEXT) IS NULL OR p.part > $3) \
+                         ORDER BY p.part LIMIT $4"
+                    );
+                    let rows: Vec<(String, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(&sql)
+                        .bind(feed)
+                        .bind(state)
+                        .bind(after)
+                        .bind(limit)
+                        .fetch_all(&self.pool)
+                        .await?;
+                    Ok(PartitionsPage {
+                        silent,
+                        fresh,
+                        unseen,
+                        partitions: rows
+                            .into_iter()
+                            .map(|(partition, last, gap, start)| PartitionRow {
+                                partition,
+                                last_event: last.map(from_ms),
+                                open_gap: gap.zip(start.map(from_ms)),
+                            })
+                            .collect(),
+                    })
+                }
+
                 // === gaps ===
 
                 pub async fn open_gap(
                     &self,
                     feed: &str,
+                    partition: &str,
                     start: DateTime<Utc>,
                     detected_at: DateTime<Utc>,
                     fill: FillState,
                 ) -> Result<i64, StoreError> {
-                    // The partial unique index (one open detected gap per feed) makes a
-                    // second insert, concurrent or after a restart, a no-op.
+                    // The partial unique index (one open detected gap per feed and
+                    // partition) makes a second insert, concurrent or after a restart, a no-op.
                     let inserted: Option<i64> = sqlx::query_scalar(
-                        "INSERT INTO gaps (feed, kind, state, start_ms, detected_ms, fill, updated_ms) \
-                         VALUES ($1, 'detected', 'open', $2, $3, $4, $3) \
-                         ON CONFLICT (feed) WHERE state = 'open' AND kind = 'detected' DO NOTHING RETURNING id",
+                        "INSERT INTO gaps (feed, part, kind, state, start_ms, detected_ms, fill, updated_ms) \
+                         VALUES ($1, $5, 'detected', 'open', $2, $3, $4, $3) \
+                         ON CONFLICT (feed, part) WHERE state = 'open' AND kind = 'detected' DO NOTHING RETURNING id",
                     )
                     .bind(feed)
                     .bind(ms(start))
                     .bind(ms(detected_at))
                     .bind(fill.as_str())
+                    .bind(partition)
                     .fetch_optional(&self.pool)
                     .await?;
                     match inserted {
                         Some(id) => Ok(id),
                         None => Ok(sqlx::query_scalar(
-                            "SELECT id FROM gaps WHERE feed = $1 AND state = 'open' AND kind = 'detected'",
+                            "SELECT id FROM gaps WHERE feed = $1 AND part = $2 AND state = 'open' AND kind = 'detected'",
                         )
                         .bind(feed)
+                        .bind(partition)
                         .fetch_one(&self.pool)
                         .await?),
                     }
@@ -219,16 +376,18 @@ macro_rules! shared_queries {
                 pub async fn close_gap(
                     &self,
                     feed: &str,
+                    partition: &str,
                     end: DateTime<Utc>,
                     now: DateTime<Utc>,
                 ) -> Result<Option<i64>, StoreError> {
                     Ok(sqlx::query_scalar(
                         "UPDATE gaps SET state = 'closed', end_ms = $1, closed_ms = $2, updated_ms = $2 \
-                         WHERE feed = $3 AND state = 'open' AND kind = 'detected' RETURNING id",
+                         WHERE feed = $3 AND part = $4 AND state = 'open' AND kind = 'detected' RETURNING id",
                     )
                     .bind(ms(end))
                     .bind(ms(now))
                     .bind(feed)
+                    .bind(partition)
                     .fetch_optional(&self.pool)
                     .await?)
                 }
@@ -236,20 +395,22 @@ macro_rules! shared_queries {
                 pub async fn manual_gap(
                     &self,
                     feed: &str,
+                    partition: &str,
                     from: DateTime<Utc>,
                     to: DateTime<Utc>,
                     owner: &str,
                     now: DateTime<Utc>,
                 ) -> Result<i64, StoreError> {
                     Ok(sqlx::query_scalar(
-                        "INSERT INTO gaps (feed, kind, state, start_ms, end_ms, detected_ms, closed_ms, fill, owner, updated_ms) \
-                         VALUES ($1, 'manual', 'closed', $2, $3, $4, $4, 'pending', $5, $4) RETURNING id",
+                        "INSERT INTO gaps (feed, part, kind, state, start_ms, end_ms, detected_ms, closed_ms, fill, owner, updated_ms) \
+                         VALUES ($1, $6, 'manual', 'closed', $2, $3, $4, $4, 'pending', $5, $4) RETURNING id",
                     )
                     .bind(feed)
                     .bind(ms(from))
                     .bind(ms(to))
                     .bind(ms(now))
                     .bind(owner)
+                    .bind(partition)
                     .fetch_one(&self.pool)
                     .await?)
                 }
@@ -310,6 +471,7 @@ macro_rules! shared_queries {
                         "SELECT {GAP_COLUMNS} FROM gaps g \
                          WHERE (CAST($1 AS TEXT) IS NULL OR g.feed = $1) \
                            AND (CAST($2 AS TEXT) IS NULL OR g.state = $2 OR g.fill = $2) \
+                           AND (CAST($4 AS TEXT) IS NULL OR g.part = $4) \
                            AND g.owner <> 'audit' \
                          ORDER BY g.id DESC LIMIT $3"
                     );
@@ -317,6 +479,7 @@ macro_rules! shared_queries {
                         .bind(filter.feed.as_deref())
                         .bind(filter.state.as_deref())
                         .bind(filter.limit.unwrap_or(1000))
+                        .bind(filter.partition.as_deref())
                         .fetch_all(&self.pool)
                         .await?;
                     rows.iter().map(Self::gap_from_row).collect()
@@ -341,8 +504,15 @@ macro_rules! shared_queries {
                     &self,
                     gap_id: i64,
                     windows: &[(DateTime<Utc>, DateTime<Utc>)],
+                    partitions: &[&str],
                     now: DateTime<Utc>,
                 ) -> Result<(), StoreError> {
+                    // Window by window, each for every partition (one for '').
+                    let parts: &[&str] = if partitions.is_empty() { &[""] } else { partitions };
+                    let planned: Vec<(DateTime<Utc>, DateTime<Utc>, &str)> = windows
+                        .iter()
+                        .flat_map(|(start, end)| parts.iter().map(move |p| (*start, *end, *p)))
+                        .collect();
                     let mut tx = self.pool.begin().await?;
                     // Appends from two planners at once would race on `idx`: the gap row
                     // lock orders them.
@@ -354,14 +524,15 @@ macro_rules! shared_queries {
                     .bind(gap_id)
                     .fetch_one(&mut *tx)
                     .await?;
-                    for (batch, part) in windows.chunks(CHUNKS_PER_INSERT).enumerate() {
+                    for (batch, rows) in planned.chunks(CHUNKS_PER_INSERT).enumerate() {
                         let first = next + (batch * CHUNKS_PER_INSERT) as i64;
                         let mut qb = sqlx::QueryBuilder::<DB>::new(
-                            "INSERT INTO chunks (gap_id, idx, start_ms, end_ms, updated_ms) ",
+                            "INSERT INTO chunks (gap_id, idx, part, start_ms, end_ms, updated_ms) ",
                         );
-                        qb.push_values(part.iter().enumerate(), |mut b, (i, (start, end))| {
+                        qb.push_values(rows.iter().enumerate(), |mut b, (i, (start, end, part))| {
                             b.push_bind(gap_id)
                                 .push_bind(first + i as i64)
+                                .push_bind(*part)
                                 .push_bind(ms(*start))
                                 .push_bind(ms(*end))
                                 .push_bind(ms(now));
@@ -750,6 +921,7 @@ macro_rules! shared_queries {
                         id: r.try_get("id")?,
                         gap_id: r.try_get("gap_id")?,
                         idx: r.try_get("idx")?,
+                        partition: r.try_get("part")?,
                         start: from_ms(r.try_get("start_ms")?),
                         end: from_ms(r.try_get("end_ms")?),
                         state: ChunkState::from_row(&r.try_get::<String, _>("state")?)?,
@@ -767,6 +939,7 @@ macro_rules! shared_queries {
                     Ok(Gap {
                         id: r.try_get("id")?,
                         feed: r.try_get("feed")?,
+                        partition: r.try_get("part")?,
                         kind: GapKind::parse(&kind)
                             .ok_or_else(|| StoreError::Corrupt(format!("gap kind {kind}")))?,
                         state: GapState::parse(&state)

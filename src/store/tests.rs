@@ -8,7 +8,7 @@ use chrono::{Duration, TimeZone, Utc};
 use super::*;
 
 #[path = "../../tests/common/postgres.rs"]
-mod pg_cluster;
+pub(crate) mod pg_cluster;
 
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -35,6 +35,8 @@ suite!(
     leases_fence_checkpoints_and_claims,
     ledger_is_pruned_by_event_time,
     audit_watermark_starts_once_and_only_moves_forward,
+    partitions_keep_their_own_gaps_chunks_and_newest_event,
+    partition_pages_count_and_filter_by_state,
     shape_sample_keeps_the_newest_and_the_last_check_survives,
 );
 
@@ -72,13 +74,13 @@ async fn gaps_open_close_and_survive_reopening(db: Db) {
     // Never backwards.
     store.save_last_event("orders", t(-5), t(1)).await.unwrap();
     let id = store
-        .open_gap("orders", t(0), t(5), FillState::Pending)
+        .open_gap("orders", "", t(0), t(5), FillState::Pending)
         .await
         .unwrap();
     // Opening again returns the same open gap.
     assert_eq!(
         store
-            .open_gap("orders", t(0), t(6), FillState::Pending)
+            .open_gap("orders", "", t(0), t(6), FillState::Pending)
             .await
             .unwrap(),
         id
@@ -90,7 +92,7 @@ async fn gaps_open_close_and_survive_reopening(db: Db) {
     assert_eq!(state.last_event, Some(t(0)));
     assert_eq!(state.open_gap_start, Some(t(0)));
     assert_eq!(
-        store.close_gap("orders", t(30), t(31)).await.unwrap(),
+        store.close_gap("orders", "", t(30), t(31)).await.unwrap(),
         Some(id)
     );
     let gap = store.gap(id).await.unwrap().unwrap();
@@ -122,11 +124,11 @@ fn done() -> PageCommit<'static> {
 async fn page_checkpoints_and_known_ids(db: Db) {
     let store = db.open().await;
     let gap = store
-        .manual_gap("orders", t(0), t(120), "daemon", t(200))
+        .manual_gap("orders", "", t(0), t(120), "daemon", t(200))
         .await
         .unwrap();
     store
-        .add_chunks(gap, &[(t(0), t(60)), (t(60), t(120))], t(200))
+        .add_chunks(gap, &[(t(0), t(60)), (t(60), t(120))], &[], t(200))
         .await
         .unwrap();
     let chunks = store.chunks(gap).await.unwrap();
@@ -223,7 +225,7 @@ async fn page_checkpoints_and_known_ids(db: Db) {
 async fn unfilled_seconds_subtract_done_chunks(db: Db) {
     let store = db.open().await;
     let gap = store
-        .manual_gap("orders", t(0), t(60), "daemon", t(100))
+        .manual_gap("orders", "", t(0), t(60), "daemon", t(100))
         .await
         .unwrap();
     assert_eq!(
@@ -232,7 +234,7 @@ async fn unfilled_seconds_subtract_done_chunks(db: Db) {
     );
     // Chunks reach past the gap (overlap): only the part inside counts.
     store
-        .add_chunks(gap, &[(t(-2), t(30)), (t(30), t(62))], t(100))
+        .add_chunks(gap, &[(t(-2), t(30)), (t(30), t(62))], &[], t(100))
         .await
         .unwrap();
     let first = store.chunks(gap).await.unwrap()[0].id;
@@ -254,11 +256,11 @@ async fn unfilled_seconds_subtract_done_chunks(db: Db) {
 async fn failed_chunks_come_back_on_retry(db: Db) {
     let store = db.open().await;
     let gap = store
-        .manual_gap("orders", t(0), t(60), "cli", t(100))
+        .manual_gap("orders", "", t(0), t(60), "cli", t(100))
         .await
         .unwrap();
     store
-        .add_chunks(gap, &[(t(0), t(60))], t(100))
+        .add_chunks(gap, &[(t(0), t(60))], &[], t(100))
         .await
         .unwrap();
     let c = store.chunks(gap).await.unwrap()[0].id;
@@ -307,10 +309,10 @@ async fn leases_fence_checkpoints_and_claims(db: Db) {
     let a = db.open().await.for_replica("a");
     let b = db.open().await.for_replica("b");
     let gap = a
-        .manual_gap("orders", t(0), t(120), "daemon", t(200))
+        .manual_gap("orders", "", t(0), t(120), "daemon", t(200))
         .await
         .unwrap();
-    a.add_chunks(gap, &[(t(0), t(60)), (t(60), t(120))], t(200))
+    a.add_chunks(gap, &[(t(0), t(60)), (t(60), t(120))], &[], t(200))
         .await
         .unwrap();
     // Without a lease nothing is claimed or committed.
@@ -408,7 +410,7 @@ async fn ledger_is_pruned_by_event_time(db: Db) {
     assert_eq!(store.count_ids("orders", "relayed").await.unwrap(), 300);
     assert_eq!(store.ledger_size("orders").await.unwrap(), 300);
     let gap = store
-        .manual_gap("orders", t(0), t(10), "daemon", t(400))
+        .manual_gap("orders", "", t(0), t(10), "daemon", t(400))
         .await
         .unwrap();
     store
@@ -463,6 +465,204 @@ async fn audit_watermark_starts_once_and_only_moves_forward(db: Db) {
             verified_until: Some(t(20))
         }
     );
+}
+
+/// A partitioned feed: one open gap per partition next to the whole feed's,
+/// chunks that name the partition they ask for, and each partition's newest
+/// event, read back whole or as what changed.
+async fn partitions_keep_their_own_gaps_chunks_and_newest_event(db: Db) {
+    let store = db.open().await;
+    let s1 = store
+        .open_gap("orders", "s1", t(0), t(5), FillState::Pending)
+        .await
+        .unwrap();
+    let s2 = store
+        .open_gap("orders", "s2", t(1), t(6), FillState::Pending)
+        .await
+        .unwrap();
+    assert_ne!(s1, s2);
+    assert_eq!(
+        store
+            .open_gap("orders", "s1", t(0), t(7), FillState::Pending)
+            .await
+            .unwrap(),
+        s1,
+        "one open gap per partition"
+    );
+    // The whole feed's detector state is not a partition's.
+    assert_eq!(
+        store.detector_state("orders").await.unwrap().open_gap_start,
+        None
+    );
+    assert_eq!(
+        store.close_gap("orders", "", t(9), t(9)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.close_gap("orders", "s1", t(10), t(10)).await.unwrap(),
+        Some(s1)
+    );
+    let gap = store.gap(s2).await.unwrap().unwrap();
+    assert_eq!((gap.partition.as_str(), gap.state), ("s2", GapState::Open));
+    let only_s2 = store
+        .gaps(&GapFilter {
+            partition: Some("s2".into()),
+            ..GapFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(only_s2.iter().map(|g| g.id).collect::<Vec<_>>(), vec![s2]);
+
+    // A fill of every partition: each window once per partition.
+    let all = store
+        .manual_gap("orders", "", t(0), t(2), "daemon", t(20))
+        .await
+        .unwrap();
+    store
+        .add_chunks(all, &[(t(0), t(1)), (t(1), t(2))], &["s1", "s2"], t(20))
+        .await
+        .unwrap();
+    let chunks = store.chunks(all).await.unwrap();
+    let planned: Vec<_> = chunks
+        .iter()
+        .map(|c| (c.idx, c.start, c.partition.as_str()))
+        .collect();
+    assert_eq!(
+        planned,
+        vec![
+            (0, t(0), "s1"),
+            (1, t(0), "s2"),
+            (2, t(1), "s1"),
+            (3, t(1), "s2")
+        ]
+    );
+    assert_eq!(store.gap(all).await.unwrap().unwrap().partition, "");
+
+    // Newest events: never backwards; a row without a time only says watched.
+    store
+        .save_partitions(
+            "orders",
+            &[("s1", Some(t(3))), ("s2", None), ("s3", Some(t(4)))],
+            t(30),
+        )
+        .await
+        .unwrap();
+    store
+        .save_partitions("orders", &[("s1", Some(t(2))), ("s3", None)], t(31))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let store = db.open().await;
+    let states = store.partition_states("orders", None).await.unwrap();
+    let want = vec![
+        PartitionState {
+            partition: "s1".into(),
+            last_event: Some(t(3)),
+            open_gap: None,
+        },
+        PartitionState {
+            partition: "s2".into(),
+            last_event: None,
+            open_gap: Some((s2, t(1))),
+        },
+        PartitionState {
+            partition: "s3".into(),
+            last_event: Some(t(4)),
+            open_gap: None,
+        },
+    ];
+    assert_eq!(states, want);
+    // What changed since: s1's newer event and s2's closed gap.
+    store
+        .save_partitions("orders", &[("s1", Some(t(40)))], t(40))
+        .await
+        .unwrap();
+    store.close_gap("orders", "s2", t(41), t(41)).await.unwrap();
+    let changed = store.partition_states("orders", Some(t(40))).await.unwrap();
+    let want = vec![
+        PartitionState {
+            partition: "s1".into(),
+            last_event: Some(t(40)),
+            open_gap: None,
+        },
+        PartitionState::new("s2".into()),
+    ];
+    assert_eq!(changed, want);
+    assert_eq!(
+        store
+            .forget_partitions("orders", &["s3", "s9"])
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<_> = store
+        .partition_states("orders", None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.partition)
+        .collect();
+    assert_eq!(left, vec!["s1", "s2"]);
+    // Another feed's partitions are its own.
+    assert!(store
+        .partition_states("other", None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn partition_pages_count_and_filter_by_state(db: Db) {
+    let store = db.open().await;
+    let rows: Vec<(String, Option<DateTime<Utc>>)> = (1..=5)
+        .map(|i| (format!("p{i}"), (i <= 3).then(|| t(i))))
+        .collect();
+    let rows: Vec<(&str, Option<DateTime<Utc>>)> =
+        rows.iter().map(|(p, t)| (p.as_str(), *t)).collect();
+    store.save_partitions("orders", &rows, t(10)).await.unwrap();
+    let gap = store
+        .open_gap("orders", "p2", t(2), t(12), FillState::Pending)
+        .await
+        .unwrap();
+    let page = store
+        .partitions_page("orders", None, None, 2)
+        .await
+        .unwrap();
+    assert_eq!((page.silent, page.fresh, page.unseen), (1, 2, 2));
+    let names: Vec<_> = page
+        .partitions
+        .iter()
+        .map(|p| p.partition.as_str())
+        .collect();
+    assert_eq!(names, vec!["p1", "p2"]);
+    assert_eq!(page.partitions[1].open_gap, Some((gap, t(2))));
+    assert_eq!(page.partitions[1].last_event, Some(t(2)));
+    let next = store
+        .partitions_page("orders", None, Some("p2"), 2)
+        .await
+        .unwrap();
+    let names: Vec<_> = next
+        .partitions
+        .iter()
+        .map(|p| p.partition.as_str())
+        .collect();
+    assert_eq!(names, vec!["p3", "p4"]);
+    for (state, want) in [
+        ("silent", vec!["p2"]),
+        ("fresh", vec!["p1", "p3"]),
+        ("unseen", vec!["p4", "p5"]),
+    ] {
+        let page = store
+            .partitions_page("orders", Some(state), None, 10)
+            .await
+            .unwrap();
+        let names: Vec<_> = page
+            .partitions
+            .iter()
+            .map(|p| p.partition.as_str())
+            .collect();
+        assert_eq!(names, want, "{state}");
+    }
 }
 
 async fn shape_sample_keeps_the_newest_and_the_last_check_survives(db: Db) {

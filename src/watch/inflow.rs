@@ -131,6 +131,7 @@ impl InflowTracker {
             .map(|m| Observation {
                 id: format!("inflow:{}:{}", self.queue, m.timestamp()),
                 event_time: m,
+                partition: None,
             })
             .collect()
     }

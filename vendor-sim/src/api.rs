@@ -1,11 +1,13 @@
 //! `GET /v1/events`: the vendor's REST API over the history, and what every
-//! API request goes through first ([`admit`]).
+//! API request goes through first ([`admit`]). With `--stores`, one store's
+//! records at `GET /v1/stores/{store}/events` (or `/v1/events?store_id=`),
+//! and the stores at `GET /v1/stores`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use rand::Rng;
@@ -136,13 +138,70 @@ pub async fn events(
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> Response {
-    match admit(&sim, &headers).await {
-        Ok(admitted) => admitted.answer(events_page(&sim, &headers, &params)),
+    let store = param(&params, "store_id").map(str::to_owned);
+    serve(&sim, &headers, &params, store, "/v1/events").await
+}
+
+/// One store's records (`--stores`).
+pub async fn store_events(
+    State(sim): State<Arc<Sim>>,
+    Path(store): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> Response {
+    let path = format!("/v1/stores/{}/events", encode(&store));
+    serve(&sim, &headers, &params, Some(store), &path).await
+}
+
+async fn serve(
+    sim: &Sim,
+    headers: &HeaderMap,
+    params: &Params,
+    store: Option<String>,
+    path: &str,
+) -> Response {
+    // Every request, answered or not, counts for the store it names ("*": none).
+    sim.stats
+        .count_store_request(store.as_deref().unwrap_or("*"));
+    tracing::debug!(store = store.as_deref().unwrap_or("*"), "events request");
+    match admit(sim, headers).await {
+        Ok(admitted) => admitted.answer(events_page(sim, headers, params, store.as_deref(), path)),
         Err(resp) => resp,
     }
 }
 
-fn events_page(sim: &Sim, headers: &HeaderMap, params: &Params) -> Response {
+/// `{"stores": [{"id": "s1", "name": "Store 1"}, …]}` (`--stores`).
+pub async fn stores(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+    sim.stats.count_store_request("(listing)");
+    let admitted = match admit(&sim, &headers).await {
+        Ok(a) => a,
+        Err(resp) => return resp,
+    };
+    let n = sim.history().stores();
+    if n == 0 {
+        return admitted.answer(error(
+            StatusCode::NOT_FOUND,
+            "this vendor has no stores (--stores)",
+        ));
+    }
+    let stores: Vec<serde_json::Value> = (0..n)
+        .map(|k| {
+            serde_json::json!({
+                "id": crate::history::store_name(k),
+                "name": format!("Store {}", k + 1),
+            })
+        })
+        .collect();
+    admitted.answer(json(&serde_json::json!({ "stores": stores })))
+}
+
+fn events_page(
+    sim: &Sim,
+    headers: &HeaderMap,
+    params: &Params,
+    store: Option<&str>,
+    path: &str,
+) -> Response {
     let faults = sim.controls().faults.clone();
     if faults.endless_page {
         Stats::bump(&sim.stats.malformed_served, 1);
@@ -184,16 +243,21 @@ fn events_page(sim: &Sim, headers: &HeaderMap, params: &Params) -> Response {
         .to_owned();
     let (prefix, views, page) = {
         let history = sim.history();
-        let page = if request.style == Pagination::Stripe {
-            history.page_newest_first(&request.query)
-        } else {
-            history.page(&request.query)
+        let stride = match store {
+            None => None,
+            Some(name) => match history.store_index(name).and_then(|k| history.stride(k)) {
+                Some(stride) => Some(stride),
+                None => return error(StatusCode::NOT_FOUND, &format!("no store {name:?}")),
+            },
         };
-        (
-            history.prefix().to_owned(),
-            history.views(page.start, page.end),
-            page,
-        )
+        let newest_first = request.style == Pagination::Stripe;
+        let page = match (newest_first, stride) {
+            (true, None) => history.page_newest_first(&request.query),
+            (true, Some(st)) => history.page_newest_first_in(&request.query, st),
+            (false, None) => history.page(&request.query),
+            (false, Some(st)) => history.page_in(&request.query, st),
+        };
+        (history.prefix().to_owned(), history.views(&page), page)
     };
     Stats::bump(&sim.stats.served_records, views.len() as u64);
     let records: Vec<RecordView<'_>> = views.iter().map(|v| v.with_prefix(&prefix)).collect();
@@ -223,7 +287,7 @@ fn events_page(sim: &Sim, headers: &HeaderMap, params: &Params) -> Response {
             rest: serde_json::json!({ "has_more": page.more }),
         }),
         Pagination::NextUrl => {
-            let next = next_cursor.map(|c| next_url(&host, params, &c));
+            let next = next_cursor.map(|c| next_url(&host, path, params, &c));
             json(&Body {
                 data: &records,
                 rest: serde_json::json!({ "links": { "next": next } }),
@@ -255,9 +319,9 @@ fn events_page(sim: &Sim, headers: &HeaderMap, params: &Params) -> Response {
             if let Some(c) = next_cursor {
                 let link = if faults.bad_link {
                     // An unterminated target: no reader can tell where the URL ends.
-                    format!("<{}; rel=\"next\"", next_url(&host, params, &c))
+                    format!("<{}; rel=\"next\"", next_url(&host, path, params, &c))
                 } else {
-                    format!("<{}>; rel=\"next\"", next_url(&host, params, &c))
+                    format!("<{}>; rel=\"next\"", next_url(&host, path, params, &c))
                 };
                 if let Ok(v) = HeaderValue::from_str(&link) {
                     resp.headers_mut().insert(header::LINK, v);
@@ -446,14 +510,14 @@ fn next_cursor(request: &Request, page: &Page, cursor_loop: bool) -> Option<Stri
 }
 
 /// The request's own URL with `cursor` replaced.
-fn next_url(host: &str, params: &Params, cursor: &str) -> String {
+fn next_url(host: &str, path: &str, params: &Params, cursor: &str) -> String {
     let mut query: Vec<String> = params
         .iter()
         .filter(|(k, _)| k != "cursor")
         .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
         .collect();
     query.push(format!("cursor={}", encode(cursor)));
-    format!("http://{host}/v1/events?{}", query.join("&"))
+    format!("http://{host}{path}?{}", query.join("&"))
 }
 
 fn encode(raw: &str) -> String {
@@ -491,7 +555,7 @@ mod tests {
             ("limit".to_owned(), "5".to_owned()),
         ];
         assert_eq!(
-            next_url("127.0.0.1:9", &params, "abc"),
+            next_url("127.0.0.1:9", "/v1/events", &params, "abc"),
             "http://127.0.0.1:9/v1/events?since=2024-01-01T00%3A00%3A00%2B01%3A00&limit=5&cursor=abc"
         );
     }
@@ -512,6 +576,7 @@ mod tests {
             start: 3,
             end: 5,
             more: false,
+            step: 1,
         };
         assert_eq!(next_cursor(&request, &end, false), None);
         assert_eq!(next_cursor(&request, &end, true), Some(encode_cursor(3)));

@@ -14,18 +14,32 @@ use crate::history::record_id;
 use crate::sim::{now_ms, Silence, Sim, Stats};
 use crate::timefmt::{format_millis, parse_time, TimeFormat};
 
-/// `{"for_seconds": N}` (from now), `{"from", "to"}` (RFC 3339 or unix), or `{}` (from now until resumed).
+/// `{"for_seconds": N}` (from now), `{"from", "to"}` (RFC 3339 or unix), or `{}` (from now until resumed);
+/// with `"store": "s7"` only that store goes quiet (`--stores`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SilenceRequest {
     for_seconds: Option<f64>,
     from: Option<String>,
     to: Option<String>,
+    store: Option<String>,
 }
 
 pub async fn silence(State(sim): State<Arc<Sim>>, body: Option<Json<SilenceRequest>>) -> Response {
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let now = now_ms();
+    let store = match &req.store {
+        None => None,
+        Some(name) => match sim.history().store_index(name) {
+            Some(k) => Some(k),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("store: no store {name:?}"),
+                )
+            }
+        },
+    };
     let time = |v: &Option<String>, name: &str| {
         v.as_deref()
             .map(|s| parse_time(s, TimeFormat::Auto).map_err(|e| format!("{name}: {e}")))
@@ -40,10 +54,12 @@ pub async fn silence(State(sim): State<Arc<Sim>>, body: Option<Json<SilenceReque
         (Some(secs), Ok(None), Ok(None)) if secs.is_finite() && secs >= 0.0 => Silence {
             from: now,
             to: Some(now + (secs * 1000.0).round() as i64),
+            store,
         },
         (None, Ok(from), Ok(to)) => Silence {
             from: from.unwrap_or(now),
             to,
+            store,
         },
         _ => {
             return error(
@@ -52,7 +68,7 @@ pub async fn silence(State(sim): State<Arc<Sim>>, body: Option<Json<SilenceReque
             )
         }
     };
-    tracing::info!(from = %format_millis(interval.from), to = ?interval.to.map(|t| format_millis(t).to_string()), "silence");
+    tracing::info!(from = %format_millis(interval.from), to = ?interval.to.map(|t| format_millis(t).to_string()), store = ?req.store, "silence");
     let mut controls = sim.controls();
     controls.silences.push(interval);
     Json(json!({ "silences": controls.silences })).into_response()
@@ -231,6 +247,8 @@ pub async fn stats(State(sim): State<Arc<Sim>>) -> Response {
         "error_bodies_served": Stats::get(&s.error_bodies_served),
         "quota_admitted": Stats::get(&s.quota_admitted),
         "quota_refused": Stats::get(&s.quota_refused),
+        "requests_by_store": s.store_requests(),
+        "stores": sim.history().stores(),
         "history_len": len,
         "first_created_at": first,
         "last_created_at": last,
@@ -255,6 +273,8 @@ pub struct RecordsQuery {
     /// Only the records lost on their way to SQS.
     #[serde(default)]
     dropped: bool,
+    /// Only this store's records (`--stores`).
+    store: Option<String>,
 }
 
 /// `{"count": total in [from, to), "offset", "ids": [...]}`; `limit` bounds `ids` (`0`: count only).
@@ -270,6 +290,36 @@ pub async fn records(State(sim): State<Arc<Sim>>, Query(q): Query<RecordsQuery>)
         (Err(e), _) | (_, Err(e)) => return error(StatusCode::BAD_REQUEST, &e),
     };
     let history = sim.history();
+    if let Some(name) = &q.store {
+        let Some(stride) = history.store_index(name).and_then(|k| history.stride(k)) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("store: no store {name:?}"),
+            );
+        };
+        let page = history.page_in(
+            &crate::history::PageQuery {
+                since: from,
+                until: to,
+                position: crate::history::Position::Start,
+                limit: None,
+            },
+            stride,
+        );
+        let ids: Vec<String> = history
+            .views(&page)
+            .iter()
+            .filter(|v| !q.dropped || history.records()[v.seq as usize - 1].dropped)
+            .map(|v| record_id(history.prefix(), v.seq))
+            .collect();
+        let count = ids.len();
+        let ids: Vec<String> = ids
+            .into_iter()
+            .skip(q.offset)
+            .take(q.limit.unwrap_or(usize::MAX))
+            .collect();
+        return Json(json!({ "count": count, "offset": q.offset, "ids": ids })).into_response();
+    }
     if q.dropped {
         let ids: Vec<String> = {
             let (lo, hi) = history.range(from, to);

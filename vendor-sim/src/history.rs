@@ -50,6 +50,32 @@ pub struct Record {
 pub struct History {
     prefix: String,
     records: Vec<Record>,
+    /// Records belong to stores `s1`…`sN` in turn (record index `i` to store
+    /// `i % N`, written `s{i % N + 1}`); 0: no stores, no `store_id` field.
+    stores: usize,
+}
+
+/// The records of one store among `n`: every `n`th from index `k`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stride {
+    pub k: usize,
+    pub n: usize,
+}
+
+impl Stride {
+    /// The first index at or after `lo` that belongs to the store.
+    fn first(self, lo: usize) -> usize {
+        lo + (self.k + self.n - lo % self.n) % self.n
+    }
+
+    /// How many of the store's indices lie in `[first, i)`.
+    fn rank(self, first: usize, i: usize) -> usize {
+        if i <= first {
+            0
+        } else {
+            (i - first).div_ceil(self.n)
+        }
+    }
 }
 
 /// Where a page starts, as each pagination style expresses it.
@@ -85,6 +111,8 @@ pub struct Page {
     pub start: usize,
     pub end: usize,
     pub more: bool,
+    /// The page is every `step`th record of `[start, end)` (one store's: `n`).
+    pub step: usize,
 }
 
 impl Page {
@@ -101,7 +129,35 @@ impl History {
         Self {
             prefix: prefix.into(),
             records: Vec::new(),
+            stores: 0,
         }
+    }
+
+    /// Records belong to `n` stores in turn (see [`History::stores`]).
+    pub fn with_stores(mut self, n: usize) -> Self {
+        self.stores = n;
+        self
+    }
+
+    /// How many stores records belong to (0: none).
+    pub fn stores(&self) -> usize {
+        self.stores
+    }
+
+    /// The store of the record at `index` (0-based), if records have stores.
+    pub fn store_of(&self, index: usize) -> Option<usize> {
+        (self.stores > 0).then(|| index % self.stores)
+    }
+
+    /// A store's name (`s1`…) as its number, 0-based.
+    pub fn store_index(&self, name: &str) -> Option<usize> {
+        let k: usize = name.strip_prefix('s')?.parse().ok()?;
+        (1..=self.stores).contains(&k).then(|| k - 1)
+    }
+
+    /// The records of store `k`.
+    pub fn stride(&self, k: usize) -> Option<Stride> {
+        (k < self.stores).then_some(Stride { k, n: self.stores })
     }
 
     pub fn prefix(&self) -> &str {
@@ -170,6 +226,63 @@ impl History {
             start,
             end,
             more: end < hi,
+            step: 1,
+        }
+    }
+
+    /// [`History::page`] over one store's records: positions, skips and
+    /// limits count that store's records only; cursors stay indices into the
+    /// whole history.
+    pub fn page_in(&self, query: &PageQuery, stride: Stride) -> Page {
+        if let Position::BeforeSeq(_) = query.position {
+            return self.page_newest_first_in(query, stride);
+        }
+        let (lo, hi) = self.range(query.since, query.until);
+        let first = stride.first(lo);
+        let count = stride.rank(first, hi);
+        let at = |j: usize| if j < count { first + j * stride.n } else { hi };
+        let j0 = match query.position {
+            Position::Start => 0,
+            Position::Index(i) => stride.rank(first, i.max(lo)),
+            Position::AfterSeq(seq) => {
+                stride.rank(first, usize::try_from(seq).unwrap_or(usize::MAX).max(lo))
+            }
+            Position::Skip(n) => n,
+            Position::BeforeSeq(_) => 0,
+        }
+        .min(count);
+        let j1 = query
+            .limit
+            .map_or(count, |l| j0.saturating_add(l).min(count));
+        Page {
+            start: at(j0),
+            end: at(j1),
+            more: j1 < count,
+            step: stride.n,
+        }
+    }
+
+    /// [`History::page_newest_first`] over one store's records.
+    pub fn page_newest_first_in(&self, query: &PageQuery, stride: Stride) -> Page {
+        let (lo, hi) = self.range(query.since, query.until);
+        let first = stride.first(lo);
+        let count = stride.rank(first, hi);
+        let at = |j: usize| if j < count { first + j * stride.n } else { hi };
+        let top = match query.position {
+            Position::BeforeSeq(seq) => stride.rank(
+                first,
+                usize::try_from(seq.saturating_sub(1))
+                    .unwrap_or(usize::MAX)
+                    .clamp(lo, hi),
+            ),
+            _ => count,
+        };
+        let start = query.limit.map_or(0, |l| top.saturating_sub(l));
+        Page {
+            start: at(start),
+            end: at(top),
+            more: start > 0,
+            step: stride.n,
         }
     }
 
@@ -194,6 +307,7 @@ impl History {
             start,
             end: top,
             more: start > lo,
+            step: 1,
         }
     }
 
@@ -212,15 +326,18 @@ impl History {
             prefix: &self.prefix,
             seq: index as u64 + 1,
             created_at_ms: self.records[index].created_at_ms,
+            store: self.store_of(index),
         }
     }
 
-    /// Copies records `[start, end)` out, so a caller can drop the lock before serializing.
-    pub fn views(&self, start: usize, end: usize) -> Vec<OwnedView> {
-        (start..end)
+    /// Copies a page's records out, so a caller can drop the lock before serializing.
+    pub fn views(&self, page: &Page) -> Vec<OwnedView> {
+        (page.start..page.end.min(self.records.len()))
+            .step_by(page.step.max(1))
             .map(|i| OwnedView {
                 seq: i as u64 + 1,
                 created_at_ms: self.records[i].created_at_ms,
+                store: self.store_of(i),
             })
             .collect()
     }
@@ -251,6 +368,8 @@ pub struct RecordView<'a> {
     pub prefix: &'a str,
     pub seq: u64,
     pub created_at_ms: i64,
+    /// The store it belongs to (0-based), written `store_id: "s{k + 1}"`.
+    pub store: Option<usize>,
 }
 
 /// A record copied out of the history; pair it with the prefix to render it.
@@ -258,6 +377,7 @@ pub struct RecordView<'a> {
 pub struct OwnedView {
     pub seq: u64,
     pub created_at_ms: i64,
+    pub store: Option<usize>,
 }
 
 impl OwnedView {
@@ -266,8 +386,14 @@ impl OwnedView {
             prefix,
             seq: self.seq,
             created_at_ms: self.created_at_ms,
+            store: self.store,
         }
     }
+}
+
+/// The name of store `k` (0-based).
+pub fn store_name(k: usize) -> String {
+    format!("s{}", k + 1)
 }
 
 pub fn record_id(prefix: &str, seq: u64) -> String {
@@ -301,12 +427,24 @@ impl fmt::Display for Payload {
 
 impl Serialize for RecordView<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Record", 4)?;
+        let fields = if self.store.is_some() { 5 } else { 4 };
+        let mut s = serializer.serialize_struct("Record", fields)?;
         s.serialize_field("id", &Collect(Id(self.prefix, self.seq)))?;
         s.serialize_field("created_at", &Collect(format_millis(self.created_at_ms)))?;
         s.serialize_field("seq", &self.seq)?;
+        if let Some(k) = self.store {
+            s.serialize_field("store_id", &Collect(StoreName(k)))?;
+        }
         s.serialize_field("payload", &Collect(Payload(self.seq)))?;
         s.end()
+    }
+}
+
+struct StoreName(usize);
+
+impl fmt::Display for StoreName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0 + 1)
     }
 }
 
@@ -464,6 +602,55 @@ mod tests {
             position = Position::BeforeSeq(h.view(page.start).seq);
         }
         assert_eq!(seen, (1..12).rev().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_store_pages_through_its_own_records_once() {
+        let mut h = History::new("evt").with_stores(3);
+        h.seed(20, 1_000, 21_000);
+        let stride = h.stride(h.store_index("s2").unwrap()).unwrap();
+        let want: Vec<u64> = (0..20).filter(|i| i % 3 == 1).map(|i| i + 1).collect();
+        // Cursor style: the next page starts at the index the last one ended at.
+        let mut seen = Vec::new();
+        let mut position = Position::Start;
+        loop {
+            let page = h.page_in(&query(None, None, position, 2), stride);
+            seen.extend(h.views(&page).iter().map(|v| v.seq));
+            if !page.more {
+                break;
+            }
+            position = Position::Index(page.end);
+        }
+        assert_eq!(seen, want);
+        // Offsets count the store's records.
+        let p = h.page_in(&query(None, None, Position::Skip(2), 2), stride);
+        let seqs: Vec<u64> = h.views(&p).iter().map(|v| v.seq).collect();
+        assert_eq!(seqs, vec![8, 11]);
+        // A time range: records at 1000 + 1000·i ms.
+        let p = h.page_in(
+            &query(Some(5_000), Some(12_000), Position::Start, 100),
+            stride,
+        );
+        let seqs: Vec<u64> = h.views(&p).iter().map(|v| v.seq).collect();
+        assert_eq!(seqs, vec![5, 8, 11]);
+        // Newest first.
+        let mut seen = Vec::new();
+        let mut position = Position::Start;
+        loop {
+            let page = h.page_newest_first_in(&query(None, None, position, 3), stride);
+            let views = h.views(&page);
+            seen.extend(views.iter().rev().map(|v| v.seq));
+            if !page.more {
+                break;
+            }
+            position = Position::BeforeSeq(views[0].seq);
+        }
+        seen.reverse();
+        assert_eq!(seen, want);
+        let v = serde_json::to_value(h.view(4)).unwrap();
+        assert_eq!(v["store_id"], "s2");
+        assert_eq!(h.store_index("s4"), None);
+        assert_eq!(h.store_index("x1"), None);
     }
 
     #[test]

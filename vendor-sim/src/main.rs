@@ -102,6 +102,12 @@ struct Cli {
     /// (a feed whose queue carries one kind of the records the API lists).
     #[arg(long)]
     live_odd_only: bool,
+    /// Records belong to stores `s1`…`sN` in turn (a `store_id` field),
+    /// listed at `GET /v1/stores`, each served at `GET
+    /// /v1/stores/{store}/events` (or `/v1/events?store_id=`) and silenced on
+    /// its own (`POST /control/silence {"store": "s7", …}`); 0: no stores.
+    #[arg(long, default_value_t = 0)]
+    stores: usize,
     /// Start a silence this many seconds after start.
     #[arg(long)]
     silence_after: Option<f64>,
@@ -124,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     validate(&cli)?;
 
     let start_ms = now_ms();
-    let mut history = History::new(cli.prefix.clone());
+    let mut history = History::new(cli.prefix.clone()).with_stores(cli.stores);
     if cli.history > 0 {
         let span =
             i64::try_from(cli.history_span.as_millis()).context("--history-span too long")?;
@@ -138,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
             Silence {
                 from,
                 to: cli.silence_for.map(|f| from + (f * 1000.0).round() as i64),
+                store: None,
             }
         })
         .into_iter()
@@ -176,6 +183,8 @@ async fn main() -> anyhow::Result<()> {
 
     let app = Router::new()
         .route("/v1/events", get(api::events))
+        .route("/v1/stores", get(api::stores))
+        .route("/v1/stores/{store}/events", get(api::store_events))
         .route("/v1/search", post(search::search))
         .route("/v1/days/{date}/events", get(search::day))
         .route("/control/quota", post(control::set_quota))

@@ -125,7 +125,7 @@ fn list(sim: &Sim, query: &PageQuery) -> (Vec<Value>, crate::history::Page) {
     let history = sim.history();
     let page = history.page(query);
     let prefix = history.prefix().to_owned();
-    let views = history.views(page.start, page.end);
+    let views = history.views(&page);
     drop(history);
     Stats::bump(&sim.stats.served_pages, 1);
     Stats::bump(&sim.stats.served_records, views.len() as u64);

@@ -66,15 +66,22 @@ pub struct Faults {
 }
 
 /// An interval of `created_at` (unix ms) whose records are not published; `to: None` = open.
+/// With `store`, only that store's records (0-based; `--stores`) go quiet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Silence {
     pub from: i64,
     pub to: Option<i64>,
+    pub store: Option<usize>,
 }
 
 impl Silence {
     pub fn contains(&self, t: i64) -> bool {
         t >= self.from && self.to.is_none_or(|to| t < to)
+    }
+
+    /// Whether a record of `store` created at `t` is silenced.
+    pub fn silences(&self, t: i64, store: Option<usize>) -> bool {
+        self.contains(t) && self.store.is_none_or(|s| store == Some(s))
     }
 }
 
@@ -83,6 +90,7 @@ impl Serialize for Silence {
         serde_json::json!({
             "from": format_millis(self.from).to_string(),
             "to": self.to.map(|t| format_millis(t).to_string()),
+            "store": self.store.map(crate::history::store_name),
         })
         .serialize(serializer)
     }
@@ -121,6 +129,8 @@ pub struct Stats {
     pub quota_admitted: AtomicU64,
     /// Requests made while the quota was spent (answered 429).
     pub quota_refused: AtomicU64,
+    /// Requests for records, by the store they named (`*`: none).
+    pub by_store: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Stats {
@@ -130,6 +140,18 @@ impl Stats {
 
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+
+    pub fn count_store_request(&self, store: &str) {
+        let mut by = self.by_store.lock().unwrap_or_else(|e| e.into_inner());
+        *by.entry(store.to_owned()).or_default() += 1;
+    }
+
+    pub fn store_requests(&self) -> std::collections::BTreeMap<String, u64> {
+        self.by_store
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -207,7 +229,8 @@ impl Sim {
             let mut rng = rand::rng();
             let mut history = self.history.write().unwrap_or_else(|e| e.into_inner());
             for &t in times {
-                let quiet = silences.iter().any(|s| s.contains(t));
+                let store = history.store_of(history.len());
+                let quiet = silences.iter().any(|s| s.silences(t, store));
                 let lost = !quiet && drop_rate > 0.0 && rng.random_bool(drop_rate);
                 silenced += u64::from(quiet);
                 dropped += u64::from(lost);
