@@ -24,23 +24,23 @@ use crate::shape::{Attribute, LiveMessage};
 use crate::store::{GapFilter, Store};
 
 /// Most observations one report request may carry.
-pub const MAX_OBSERVATIONS: usize = 10_000;
+pub(crate) const MAX_OBSERVATIONS: usize = 10_000;
 /// Largest request body accepted.
 const MAX_BODY: usize = 4 * 1024 * 1024;
 
 #[derive(Clone)]
-pub struct AppState {
-    pub feeds: Arc<HashMap<String, FeedHandle>>,
-    pub store: Store,
-    pub metrics: Arc<Metrics>,
-    pub admin_token: Option<Secret>,
+pub(crate) struct AppState {
+    pub(crate) feeds: Arc<HashMap<String, FeedHandle>>,
+    pub(crate) store: Store,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) admin_token: Option<Secret>,
     /// Accepted by the observations endpoint besides the admin token.
-    pub report_token: Option<Secret>,
-    pub health: Arc<Health>,
-    pub fills: FillControl,
+    pub(crate) report_token: Option<Secret>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) fills: FillControl,
 }
 
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     let api_slots = Arc::new(tokio::sync::Semaphore::new(
         crate::server::MAX_CONCURRENT_API,
     ));
@@ -97,13 +97,13 @@ async fn api_slot(
 
 /// An API error: status + `{"error": message}`.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             message: message.into(),

@@ -10,7 +10,7 @@ use crate::metrics::AwsOutcome;
 
 /// Shared SDK configuration (credentials chain, region, optional endpoint such
 /// as a local emulator).
-pub async fn sdk_config(aws: &AwsConfig) -> aws_config::SdkConfig {
+pub(crate) async fn sdk_config(aws: &AwsConfig) -> aws_config::SdkConfig {
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .timeout_config(
             aws_config::timeout::TimeoutConfig::builder()
@@ -29,21 +29,21 @@ pub async fn sdk_config(aws: &AwsConfig) -> aws_config::SdkConfig {
     loader.load().await
 }
 
-pub fn sqs_client(conf: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+pub(crate) fn sqs_client(conf: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(conf)
 }
 
-pub fn cloudwatch_client(conf: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
+pub(crate) fn cloudwatch_client(conf: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
     aws_sdk_cloudwatch::Client::new(conf)
 }
 
 /// How an AWS call failed, as far as retrying is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AwsFailure {
-    pub outcome: AwsOutcome,
-    pub retryable: bool,
-    pub code: Option<String>,
-    pub message: String,
+pub(crate) struct AwsFailure {
+    pub(crate) outcome: AwsOutcome,
+    pub(crate) retryable: bool,
+    pub(crate) code: Option<String>,
+    pub(crate) message: String,
 }
 
 impl std::fmt::Display for AwsFailure {
@@ -68,7 +68,7 @@ const THROTTLING: &[&str] = &[
 
 /// Classifies any SDK error: throttling and transient failures are retryable,
 /// access denied or a missing queue are not.
-pub fn classify<E, R>(err: &SdkError<E, R>) -> AwsFailure
+pub(crate) fn classify<E, R>(err: &SdkError<E, R>) -> AwsFailure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -117,7 +117,7 @@ where
 
 /// The queue's name, the label value for queue metrics (URLs are long and
 /// carry the account id).
-pub fn queue_name(url: &str) -> &str {
+pub(crate) fn queue_name(url: &str) -> &str {
     url.trim_end_matches('/').rsplit('/').next().unwrap_or(url)
 }
 

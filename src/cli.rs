@@ -26,26 +26,26 @@ use crate::store::{FillState, Gap, GapFilter, Store};
 pub struct Cli {
     /// Log format: JSON lines (default) or text for humans.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Text,
 }
 
 #[derive(clap::Args, Debug)]
-pub struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Config file [env: GAPWATCH_CONFIG] [default: /etc/gapwatch/gapwatch.toml]
     #[arg(long, short)]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon.
     Run(ConfigArg),
     /// Validate the config and print it resolved, secrets redacted.
@@ -122,8 +122,8 @@ pub enum Command {
 }
 
 /// `check-shape` exit codes: a deploy gate tells "differs" from "cannot tell".
-pub const SHAPE_MISMATCH: u8 = 1;
-pub const SHAPE_UNAVAILABLE: u8 = 2;
+pub(crate) const SHAPE_MISMATCH: u8 = 1;
+pub(crate) const SHAPE_UNAVAILABLE: u8 = 2;
 
 impl ConfigArg {
     fn path(&self, env: &HashMap<String, String>) -> PathBuf {
@@ -140,7 +140,7 @@ impl ConfigArg {
     }
 }
 
-pub fn init_logging(format: LogFormat) {
+pub(crate) fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -320,7 +320,7 @@ async fn check_shape(config: Config, feed: &str, json: bool) -> anyhow::Result<E
 
 /// What `gapwatch check-shape` prints: the outcome, then per differing
 /// record where it differs and both values.
-pub fn shape_text(r: &crate::shape::ShapeReport) -> String {
+pub(crate) fn shape_text(r: &crate::shape::ShapeReport) -> String {
     use crate::metrics::ShapeOutcome;
     use crate::shape::Part;
     let mut out = match r.outcome {
@@ -445,7 +445,7 @@ fn fmt_time(t: Option<DateTime<Utc>>) -> String {
 }
 
 /// The table `gapwatch gaps` prints.
-pub fn gaps_table(gaps: &[Gap]) -> String {
+pub(crate) fn gaps_table(gaps: &[Gap]) -> String {
     let mut out = format!(
         "{:<6} {:<16} {:<12} {:<8} {:<6} {:<20} {:<20} {:<8} {:>11} {:>9} {:>9} {:>8}  {}\n",
         "ID",

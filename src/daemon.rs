@@ -24,7 +24,7 @@ use crate::supervise::Supervisor;
 use crate::watch::{Relay, SqsQueues};
 
 /// Whether any part of the config talks to AWS.
-pub fn needs_aws(config: &Config) -> bool {
+pub(crate) fn needs_aws(config: &Config) -> bool {
     config.feeds.iter().any(|f| {
         f.watch.mode != WatchMode::Report
             || f.queue_url.is_some()
@@ -35,7 +35,7 @@ pub fn needs_aws(config: &Config) -> bool {
     })
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let replica = crate::lease::replica_name();
     let store = Store::connect(&config.state.url)

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Envelope {
+pub(crate) enum Envelope {
     /// The message body is the record.
     #[default]
     None,
@@ -29,17 +29,9 @@ pub enum Envelope {
 }
 
 impl Envelope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Envelope::None => "none",
-            Envelope::Sns => "sns",
-            Envelope::EventBridge => "eventbridge",
-        }
-    }
-
     /// The record inside a live message body; None when the body is not such
     /// an envelope (no `detail`, or a `Message` that is not JSON text).
-    pub fn open<'a>(self, body: &'a Value) -> Option<Cow<'a, Value>> {
+    pub(crate) fn open<'a>(self, body: &'a Value) -> Option<Cow<'a, Value>> {
         match self {
             Envelope::None => Some(Cow::Borrowed(body)),
             Envelope::EventBridge => body.get("detail").map(Cow::Borrowed),
@@ -51,7 +43,7 @@ impl Envelope {
     }
 
     /// Pointers a shape check ignores by default: what is fresh in every envelope.
-    pub fn volatile(self) -> &'static [&'static str] {
+    pub(crate) fn volatile(self) -> &'static [&'static str] {
         match self {
             Envelope::None => &[],
             Envelope::EventBridge => &["/id", "/time"],
@@ -67,7 +59,12 @@ impl Envelope {
 
     /// `record` wrapped as a live message: `fields` first (what the vendor's
     /// envelopes carry), then a fresh id and `time`, then the record itself.
-    pub fn wrap(self, record: Value, time: DateTime<Utc>, fields: &Map<String, Value>) -> Value {
+    pub(crate) fn wrap(
+        self,
+        record: Value,
+        time: DateTime<Utc>,
+        fields: &Map<String, Value>,
+    ) -> Value {
         match self {
             Envelope::None => record,
             Envelope::EventBridge => {
@@ -115,7 +112,7 @@ impl Envelope {
 }
 
 /// A random (version 4) UUID, as EventBridge and SNS ids are written.
-pub fn fresh_id() -> String {
+pub(crate) fn fresh_id() -> String {
     let mut b: [u8; 16] = rand::random();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;

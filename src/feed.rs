@@ -62,79 +62,78 @@ const SUMMARY_EVERY: Duration = Duration::from_secs(1);
 /// fill of the partition's gap may list again.
 const EDGE_MARGIN: TimeDelta = TimeDelta::seconds(5);
 /// Capacity of a feed's observation channel, in batches (backpressure beyond).
-pub const CHANNEL_BATCHES: usize = 64;
+pub(crate) const CHANNEL_BATCHES: usize = 64;
 /// The lane of an unpartitioned feed (and the partition of its gaps).
 const WHOLE: &str = "";
 
 /// What `/api/v1/feeds` shows for a feed.
 #[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct FeedStatus {
-    pub name: String,
-    pub mode: &'static str,
-    pub last_event: Option<DateTime<Utc>>,
-    pub freshness_seconds: Option<f64>,
-    pub active: bool,
+pub(crate) struct FeedStatus {
+    pub(crate) name: String,
+    pub(crate) mode: &'static str,
+    pub(crate) last_event: Option<DateTime<Utc>>,
+    pub(crate) freshness_seconds: Option<f64>,
+    pub(crate) active: bool,
     /// The feed's open gap (unpartitioned feeds; see `partitions` otherwise).
-    pub open_gap: Option<OpenGap>,
-    pub records_observed: u64,
+    pub(crate) open_gap: Option<OpenGap>,
+    pub(crate) records_observed: u64,
     /// The replica holding the feed's lease (it decides the feed's gaps and fills).
-    pub leader: Option<String>,
+    pub(crate) leader: Option<String>,
     /// Audited feeds: every record older than this is proven delivered.
-    pub verified_until: Option<DateTime<Utc>>,
+    pub(crate) verified_until: Option<DateTime<Utc>>,
     /// Partitioned feeds: how their partitions stand (each one is listed by
     /// `/api/v1/feeds/{feed}/partitions`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<PartitionsStatus>,
+    pub(crate) partitions: Option<PartitionsStatus>,
     /// Feeds with a shape check: the last one (null until a first check).
-    pub shape_check: Option<ShapeStatus>,
+    pub(crate) shape_check: Option<ShapeStatus>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, PartialEq)]
-pub struct OpenGap {
-    pub id: i64,
-    pub start: DateTime<Utc>,
-    pub silent_seconds: f64,
+pub(crate) struct OpenGap {
+    pub(crate) id: i64,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) silent_seconds: f64,
 }
 
 /// A partitioned feed's partitions, counted.
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
-pub struct PartitionsStatus {
-    pub total: usize,
+pub(crate) struct PartitionsStatus {
+    pub(crate) total: usize,
     /// With an open gap.
-    pub silent: usize,
-    pub fresh: usize,
+    pub(crate) silent: usize,
+    pub(crate) fresh: usize,
     /// Nothing seen yet.
-    pub unseen: usize,
+    pub(crate) unseen: usize,
     /// Now minus the newest event of the partition heard from longest ago.
-    pub oldest_freshness_seconds: Option<f64>,
+    pub(crate) oldest_freshness_seconds: Option<f64>,
     #[serde(skip)]
     oldest_last_event: Option<DateTime<Utc>>,
 }
 
 /// The parts of a running feed that others talk to.
 #[derive(Clone)]
-pub struct FeedHandle {
-    pub name: String,
-    pub config: Arc<FeedConfig>,
-    pub observations: mpsc::Sender<Vec<Observation>>,
-    pub status: watch::Receiver<FeedStatus>,
+pub(crate) struct FeedHandle {
+    pub(crate) config: Arc<FeedConfig>,
+    pub(crate) observations: mpsc::Sender<Vec<Observation>>,
+    pub(crate) status: watch::Receiver<FeedStatus>,
     /// Woken when a gap opens or closes, so fills start at once.
-    pub fill_wakeup: Arc<Notify>,
+    pub(crate) fill_wakeup: Arc<Notify>,
     /// How far behind the wall clock the feed's detector runs.
     clock_lag: chrono::TimeDelta,
     /// The audit's watermark, published by the feed's auditor.
-    pub verified_until: Arc<watch::Sender<Option<DateTime<Utc>>>>,
+    pub(crate) verified_until: Arc<watch::Sender<Option<DateTime<Utc>>>>,
     /// Ids observed but not in the store yet, for the fills' dedupe.
-    pub unwritten: Unwritten,
+    pub(crate) unwritten: Unwritten,
     /// Feeds with a shape check: the live messages it compares with.
-    pub shape_sample: Option<Arc<Sampler>>,
+    pub(crate) shape_sample: Option<Arc<Sampler>>,
     /// The last shape check, published by the feed's checker.
-    pub shape_status: Arc<watch::Sender<Option<ShapeStatus>>>,
+    pub(crate) shape_status: Arc<watch::Sender<Option<ShapeStatus>>>,
     /// Partitioned feeds: the partitions watched now, sorted (a fill of the
     /// whole feed asks for each).
-    pub partitions: watch::Receiver<Arc<Vec<String>>>,
+    pub(crate) partitions: watch::Receiver<Arc<Vec<String>>>,
     /// Where a [`Lister`] hands the vendor's listing to the monitor.
-    pub listing: Arc<watch::Sender<Listing>>,
+    pub(crate) listing: Arc<watch::Sender<Listing>>,
 }
 
 /// What the monitor keeps per partition, beside its detector.
@@ -173,7 +172,7 @@ struct StoredLane {
     open_gap: Option<(DateTime<Utc>, i64)>,
 }
 
-pub struct FeedMonitor {
+pub(crate) struct FeedMonitor {
     config: Arc<FeedConfig>,
     lanes: Lanes<LaneData>,
     store: Store,
@@ -264,7 +263,7 @@ impl RateLog {
 const RATE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Whether `t` is later than `now` + `skew`.
-pub fn is_future(t: DateTime<Utc>, now: DateTime<Utc>, skew: Duration) -> bool {
+pub(crate) fn is_future(t: DateTime<Utc>, now: DateTime<Utc>, skew: Duration) -> bool {
     chrono::TimeDelta::from_std(skew)
         .ok()
         .and_then(|s| now.checked_add_signed(s))
@@ -279,7 +278,7 @@ impl FeedMonitor {
     /// closing times, freshness) runs this far behind the wall clock. Zero for
     /// feeds seen live; for passive feeds, whose inflow is known only minutes
     /// late, see [`crate::watch::inflow::clock_lag`].
-    pub async fn start(
+    pub(crate) async fn start(
         config: Arc<FeedConfig>,
         store: Store,
         metrics: Arc<Metrics>,
@@ -410,7 +409,6 @@ impl FeedMonitor {
             TimeDelta::from_std(overlap).unwrap_or(TimeDelta::zero()) + EDGE_MARGIN
         });
         let handle = FeedHandle {
-            name: config.name.clone(),
             config: config.clone(),
             observations: tx,
             status: status_rx,
@@ -471,7 +469,7 @@ impl FeedMonitor {
 
     /// Saves gap events only while this replica holds the feed's lease; the
     /// rest of the time the feed's gap state follows what the holder stored.
-    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+    pub(crate) fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
         self.lease = lease;
         self.led = false;
         self
@@ -479,7 +477,7 @@ impl FeedMonitor {
 
     /// Runs until `stop` is cancelled, then takes what is still queued, saves,
     /// and returns. Cancel `stop` only after the feed's producers finished.
-    pub async fn run(&mut self, stop: CancellationToken) {
+    pub(crate) async fn run(&mut self, stop: CancellationToken) {
         // Before any observation: silence that lasted through our own downtime
         // must be seen first (an observation would otherwise close a gap that
         // was never opened).
@@ -1526,7 +1524,7 @@ impl FeedStatus {
 impl FeedHandle {
     /// The feed's status as of now. Freshness, activity and silence are
     /// derived when read, so an idle monitor need not wake to keep them true.
-    pub fn current(&self) -> FeedStatus {
+    pub(crate) fn current(&self) -> FeedStatus {
         let mut status = self.status.borrow().clone();
         status.verified_until = *self.verified_until.borrow();
         status.shape_check = self.shape_status.borrow().clone();
@@ -1537,19 +1535,13 @@ impl FeedHandle {
 
 /// Sets the gauges that move with the clock alone (freshness, active) for
 /// every feed; called before each scrape.
-pub fn refresh_clock_gauges<'a>(
+pub(crate) fn refresh_clock_gauges<'a>(
     metrics: &Metrics,
     feeds: impl IntoIterator<Item = &'a FeedHandle>,
 ) {
     for h in feeds {
         h.current().set_clock_gauges(metrics);
     }
-}
-
-/// Whether a feed's records reach gapwatch one by one (relay, report) or only as
-/// per-minute inflow (passive).
-pub fn is_precise(mode: WatchMode) -> bool {
-    mode != WatchMode::Passive
 }
 
 #[cfg(test)]

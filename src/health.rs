@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 #[derive(Default)]
-pub struct Health {
+pub(crate) struct Health {
     shutting_down: AtomicBool,
     /// Problems with AWS resources, by resource (queue name, CloudWatch), reported
     /// once per change.
@@ -20,17 +20,17 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn shutting_down(&self) {
+    pub(crate) fn shutting_down(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_shutting_down(&self) -> bool {
+    pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Sets or clears the problem of a resource; returns whether it changed (so
     /// the caller logs only changes).
-    pub fn set_problem(&self, resource: &str, problem: Option<String>) -> bool {
+    pub(crate) fn set_problem(&self, resource: &str, problem: Option<String>) -> bool {
         let mut p = self.problems.lock().unwrap_or_else(|e| e.into_inner());
         match problem {
             Some(msg) => p.insert(resource.to_string(), msg.clone()).as_ref() != Some(&msg),
@@ -38,7 +38,7 @@ impl Health {
         }
     }
 
-    pub fn problems(&self) -> BTreeMap<String, String> {
+    pub(crate) fn problems(&self) -> BTreeMap<String, String> {
         self.problems
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -46,7 +46,7 @@ impl Health {
     }
 
     /// A task exhausted its restart budget: liveness fails from now on.
-    pub fn task_failed(&self, task: &str, reason: &str) {
+    pub(crate) fn task_failed(&self, task: &str, reason: &str) {
         self.failed_tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -54,7 +54,7 @@ impl Health {
     }
 
     /// Tasks past their restart budget (empty: alive).
-    pub fn failed_tasks(&self) -> BTreeMap<String, String> {
+    pub(crate) fn failed_tasks(&self) -> BTreeMap<String, String> {
         self.failed_tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())

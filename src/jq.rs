@@ -20,7 +20,7 @@ const DENIED: &[&str] = &["env"];
 
 /// A program runs on one record; more outputs than this is a mistake in the program
 /// (`repeat`, `range(1e9)`), not a shape.
-pub const MAX_OUTPUTS: usize = 1024;
+pub(crate) const MAX_OUTPUTS: usize = 1024;
 
 /// Longest error text kept from jaq (its messages quote the value that failed).
 const MAX_MESSAGE: usize = 200;
@@ -28,19 +28,19 @@ const MAX_MESSAGE: usize = 200;
 /// A program that does not compile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: jq program does not compile at line {line}, column {column}: {message}")]
-pub struct CompileError {
+pub(crate) struct CompileError {
     /// The config key the program came from, e.g. `feeds[0].backfill.render`.
-    pub key: String,
+    pub(crate) key: String,
     /// 1-based line in the program text.
-    pub line: usize,
+    pub(crate) line: usize,
     /// 1-based column (characters) in that line.
-    pub column: usize,
-    pub message: String,
+    pub(crate) column: usize,
+    pub(crate) message: String,
 }
 
 /// A program that failed on one input.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RunError {
+pub(crate) enum RunError {
     /// The program raised an error (`error("…")`, `.a.b` on a string, …).
     #[error("jq program failed: {0}")]
     Failed(String),
@@ -60,7 +60,7 @@ type Data = data::JustLut<Val>;
 /// A compiled jq program and the config key it came from. Cloning shares the
 /// compiled filter; it serializes as its program text (the resolved config).
 #[derive(Clone)]
-pub struct Program {
+pub(crate) struct Program {
     key: String,
     source: String,
     filter: std::sync::Arc<jaq_core::Filter<Data>>,
@@ -85,7 +85,7 @@ impl fmt::Debug for Program {
 
 impl Program {
     /// Compiles `code`; errors name `key` and the position in `code`.
-    pub fn compile(key: &str, code: &str) -> Result<Self, CompileError> {
+    pub(crate) fn compile(key: &str, code: &str) -> Result<Self, CompileError> {
         let fail = |at: Option<&str>, message: String| {
             let (line, column) = at.map_or((1, 1), |s| position(code, s));
             CompileError {
@@ -161,17 +161,18 @@ impl Program {
     }
 
     /// The config key the program came from.
-    pub fn key(&self) -> &str {
+    pub(crate) fn key(&self) -> &str {
         &self.key
     }
 
     /// The program text as configured.
-    pub fn source(&self) -> &str {
+    #[cfg(test)]
+    pub(crate) fn source(&self) -> &str {
         &self.source
     }
 
     /// Every output of the program on `input`, in order.
-    pub fn run(&self, input: &Value) -> Result<Vec<Value>, RunError> {
+    pub(crate) fn run(&self, input: &Value) -> Result<Vec<Value>, RunError> {
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
         let mut outputs = Vec::new();
         for out in self.filter.id.run((ctx, to_val(input))) {
@@ -189,7 +190,7 @@ impl Program {
     }
 
     /// The one output of the program on `input` (a render or an attribute).
-    pub fn run_one(&self, input: &Value) -> Result<Value, RunError> {
+    pub(crate) fn run_one(&self, input: &Value) -> Result<Value, RunError> {
         let mut outputs = self.run(input)?;
         match outputs.len() {
             1 => Ok(outputs.pop().expect("one output")),
@@ -199,7 +200,7 @@ impl Program {
 
     /// Whether the program's output on `input` is truthy (jq's rule: anything but
     /// `false` and `null`); no output counts as false, several as any of them true.
-    pub fn test(&self, input: &Value) -> Result<bool, RunError> {
+    pub(crate) fn test(&self, input: &Value) -> Result<bool, RunError> {
         Ok(self
             .run(input)?
             .iter()

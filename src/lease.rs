@@ -17,26 +17,26 @@ use crate::metrics::Metrics;
 use crate::store::{Store, LEASE_TTL};
 
 /// How often leases are renewed (and free ones taken).
-pub const RENEW_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(2);
 /// A holder stops acting this long before the database would let its lease go:
 /// the renewal's round trip and the difference between clock rates.
 const SAFETY: Duration = Duration::from_secs(2);
 
 /// A feed's lease as this replica last saw it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LeaseView {
+pub(crate) struct LeaseView {
     /// The replica holding it (None: not known yet).
-    pub holder: Option<String>,
+    pub(crate) holder: Option<String>,
     /// While this replica holds it: until when it may act (its own monotonic
     /// clock, measured from before the renewal was sent).
     mine_until: Option<Instant>,
     /// Changes with every holder change this replica saw.
-    pub token: i64,
+    pub(crate) token: i64,
 }
 
 impl LeaseView {
     /// Whether this replica may make the feed's decisions now.
-    pub fn is_mine(&self) -> bool {
+    pub(crate) fn is_mine(&self) -> bool {
         self.mine_until.is_some_and(|u| Instant::now() < u)
     }
 
@@ -44,12 +44,12 @@ impl LeaseView {
     /// decisions, not this replica's, are the feed's. False while the lease
     /// cannot be read (the store is down): then nobody is known to decide,
     /// and this replica keeps what it detected until someone can.
-    pub fn is_elsewhere(&self) -> bool {
+    pub(crate) fn is_elsewhere(&self) -> bool {
         self.holder.is_some() && self.mine_until.is_none()
     }
 
     /// A lease that is always held: for a store with one writer and for tests.
-    pub fn held() -> Self {
+    pub(crate) fn held() -> Self {
         Self {
             holder: Some("local".into()),
             mine_until: Some(Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)),
@@ -64,7 +64,7 @@ struct Feed {
 }
 
 /// Takes and renews this replica's feed leases.
-pub struct LeaseKeeper {
+pub(crate) struct LeaseKeeper {
     store: Store,
     replica: String,
     metrics: Arc<Metrics>,
@@ -73,7 +73,7 @@ pub struct LeaseKeeper {
 
 impl LeaseKeeper {
     /// `store` must be [`Store::for_replica`] of `replica`.
-    pub fn new(store: Store, replica: &str, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(store: Store, replica: &str, metrics: Arc<Metrics>) -> Self {
         Self {
             store,
             replica: replica.to_string(),
@@ -83,7 +83,7 @@ impl LeaseKeeper {
     }
 
     /// Keeps the lease of `feed`; the receiver changes with every renewal.
-    pub fn watch(&mut self, feed: &str) -> watch::Receiver<LeaseView> {
+    pub(crate) fn watch(&mut self, feed: &str) -> watch::Receiver<LeaseView> {
         let (tx, rx) = watch::channel(LeaseView::default());
         self.metrics.feed_leader.with_label_values(&[feed]).set(0);
         self.feeds.push(Feed {
@@ -94,7 +94,7 @@ impl LeaseKeeper {
     }
 
     /// One round over every feed: renew what is held, take what is free.
-    pub async fn round(&self) {
+    pub(crate) async fn round(&self) {
         for feed in &self.feeds {
             self.renew(feed).await;
         }
@@ -146,7 +146,7 @@ impl LeaseKeeper {
 
     /// Renews until `cancel`; then lets the leases go by expiry (a stopping
     /// replica's last checkpoints must still commit).
-    pub async fn run(&self, cancel: CancellationToken) {
+    pub(crate) async fn run(&self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(RENEW_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -160,7 +160,7 @@ impl LeaseKeeper {
 
 /// This process's name among replicas: the pod name (`HOSTNAME`) and the
 /// process id, so a restarted process is a new holder.
-pub fn replica_name() -> String {
+pub(crate) fn replica_name() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

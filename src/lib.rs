@@ -4,27 +4,39 @@
 //! The tree follows the data flow: `watch` (signals: relay, report, passive) →
 //! `detector` (pure gap state machine) → `store` (SQLite) → `fill` (source API →
 //! sink). `feed` runs one feed's loop; `api` serves HTTP; `cli` is the command line.
+//!
+//! # Public surface
+//!
+//! gapwatch is a binary; this library target exists so `main.rs` stays tiny.
+//! Its whole public API is [`cli::Cli`] (the parsed command line) and
+//! [`cli::main`] (runs it). Integration tests, the bench and the vendor
+//! simulator talk to the `gapwatch` binary only (its CLI, HTTP API, metrics
+//! and logs), never to this crate. Everything else is `pub(crate)`, and
+//! `unreachable_pub` keeps it so: the compiler then sees, and reports, code
+//! nothing uses.
 
-pub mod api;
-pub mod audit;
-pub mod aws;
+#![warn(unreachable_pub)]
+
+pub(crate) mod api;
+pub(crate) mod audit;
+pub(crate) mod aws;
 pub mod cli;
-pub mod config;
-pub mod daemon;
-pub mod detector;
-pub mod envelope;
-pub mod feed;
-pub mod fill;
-pub mod health;
-pub mod jq;
-pub mod lease;
-pub mod metrics;
-pub mod observe;
-pub mod redact;
-pub mod retry;
-pub mod server;
-pub mod shape;
-pub mod store;
-pub mod supervise;
-pub mod timefmt;
-pub mod watch;
+pub(crate) mod config;
+pub(crate) mod daemon;
+pub(crate) mod detector;
+pub(crate) mod envelope;
+pub(crate) mod feed;
+pub(crate) mod fill;
+pub(crate) mod health;
+pub(crate) mod jq;
+pub(crate) mod lease;
+pub(crate) mod metrics;
+pub(crate) mod observe;
+pub(crate) mod redact;
+pub(crate) mod retry;
+pub(crate) mod server;
+pub(crate) mod shape;
+pub(crate) mod store;
+pub(crate) mod supervise;
+pub(crate) mod timefmt;
+pub(crate) mod watch;

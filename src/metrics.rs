@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-pub use crate::store::ChunkState;
+pub(crate) use crate::store::ChunkState;
 
 use prometheus::{
     Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -12,13 +12,13 @@ use prometheus::{
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RelayOutcome {
+pub(crate) enum RelayOutcome {
     Forwarded,
     Failed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecordOutcome {
+pub(crate) enum RecordOutcome {
     Delivered,
     Duplicate,
     Rejected,
@@ -30,7 +30,7 @@ pub enum RecordOutcome {
 
 /// How an audit of one window ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AuditOutcome {
+pub(crate) enum AuditOutcome {
     /// Every vendor record of the window is in the ledger (the missing ones
     /// were delivered): the watermark may move.
     Ok,
@@ -41,7 +41,7 @@ pub enum AuditOutcome {
 /// How a shape check ended (see [`crate::shape`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ShapeOutcome {
+pub(crate) enum ShapeOutcome {
     /// Every sampled record the source listed renders as its live message.
     Match,
     /// At least one differs: recovery would send messages the app does not expect.
@@ -53,7 +53,7 @@ pub enum ShapeOutcome {
 
 /// How a request for an OAuth2 access token ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TokenOutcome {
+pub(crate) enum TokenOutcome {
     /// A token was issued.
     Ok,
     /// The token endpoint refused the client (4xx other than 408/429).
@@ -64,7 +64,7 @@ pub enum TokenOutcome {
 
 /// Why a write to the state store failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WriteFailure {
+pub(crate) enum WriteFailure {
     /// The disk (or the database's quota) is full: reads still work.
     DiskFull,
     /// Any other failure (connection lost, lock timeout, I/O error).
@@ -72,14 +72,14 @@ pub enum WriteFailure {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum QueueState {
+pub(crate) enum QueueState {
     Visible,
     InFlight,
     Delayed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AwsOutcome {
+pub(crate) enum AwsOutcome {
     Ok,
     Throttled,
     Error,
@@ -87,7 +87,7 @@ pub enum AwsOutcome {
 
 /// A kind of long-running task (the `task` label of restarts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TaskKind {
+pub(crate) enum TaskKind {
     Relay,
     FeedMonitor,
     QueueWatcher,
@@ -101,7 +101,7 @@ pub enum TaskKind {
 
 /// Where a refused piece of input came from (the `source` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InputSource {
+pub(crate) enum InputSource {
     /// A message relayed from (or watched on) the vendor queue.
     Queue,
     /// A report-mode observation posted to the HTTP API.
@@ -116,7 +116,7 @@ pub enum InputSource {
 
 /// Why a piece of input was not taken as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rejection {
+pub(crate) enum Rejection {
     /// A relayed message body that is not JSON (forwarded, observed by SentTimestamp).
     BodyNotJson,
     /// A relayed message that is JSON but not in the feed's `watch.envelope`.
@@ -151,7 +151,7 @@ pub enum Rejection {
 
 /// How a partitioned feed's partition stands (the `state` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PartitionState {
+pub(crate) enum PartitionState {
     /// Its gap is open: silent past `max_silence` inside the active window.
     Silent,
     /// Seen, no open gap.
@@ -162,16 +162,23 @@ pub enum PartitionState {
 
 /// How a partition listing (`partitions.from`) went.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListingOutcome {
+pub(crate) enum ListingOutcome {
     Ok,
     Failed,
 }
 
+/// `as_str` and `Display` for a label enum; `ALL` too where every value of
+/// the label is created up front (a series at zero before the first event).
 macro_rules! label_enum {
+    ($t:ty: all { $($v:ident => $s:literal),+ $(,)? }) => {
+        impl $t {
+            pub(crate) const ALL: &'static [$t] = &[$(<$t>::$v),+];
+        }
+        label_enum!($t { $($v => $s),+ });
+    };
     ($t:ty { $($v:ident => $s:literal),+ $(,)? }) => {
         impl $t {
-            pub const ALL: &'static [$t] = &[$(<$t>::$v),+];
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $(<$t>::$v => $s),+ }
             }
         }
@@ -183,21 +190,21 @@ macro_rules! label_enum {
     };
 }
 
-label_enum!(AuditOutcome { Ok => "ok", Failed => "failed" });
-label_enum!(ShapeOutcome { Match => "match", Mismatch => "mismatch", Unavailable => "unavailable" });
-label_enum!(TokenOutcome { Ok => "ok", Refused => "refused", Error => "error" });
-label_enum!(RelayOutcome { Forwarded => "forwarded", Failed => "failed" });
-label_enum!(RecordOutcome {
+label_enum!(AuditOutcome: all { Ok => "ok", Failed => "failed" });
+label_enum!(ShapeOutcome: all { Match => "match", Mismatch => "mismatch", Unavailable => "unavailable" });
+label_enum!(TokenOutcome: all { Ok => "ok", Refused => "refused", Error => "error" });
+label_enum!(RelayOutcome: all { Forwarded => "forwarded", Failed => "failed" });
+label_enum!(RecordOutcome: all {
     Delivered => "delivered",
     Duplicate => "duplicate",
     Rejected => "rejected",
     OutOfWindow => "out_of_window",
     Filtered => "filtered",
 });
-label_enum!(WriteFailure { DiskFull => "disk_full", Error => "error" });
-label_enum!(QueueState { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
+label_enum!(WriteFailure: all { DiskFull => "disk_full", Error => "error" });
+label_enum!(QueueState: all { Visible => "visible", InFlight => "in_flight", Delayed => "delayed" });
 label_enum!(AwsOutcome { Ok => "ok", Throttled => "throttled", Error => "error" });
-label_enum!(TaskKind {
+label_enum!(TaskKind: all {
     Relay => "relay",
     FeedMonitor => "feed_monitor",
     QueueWatcher => "queue_watcher",
@@ -230,58 +237,58 @@ label_enum!(Rejection {
     UnknownPartition => "unknown_partition",
     BadListing => "bad_listing",
 });
-label_enum!(PartitionState { Silent => "silent", Fresh => "fresh", Unseen => "unseen" });
-label_enum!(ListingOutcome { Ok => "ok", Failed => "failed" });
+label_enum!(PartitionState: all { Silent => "silent", Fresh => "fresh", Unseen => "unseen" });
+label_enum!(ListingOutcome: all { Ok => "ok", Failed => "failed" });
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
-    pub build_info: IntGaugeVec,
-    pub feed_last_event: GaugeVec,
-    pub feed_freshness: GaugeVec,
-    pub feed_active: IntGaugeVec,
-    pub feed_records_observed: IntCounterVec,
-    pub queue_messages: IntGaugeVec,
-    pub queue_oldest_age: GaugeVec,
-    pub gap_open: IntGaugeVec,
-    pub feed_leader: IntGaugeVec,
-    pub gaps_detected: IntCounterVec,
-    pub gap_unfilled: GaugeVec,
-    pub backfill_records: IntCounterVec,
-    pub backfill_requests: IntCounterVec,
-    pub backfill_request_duration: HistogramVec,
+    pub(crate) build_info: IntGaugeVec,
+    pub(crate) feed_last_event: GaugeVec,
+    pub(crate) feed_freshness: GaugeVec,
+    pub(crate) feed_active: IntGaugeVec,
+    pub(crate) feed_records_observed: IntCounterVec,
+    pub(crate) queue_messages: IntGaugeVec,
+    pub(crate) queue_oldest_age: GaugeVec,
+    pub(crate) gap_open: IntGaugeVec,
+    pub(crate) feed_leader: IntGaugeVec,
+    pub(crate) gaps_detected: IntCounterVec,
+    pub(crate) gap_unfilled: GaugeVec,
+    pub(crate) backfill_records: IntCounterVec,
+    pub(crate) backfill_requests: IntCounterVec,
+    pub(crate) backfill_request_duration: HistogramVec,
     source_token_requests: IntCounterVec,
-    pub backfill_chunks: IntGaugeVec,
-    pub backfill_last_success: GaugeVec,
-    pub relay_messages: IntCounterVec,
-    pub aws_requests: IntCounterVec,
-    pub rejected_input: IntCounterVec,
-    pub task_restarts: IntCounterVec,
-    pub audit_runs: IntCounterVec,
-    pub audit_missing: IntCounterVec,
-    pub audit_verified_until: GaugeVec,
-    pub ledger_ids: IntGaugeVec,
-    pub feed_partitions: IntGaugeVec,
-    pub feed_oldest_partition_freshness: GaugeVec,
+    pub(crate) backfill_chunks: IntGaugeVec,
+    pub(crate) backfill_last_success: GaugeVec,
+    pub(crate) relay_messages: IntCounterVec,
+    pub(crate) aws_requests: IntCounterVec,
+    pub(crate) rejected_input: IntCounterVec,
+    pub(crate) task_restarts: IntCounterVec,
+    pub(crate) audit_runs: IntCounterVec,
+    pub(crate) audit_missing: IntCounterVec,
+    pub(crate) audit_verified_until: GaugeVec,
+    pub(crate) ledger_ids: IntGaugeVec,
+    pub(crate) feed_partitions: IntGaugeVec,
+    pub(crate) feed_oldest_partition_freshness: GaugeVec,
     partition_listings: IntCounterVec,
     shape_checks: IntCounterVec,
     shape_mismatch: IntGaugeVec,
     state_write_failures: IntCounterVec,
-    pub up: IntGauge,
+    pub(crate) up: IntGauge,
 }
 
 /// The store's handle on `gapwatch_state_write_failures_total` (the store
 /// counts its own failed writes, whoever asked for them).
 #[derive(Clone)]
-pub struct WriteFailures(IntCounterVec);
+pub(crate) struct WriteFailures(IntCounterVec);
 
 impl WriteFailures {
-    pub fn inc(&self, reason: WriteFailure) {
+    pub(crate) fn inc(&self, reason: WriteFailure) {
         self.0.with_label_values(&[reason.as_str()]).inc();
     }
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let registry = Registry::new();
         let m = Metrics {
             build_info: gauge_vec_int(
@@ -504,7 +511,7 @@ impl Metrics {
 
     /// Creates every series a feed will have, at zero, so dashboards and alert
     /// rules see them before the first event (freshness stays absent until then).
-    pub fn init_feed(&self, feed: &str) {
+    pub(crate) fn init_feed(&self, feed: &str) {
         self.feed_records_observed.with_label_values(&[feed]);
         self.feed_active.with_label_values(&[feed]);
         self.gap_open.with_label_values(&[feed]).set(0);
@@ -526,7 +533,7 @@ impl Metrics {
     /// Series of a partitioned feed, at zero: per-feed counts, never a
     /// series per partition (the oldest freshness stays absent until a
     /// partition was heard from).
-    pub fn init_partitions(&self, feed: &str, listed: bool) {
+    pub(crate) fn init_partitions(&self, feed: &str, listed: bool) {
         for s in PartitionState::ALL {
             self.feed_partitions.with_label_values(&[feed, s.as_str()]);
         }
@@ -538,21 +545,21 @@ impl Metrics {
         }
     }
 
-    pub fn partition_listing(&self, feed: &str, outcome: ListingOutcome) {
+    pub(crate) fn partition_listing(&self, feed: &str, outcome: ListingOutcome) {
         self.partition_listings
             .with_label_values(&[feed, outcome.as_str()])
             .inc();
     }
 
     /// Series of a feed that has a backfill source, at zero.
-    pub fn init_backfill(&self, feed: &str) {
+    pub(crate) fn init_backfill(&self, feed: &str) {
         self.backfill_requests.with_label_values(&[feed, "error"]);
         self.backfill_request_duration.with_label_values(&[feed]);
     }
 
     /// Series of an audited feed, at zero (the watermark stays absent until
     /// a first window is verified).
-    pub fn init_audit(&self, feed: &str) {
+    pub(crate) fn init_audit(&self, feed: &str) {
         for o in AuditOutcome::ALL {
             self.audit_runs.with_label_values(&[feed, o.as_str()]);
         }
@@ -561,7 +568,7 @@ impl Metrics {
 
     /// Series of a feed with a shape check, at zero (the mismatch gauge
     /// stays absent until a check compared records).
-    pub fn init_shape(&self, feed: &str) {
+    pub(crate) fn init_shape(&self, feed: &str) {
         for o in ShapeOutcome::ALL {
             self.shape_checks.with_label_values(&[feed, o.as_str()]);
         }
@@ -569,7 +576,7 @@ impl Metrics {
 
     /// One shape check ended: counted, and the mismatch gauge follows a check
     /// that compared records (an unavailable one leaves it as it was).
-    pub fn shape_checked(&self, feed: &str, outcome: ShapeOutcome) {
+    pub(crate) fn shape_checked(&self, feed: &str, outcome: ShapeOutcome) {
         self.shape_checks
             .with_label_values(&[feed, outcome.as_str()])
             .inc();
@@ -577,7 +584,7 @@ impl Metrics {
     }
 
     /// The mismatch gauge alone (restored from the store at start).
-    pub fn shape_verdict(&self, feed: &str, outcome: ShapeOutcome) {
+    pub(crate) fn shape_verdict(&self, feed: &str, outcome: ShapeOutcome) {
         match outcome {
             ShapeOutcome::Match => self.shape_mismatch.with_label_values(&[feed]).set(0),
             ShapeOutcome::Mismatch => self.shape_mismatch.with_label_values(&[feed]).set(1),
@@ -585,13 +592,13 @@ impl Metrics {
         }
     }
 
-    pub fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
+    pub(crate) fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
         self.relay_messages
             .with_label_values(&[feed, outcome.as_str()])
             .inc_by(n);
     }
 
-    pub fn record(&self, feed: &str, outcome: RecordOutcome, n: u64) {
+    pub(crate) fn record(&self, feed: &str, outcome: RecordOutcome, n: u64) {
         if n > 0 {
             self.backfill_records
                 .with_label_values(&[feed, outcome.as_str()])
@@ -600,33 +607,33 @@ impl Metrics {
     }
 
     /// Series of a feed whose source gets OAuth2 tokens, at zero.
-    pub fn init_source_token(&self, feed: &str) {
+    pub(crate) fn init_source_token(&self, feed: &str) {
         for o in TokenOutcome::ALL {
             self.source_token_requests
                 .with_label_values(&[feed, o.as_str()]);
         }
     }
 
-    pub fn source_token_request(&self, feed: &str, outcome: TokenOutcome) {
+    pub(crate) fn source_token_request(&self, feed: &str, outcome: TokenOutcome) {
         self.source_token_requests
             .with_label_values(&[feed, outcome.as_str()])
             .inc();
     }
 
-    pub fn aws(&self, service: &str, operation: &str, outcome: AwsOutcome) {
+    pub(crate) fn aws(&self, service: &str, operation: &str, outcome: AwsOutcome) {
         self.aws_requests
             .with_label_values(&[service, operation, outcome.as_str()])
             .inc();
     }
 
-    pub fn reject(&self, feed: &str, source: InputSource, reason: Rejection) {
+    pub(crate) fn reject(&self, feed: &str, source: InputSource, reason: Rejection) {
         self.rejected_input
             .with_label_values(&[feed, source.as_str(), reason.as_str()])
             .inc();
     }
 
     /// The handle the store counts its failed writes with.
-    pub fn write_failures(&self) -> WriteFailures {
+    pub(crate) fn write_failures(&self) -> WriteFailures {
         for r in WriteFailure::ALL {
             self.state_write_failures.with_label_values(&[r.as_str()]);
         }
@@ -634,7 +641,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every family.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         let encoder = TextEncoder::new();
         if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {

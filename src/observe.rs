@@ -10,17 +10,17 @@ use crate::timefmt::TimeFormat;
 
 /// One record seen live.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Observation {
-    pub id: String,
-    pub event_time: DateTime<Utc>,
+pub(crate) struct Observation {
+    pub(crate) id: String,
+    pub(crate) event_time: DateTime<Utc>,
     /// The record's partition value (partitioned feeds; None: not readable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub partition: Option<String>,
+    pub(crate) partition: Option<String>,
 }
 
 /// Reads ids and event times out of message bodies as `[feeds.watch]` says.
 #[derive(Clone, Debug)]
-pub struct Extractor {
+pub(crate) struct Extractor {
     event_time: Option<String>,
     format: TimeFormat,
     record_id: Option<String>,
@@ -32,13 +32,13 @@ pub struct Extractor {
 /// The observation of a message, and what could not be read from its body (the
 /// message is forwarded and observed all the same).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Extracted {
-    pub observation: Observation,
-    pub problems: Vec<Rejection>,
+pub(crate) struct Extracted {
+    pub(crate) observation: Observation,
+    pub(crate) problems: Vec<Rejection>,
 }
 
 impl Extractor {
-    pub fn new(watch: &WatchConfig) -> Self {
+    pub(crate) fn new(watch: &WatchConfig) -> Self {
         Self {
             event_time: watch.event_time.clone(),
             format: watch.event_time_format,
@@ -57,7 +57,7 @@ impl Extractor {
 
     /// `message_id` and `sent` (SQS `SentTimestamp`) are the fallbacks when the
     /// body does not say.
-    pub fn extract(&self, body: &str, message_id: &str, sent: DateTime<Utc>) -> Extracted {
+    pub(crate) fn extract(&self, body: &str, message_id: &str, sent: DateTime<Utc>) -> Extracted {
         let mut problems = Vec::new();
         if self.event_time.is_none() && self.record_id.is_none() && self.partition.is_none() {
             return Extracted {
@@ -124,7 +124,7 @@ impl Extractor {
 
 /// A record id as a string: JSON strings as they are, numbers in their JSON
 /// spelling; anything else (or an empty string) is no id.
-pub fn id_string(v: &serde_json::Value) -> Option<String> {
+pub(crate) fn id_string(v: &serde_json::Value) -> Option<String> {
     match v {
         serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
         serde_json::Value::Number(n) => Some(n.to_string()),

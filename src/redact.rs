@@ -6,13 +6,13 @@
 //! withheld.
 
 /// What a redacted value reads as.
-pub const MASK: &str = "***";
+pub(crate) const MASK: &str = "***";
 
 /// Prefixes after which the rest of a message is a vendor's response body.
 const BODY_MARKERS: &[&str] = &["source answered "];
 
 /// `s` with URL query values, URL userinfo and quoted response bodies removed.
-pub fn text(s: &str) -> String {
+pub(crate) fn text(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(at) = find_url(rest) {

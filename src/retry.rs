@@ -9,23 +9,23 @@ use std::time::{Duration, SystemTime};
 /// The longest `Retry-After` honoured when the policy's own cap is smaller.
 /// A server asking for hours is almost always misconfigured; waiting ten
 /// minutes and asking again costs one request.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(10 * 60);
 
 /// Exponential backoff with full jitter (AWS architecture blog, "Exponential
 /// Backoff And Jitter"): delays are spread uniformly so that many workers that
 /// failed together do not retry together.
 #[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Upper bound of the first retry's delay.
-    pub base: Duration,
+    pub(crate) base: Duration,
     /// Upper bound of any backoff delay.
-    pub cap: Duration,
+    pub(crate) cap: Duration,
     /// Retries after the first attempt; `0` means never retry.
-    pub max_retries: u32,
+    pub(crate) max_retries: u32,
 }
 
 /// Errors at boundaries implement this so one retry loop can decide for all of them.
-pub trait Retryable {
+pub(crate) trait Retryable {
     /// Whether trying the same operation again may succeed (timeouts, 429,
     /// 5xx, connection resets), as opposed to failing the same way (4xx,
     /// malformed responses, configuration errors).
@@ -52,7 +52,7 @@ impl RetryPolicy {
     ///   `Retry-After: 0` would get a tight loop.
     ///
     /// `attempt == 0` is treated as 1 rather than panicking.
-    pub fn delay(
+    pub(crate) fn delay(
         &self,
         attempt: u32,
         retry_after: Option<Duration>,
@@ -80,7 +80,7 @@ impl RetryPolicy {
     /// [`delay`](Self::delay) for an error: `None` when the error is not
     /// retryable or retries are exhausted, else the delay, honouring the
     /// error's `retry_after`.
-    pub fn delay_for(
+    pub(crate) fn delay_for(
         &self,
         attempt: u32,
         err: &(impl Retryable + ?Sized),
@@ -100,7 +100,7 @@ impl RetryPolicy {
 /// [`RetryPolicy::delay`] reads as "no hint". Anything else (negative or
 /// fractional numbers, unparseable dates, empty) is `None`. Huge
 /// delta-seconds saturate rather than fail: the policy caps them anyway.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     if value.is_empty() {
         return None;

@@ -15,16 +15,16 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-pub const MAX_CONNECTIONS: usize = 1024;
-pub const MAX_CONCURRENT_API: usize = 64;
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const MAX_CONNECTIONS: usize = 1024;
+pub(crate) const MAX_CONCURRENT_API: usize = 64;
 /// How long open connections get to finish once the server stops.
 const DRAIN: Duration = Duration::from_secs(2);
 
 /// Serves `router` until `stop` is cancelled, then lets open requests finish
 /// for a moment.
-pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, router: Router, stop: CancellationToken) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut refused: u64 = 0;

@@ -22,8 +22,8 @@ use crate::health::Health;
 use crate::metrics::{Metrics, TaskKind};
 
 /// Restarts allowed within [`BUDGET_WINDOW`] before liveness fails.
-pub const RESTART_BUDGET: usize = 5;
-pub const BUDGET_WINDOW: Duration = Duration::from_secs(600);
+pub(crate) const RESTART_BUDGET: usize = 5;
+pub(crate) const BUDGET_WINDOW: Duration = Duration::from_secs(600);
 /// Backoff before the n-th restart in a row: 200 ms, 400 ms, … up to 30 s.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -35,11 +35,11 @@ const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// task of that kind (`relay`, `feed_monitor`, `queue_watcher`, `filler`,
 /// `server`, …) panic at once, so the supervision path can be exercised
 /// against the real binary. Unset in production; a warning is logged when set.
-pub const FAULT_ENV: &str = "GAPWATCH_FAULT_INJECT_PANIC";
+pub(crate) const FAULT_ENV: &str = "GAPWATCH_FAULT_INJECT_PANIC";
 
 /// Starts supervised tasks.
 #[derive(Clone)]
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     fault: Option<Fault>,
@@ -72,7 +72,7 @@ impl Fault {
 
 impl Supervisor {
     /// `fault`: the value of [`FAULT_ENV`], if set.
-    pub fn new(metrics: Arc<Metrics>, health: Arc<Health>, fault: Option<&str>) -> Self {
+    pub(crate) fn new(metrics: Arc<Metrics>, health: Arc<Health>, fault: Option<&str>) -> Self {
         let fault = fault.and_then(|spec| {
             let parsed = Fault::parse(spec);
             match parsed {
@@ -94,7 +94,7 @@ impl Supervisor {
     /// Runs `make()` on `tracker` until `stop` is cancelled and the task has
     /// returned; restarts it whenever it panics or returns before that.
     /// `name` tells instances apart in logs and health (e.g. the feed).
-    pub fn spawn<F, Fut>(
+    pub(crate) fn spawn<F, Fut>(
         &self,
         tracker: &TaskTracker,
         kind: TaskKind,

@@ -15,7 +15,7 @@ use serde_json::Value;
 /// A wire encoding of an instant. Config spelling: `rfc3339 | unix_s | unix_ms`,
 /// or a strftime pattern (anything with a `%`, e.g. `"%Y-%m-%d"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum TimeFormat {
+pub(crate) enum TimeFormat {
     /// `2024-05-01T12:00:00Z`, `2024-05-01T12:00:00.250Z`.
     #[default]
     Rfc3339,
@@ -36,14 +36,14 @@ pub enum TimeFormat {
 /// value through the observation path), and a process holds a handful of
 /// distinct patterns for its lifetime, each stored once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Strftime {
+pub(crate) struct Strftime {
     pattern: &'static str,
     resolution: Resolution,
 }
 
 /// Why a strftime pattern is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
+pub(crate) enum PatternError {
     #[error("{pattern:?} is not a strftime pattern chrono knows (bad or unknown % specifier)")]
     Invalid { pattern: String },
     #[error("strftime pattern {pattern:?} cannot be read back: {written:?} parses as {reason} (a pattern needs a date: year, month and day, or %s; an hour needs %H, or %I with %p)")]
@@ -59,7 +59,7 @@ pub enum PatternError {
 /// Why a JSON value could not be read as a timestamp. Messages name the format
 /// and show (a bounded prefix of) the offending value.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TimeParseError {
+pub(crate) enum TimeParseError {
     /// The JSON type cannot carry this format (e.g. a bool, or a number for rfc3339).
     #[error("expected {expected} for {format} timestamp, got {got}")]
     WrongType {
@@ -92,7 +92,7 @@ impl TimeFormat {
     /// - `unix_s`: whole seconds, rounded down (towards the past, so a window
     ///   start never moves later).
     /// - `unix_ms`: whole milliseconds, rounded down.
-    pub fn format(self, t: DateTime<Utc>) -> String {
+    pub(crate) fn format(self, t: DateTime<Utc>) -> String {
         match self {
             TimeFormat::Rfc3339 => {
                 let secs = if t.timestamp_subsec_millis() == 0 {
@@ -110,13 +110,13 @@ impl TimeFormat {
 
     /// Whether [`format`](Self::format) writes a number (a JSON number in a
     /// request body, where a placeholder is a whole value).
-    pub fn is_numeric(self) -> bool {
+    pub(crate) fn is_numeric(self) -> bool {
         matches!(self, TimeFormat::UnixS | TimeFormat::UnixMs)
     }
 
     /// The finest instant this format can write: what a source using it for
     /// `{start}`/`{end}` can be asked for, unless configured coarser.
-    pub fn resolution(self) -> Resolution {
+    pub(crate) fn resolution(self) -> Resolution {
         match self {
             TimeFormat::UnixS => Resolution::SECOND,
             // `format` writes RFC 3339 with at most millisecond digits.
@@ -137,7 +137,7 @@ impl TimeFormat {
     ///
     /// Never panics: wrong types, garbage, NaN/infinite and out-of-range
     /// values are errors that say what was wrong.
-    pub fn parse_json(self, v: &Value) -> Result<DateTime<Utc>, TimeParseError> {
+    pub(crate) fn parse_json(self, v: &Value) -> Result<DateTime<Utc>, TimeParseError> {
         match (self, v) {
             (TimeFormat::Rfc3339, Value::String(s)) => DateTime::parse_from_rfc3339(s.trim())
                 .map(|t| t.with_timezone(&Utc))
@@ -264,7 +264,7 @@ impl TimeFormat {
 /// only knows whole seconds reads `[21.162, 28.561)` as `[21, 28)`, so the
 /// records of `[28, 28.561)` would belong to no query at all.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Resolution {
+pub(crate) struct Resolution {
     /// Always at least 1: the store keeps milliseconds.
     ms: i64,
 }
@@ -272,32 +272,32 @@ pub struct Resolution {
 // === impl Resolution ===
 
 impl Resolution {
-    pub const MILLISECOND: Resolution = Resolution { ms: 1 };
-    pub const SECOND: Resolution = Resolution { ms: 1000 };
+    pub(crate) const MILLISECOND: Resolution = Resolution { ms: 1 };
+    pub(crate) const SECOND: Resolution = Resolution { ms: 1000 };
 
     /// `None` below one millisecond or above a day (no API asks for coarser).
-    pub fn from_millis(ms: u64) -> Option<Resolution> {
+    pub(crate) fn from_millis(ms: u64) -> Option<Resolution> {
         (1..=86_400_000)
             .contains(&ms)
             .then_some(Resolution { ms: ms as i64 })
     }
 
-    pub fn as_millis(self) -> i64 {
+    pub(crate) fn as_millis(self) -> i64 {
         self.ms
     }
 
-    pub fn step(self) -> chrono::TimeDelta {
+    pub(crate) fn step(self) -> chrono::TimeDelta {
         chrono::TimeDelta::milliseconds(self.ms)
     }
 
     /// The latest multiple of the resolution at or before `t`.
-    pub fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn floor(self, t: DateTime<Utc>) -> DateTime<Utc> {
         let ms = t.timestamp_millis();
         DateTime::from_timestamp_millis(ms - ms.rem_euclid(self.ms)).unwrap_or(t)
     }
 
     /// The earliest multiple of the resolution at or after `t`.
-    pub fn ceil(self, t: DateTime<Utc>) -> DateTime<Utc> {
+    pub(crate) fn ceil(self, t: DateTime<Utc>) -> DateTime<Utc> {
         let floor = self.floor(t);
         if floor == t {
             return t;
@@ -305,7 +305,8 @@ impl Resolution {
         floor.checked_add_signed(self.step()).unwrap_or(t)
     }
 
-    pub fn is_aligned(self, t: DateTime<Utc>) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_aligned(self, t: DateTime<Utc>) -> bool {
         self.floor(t) == t
     }
 }
@@ -382,7 +383,7 @@ impl Strftime {
     /// Checks `pattern`: chrono knows every specifier, and what it writes
     /// reads back as the instant written, floored to the finest field. The
     /// resolution is that finest field.
-    pub fn new(pattern: &str) -> Result<Strftime, PatternError> {
+    pub(crate) fn new(pattern: &str) -> Result<Strftime, PatternError> {
         let mut finest: Option<i64> = None;
         for item in StrftimeItems::new(pattern) {
             let ms = match item {
@@ -438,10 +439,6 @@ impl Strftime {
             }
         }
         Ok(p)
-    }
-
-    pub fn pattern(self) -> &'static str {
-        self.pattern
     }
 
     fn format(self, t: DateTime<Utc>) -> String {

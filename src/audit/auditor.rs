@@ -79,7 +79,7 @@ impl WindowAudited<'_> {
     }
 }
 
-pub struct Auditor {
+pub(crate) struct Auditor {
     feed: Arc<FeedConfig>,
     store: Store,
     metrics: Arc<Metrics>,
@@ -95,7 +95,7 @@ pub struct Auditor {
 
 impl Auditor {
     /// `filler` must be built for this feed with owner [`OWNER`].
-    pub fn new(
+    pub(crate) fn new(
         feed: Arc<FeedConfig>,
         store: Store,
         metrics: Arc<Metrics>,
@@ -116,7 +116,7 @@ impl Auditor {
     }
 
     /// Audits only while this replica holds the feed's lease.
-    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+    pub(crate) fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
         self.lease = lease;
         self
     }
@@ -128,7 +128,7 @@ impl Auditor {
             .expect("auditor built for a feed with [feeds.audit]")
     }
 
-    pub async fn run(&mut self, cancel: CancellationToken) {
+    pub(crate) async fn run(&mut self, cancel: CancellationToken) {
         let span = tracing::info_span!("audit", feed = %self.feed.name);
         async move {
             // The ledger is complete from the feed monitor's start on: the
@@ -162,7 +162,7 @@ impl Auditor {
 
     /// One run: windows left by a previous run, the fills that finished
     /// behind the watermark, then the window that is due.
-    pub async fn round(&mut self, cancel: &CancellationToken) -> Result<(), StoreError> {
+    pub(crate) async fn round(&mut self, cancel: &CancellationToken) -> Result<(), StoreError> {
         let feed = self.feed.name.clone();
         let now = Utc::now();
         let state = self.store.audit_state(&feed, now).await?;
@@ -408,7 +408,7 @@ pub(crate) async fn prune_ledger(store: &Store, metrics: &Metrics, feed: &FeedCo
 
 /// The ledger of a feed without an audit (ids delivered by fills, seen near
 /// gap edges) is pruned on the same schedule, by the feed's lease holder.
-pub async fn prune_loop(
+pub(crate) async fn prune_loop(
     store: Store,
     metrics: Arc<Metrics>,
     feed: Arc<FeedConfig>,

@@ -29,17 +29,17 @@ pub(crate) const MAX_PENDING: usize = 100_000;
 /// A multiset: an id waits for each holder that took it, and stops being
 /// unwritten when the last of them lets it go (written, or not needed).
 #[derive(Clone, Default)]
-pub struct Unwritten(Arc<Mutex<HashMap<String, u32>>>);
+pub(crate) struct Unwritten(Arc<Mutex<HashMap<String, u32>>>);
 
 impl Unwritten {
-    pub fn hold<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn hold<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
             *m.entry(id.to_string()).or_default() += 1;
         }
     }
 
-    pub fn release<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+    pub(crate) fn release<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         for id in ids {
             if let Some(n) = m.get_mut(id) {
@@ -52,7 +52,7 @@ impl Unwritten {
     }
 
     /// Which of `ids` are held.
-    pub fn known(&self, ids: &[&str]) -> HashSet<String> {
+    pub(crate) fn known(&self, ids: &[&str]) -> HashSet<String> {
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if m.is_empty() {
             return HashSet::new();
@@ -63,7 +63,8 @@ impl Unwritten {
             .collect()
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }

@@ -11,26 +11,26 @@ use crate::fill::source::{Source, SourceError};
 use crate::store::{Store, StoreError};
 
 /// Ids shown of the missing ones.
-pub const SAMPLE: usize = 20;
+pub(crate) const SAMPLE: usize = 20;
 
 /// What an audit of an interval would deliver.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct MissingReport {
-    pub feed: String,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
+pub(crate) struct MissingReport {
+    pub(crate) feed: String,
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
     /// Records the vendor listed inside the interval.
-    pub listed: u64,
+    pub(crate) listed: u64,
     /// Of those, the ones the ledger does not hold.
-    pub missing: u64,
+    pub(crate) missing: u64,
     /// The first missing ids (at most [`SAMPLE`]).
-    pub sample: Vec<String>,
+    pub(crate) sample: Vec<String>,
     /// Requests made to the vendor.
-    pub requests: u64,
+    pub(crate) requests: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ListingError {
+pub(crate) enum ListingError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -42,7 +42,7 @@ pub enum ListingError {
 /// Lists `[from, to)` (widened to the source's resolution) page by page,
 /// for each of `partitions` (none: an unpartitioned feed), and counts the
 /// ids the ledger lacks.
-pub async fn list_missing(
+pub(crate) async fn list_missing(
     feed: &FeedConfig,
     source: &Source,
     store: &Store,

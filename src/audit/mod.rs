@@ -17,8 +17,8 @@ pub(crate) mod ledger;
 pub(crate) mod listing;
 pub(crate) mod window;
 
-pub use auditor::{prune_loop, Auditor};
-pub use listing::{list_missing, MissingReport};
+pub(crate) use auditor::{prune_loop, Auditor};
+pub(crate) use listing::list_missing;
 
 /// The gap owner of audit windows (kept out of gap listings and unfilled time).
-pub const OWNER: &str = "audit";
+pub(crate) const OWNER: &str = "audit";

@@ -10,17 +10,17 @@ use crate::fill::plan::{Resolution, Window};
 /// What the next audit window depends on.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Due {
-    pub now: DateTime<Utc>,
+    pub(crate) now: DateTime<Utc>,
     /// Since when the ledger is complete (the audit never looks before it).
-    pub started: DateTime<Utc>,
-    pub verified_until: Option<DateTime<Utc>>,
-    pub lookback: Duration,
-    pub delay: Duration,
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) verified_until: Option<DateTime<Utc>>,
+    pub(crate) lookback: Duration,
+    pub(crate) delay: Duration,
     /// The earliest start of a fill still under way: the audit stays behind
     /// it, so a fill's window is audited only after the fill (and an audit
     /// never races a fill for the same ids).
-    pub fill_from: Option<DateTime<Utc>>,
-    pub resolution: Resolution,
+    pub(crate) fill_from: Option<DateTime<Utc>>,
+    pub(crate) resolution: Resolution,
 }
 
 fn sub(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {

@@ -17,52 +17,52 @@ use serde::Serialize;
 use url::Url;
 
 use crate::detector::ActiveWindow;
-pub use crate::envelope::Envelope;
+pub(crate) use crate::envelope::Envelope;
 use crate::fill::pagination::Pagination;
 use crate::jq::Program;
 use crate::timefmt::{Resolution, TimeFormat};
 
-pub use raw::AuthStyle;
-pub use request::{BodyTemplate, Method};
-pub use secret::Secret;
+pub(crate) use raw::AuthStyle;
+pub(crate) use request::{BodyTemplate, Method};
+pub(crate) use secret::Secret;
 
 /// Longest partition value accepted (in config and from live records).
 pub(crate) const MAX_PARTITION_LEN: usize = 256;
 
 /// Where the config file is looked for when `--config` is not given.
-pub const DEFAULT_PATH: &str = "/etc/gapwatch/gapwatch.toml";
+pub(crate) const DEFAULT_PATH: &str = "/etc/gapwatch/gapwatch.toml";
 
 /// A validated configuration.
 #[derive(Debug, Clone, Serialize)]
-pub struct Config {
-    pub server: ServerConfig,
-    pub state: StateConfig,
-    pub aws: AwsConfig,
-    pub monitor: MonitorConfig,
-    pub feeds: Vec<FeedConfig>,
+pub(crate) struct Config {
+    pub(crate) server: ServerConfig,
+    pub(crate) state: StateConfig,
+    pub(crate) aws: AwsConfig,
+    pub(crate) monitor: MonitorConfig,
+    pub(crate) feeds: Vec<FeedConfig>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub admin_token: Option<Secret>,
+pub(crate) struct ServerConfig {
+    pub(crate) listen: SocketAddr,
+    pub(crate) admin_token: Option<Secret>,
     /// Accepted (besides the admin token) by `POST …/observations` only.
-    pub report_token: Option<Secret>,
+    pub(crate) report_token: Option<Secret>,
     #[serde(with = "humantime_serde_compat")]
-    pub shutdown_grace: Duration,
+    pub(crate) shutdown_grace: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct StateConfig {
+pub(crate) struct StateConfig {
     /// Where the state lives.
-    pub url: StateUrl,
+    pub(crate) url: StateUrl,
     /// How many record ids to keep on each side of a gap edge for dedupe.
-    pub edge_ids: NonZeroUsize,
+    pub(crate) edge_ids: NonZeroUsize,
 }
 
 /// A state store location.
 #[derive(Clone, PartialEq, Eq)]
-pub enum StateUrl {
+pub(crate) enum StateUrl {
     /// A SQLite database file: one replica.
     Sqlite(PathBuf),
     /// A Postgres connection URL (it may carry a password): any number of replicas.
@@ -71,7 +71,7 @@ pub enum StateUrl {
 
 impl StateUrl {
     /// The URL as it may be shown: a Postgres password is replaced.
-    pub fn redacted(&self) -> String {
+    pub(crate) fn redacted(&self) -> String {
         match self {
             StateUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
             StateUrl::Postgres(url) => match Url::parse(url.expose()) {
@@ -100,38 +100,38 @@ impl Serialize for StateUrl {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct AwsConfig {
-    pub region: Option<String>,
-    pub endpoint_url: Option<Url>,
+pub(crate) struct AwsConfig {
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<Url>,
 }
 
 /// Queue metrics read from SQS attributes and CloudWatch (every feed; the only
 /// signal in `passive` mode).
 #[derive(Debug, Clone, Serialize)]
-pub struct MonitorConfig {
+pub(crate) struct MonitorConfig {
     #[serde(with = "humantime_serde_compat")]
-    pub poll_interval: Duration,
-    pub cloudwatch: bool,
+    pub(crate) poll_interval: Duration,
+    pub(crate) cloudwatch: bool,
     #[serde(with = "humantime_serde_compat")]
-    pub cloudwatch_interval: Duration,
+    pub(crate) cloudwatch_interval: Duration,
     /// CloudWatch values keep changing for minutes after the fact: minutes newer
     /// than now − delay are not trusted.
     #[serde(with = "humantime_serde_compat")]
-    pub cloudwatch_delay: Duration,
+    pub(crate) cloudwatch_delay: Duration,
     #[serde(with = "humantime_serde_compat")]
-    pub cloudwatch_lookback: Duration,
+    pub(crate) cloudwatch_lookback: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WatchMode {
+pub(crate) enum WatchMode {
     Relay,
     Report,
     Passive,
 }
 
 impl WatchMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             WatchMode::Relay => "relay",
             WatchMode::Report => "report",
@@ -141,38 +141,38 @@ impl WatchMode {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FeedConfig {
-    pub name: String,
-    pub queue_url: Option<String>,
-    pub watch: WatchConfig,
-    pub freshness: FreshnessConfig,
-    pub backfill: Option<BackfillConfig>,
-    pub audit: Option<AuditConfig>,
+pub(crate) struct FeedConfig {
+    pub(crate) name: String,
+    pub(crate) queue_url: Option<String>,
+    pub(crate) watch: WatchConfig,
+    pub(crate) freshness: FreshnessConfig,
+    pub(crate) backfill: Option<BackfillConfig>,
+    pub(crate) audit: Option<AuditConfig>,
     /// The shape check (None: off, or the feed cannot have one).
     #[serde(serialize_with = "shape_or_off")]
-    pub shape: Option<ShapeConfig>,
+    pub(crate) shape: Option<ShapeConfig>,
     /// Partitioned feeds: freshness, gaps and fills per partition.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub partitions: Option<PartitionsConfig>,
+    pub(crate) partitions: Option<PartitionsConfig>,
 }
 
 /// `[feeds.partitions]`, validated: which partition a live record belongs
 /// to, and which partitions are watched.
 #[derive(Debug, Clone, Serialize)]
-pub struct PartitionsConfig {
+pub(crate) struct PartitionsConfig {
     /// JSON pointer to the partition value in a live record (inside the envelope).
-    pub key: String,
+    pub(crate) key: String,
     #[serde(flatten)]
-    pub list: PartitionList,
+    pub(crate) list: PartitionList,
     /// Most partitions watched at once: a listing or live keys beyond it are
     /// not watched (counted, logged).
-    pub max: NonZeroUsize,
+    pub(crate) max: NonZeroUsize,
 }
 
 /// Where the watched partitions come from.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum PartitionList {
+pub(crate) enum PartitionList {
     /// A fixed list; a live record with another value is counted and
     /// observed for the feed as a whole only.
     Values(Vec<String>),
@@ -183,14 +183,14 @@ pub enum PartitionList {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct PartitionSource {
-    pub url: Url,
+pub(crate) struct PartitionSource {
+    pub(crate) url: Url,
     /// JSON pointer to the array of partitions in the answer ("" = the body).
-    pub records: String,
+    pub(crate) records: String,
     /// JSON pointer to the value inside each element.
-    pub value: String,
+    pub(crate) value: String,
     #[serde(with = "humantime_serde_compat")]
-    pub every: Duration,
+    pub(crate) every: Duration,
 }
 
 /// A feed without a shape check is written `enabled = false`, so that the
@@ -209,51 +209,51 @@ fn shape_or_off<S: serde::Serializer>(v: &Option<ShapeConfig>, s: S) -> Result<S
 /// The shape check of a feed: a sample of live messages, compared every
 /// `every` with what a fill would send for the same records.
 #[derive(Debug, Clone, Serialize)]
-pub struct ShapeConfig {
+pub(crate) struct ShapeConfig {
     #[serde(with = "humantime_serde_compat")]
-    pub every: Duration,
+    pub(crate) every: Duration,
     /// Body pointers not compared (each with what is under it): the
     /// envelope's fresh fields first, then `shape.ignore`.
-    pub ignore: Vec<String>,
+    pub(crate) ignore: Vec<String>,
     /// Message attributes not compared (`gapwatch-*` never are).
-    pub ignore_attributes: Vec<String>,
+    pub(crate) ignore_attributes: Vec<String>,
     /// Live messages kept (in memory and in the store).
-    pub sample: NonZeroUsize,
+    pub(crate) sample: NonZeroUsize,
 }
 
 /// The most live messages a feed's shape sample keeps.
-pub const MAX_SHAPE_SAMPLE: usize = 100;
+pub(crate) const MAX_SHAPE_SAMPLE: usize = 100;
 
 /// The completeness audit of a relay or report feed.
 #[derive(Debug, Clone, Serialize)]
-pub struct AuditConfig {
+pub(crate) struct AuditConfig {
     /// How often settled windows are audited.
     #[serde(with = "humantime_serde_compat")]
-    pub every: Duration,
+    pub(crate) every: Duration,
     /// How far back the audit looks, and how long the ledger keeps ids
     /// (plus [`LEDGER_MARGIN`]).
     #[serde(with = "humantime_serde_compat")]
-    pub lookback: Duration,
+    pub(crate) lookback: Duration,
     /// Only windows older than this are audited (the vendor has settled).
     #[serde(with = "humantime_serde_compat")]
-    pub delay: Duration,
+    pub(crate) delay: Duration,
 }
 
 /// The ledger keeps ids this much longer than the audit's lookback, so an
 /// audit run that started just inside the lookback still finds them.
-pub const LEDGER_MARGIN: Duration = Duration::from_secs(3600);
+pub(crate) const LEDGER_MARGIN: Duration = Duration::from_secs(3600);
 /// How long a feed without `[feeds.audit]` keeps its ids (delivered by fills,
 /// seen near gap edges): the default lookback.
-pub const DEFAULT_LEDGER_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_LEDGER_LOOKBACK: Duration = Duration::from_secs(24 * 3600);
 
 impl FeedConfig {
     /// Whether freshness, gaps and fills are kept per partition.
-    pub fn is_partitioned(&self) -> bool {
+    pub(crate) fn is_partitioned(&self) -> bool {
         self.partitions.is_some()
     }
 
     /// Ids older than this (event time before now − retention) are pruned.
-    pub fn ledger_retention(&self) -> Duration {
+    pub(crate) fn ledger_retention(&self) -> Duration {
         self.audit
             .as_ref()
             .map_or(DEFAULT_LEDGER_LOOKBACK, |a| a.lookback)
@@ -262,105 +262,105 @@ impl FeedConfig {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct WatchConfig {
-    pub mode: WatchMode,
-    pub forward_to: Option<String>,
+pub(crate) struct WatchConfig {
+    pub(crate) mode: WatchMode,
+    pub(crate) forward_to: Option<String>,
     /// JSON pointer to the event time in a message body; None: `SentTimestamp`.
-    pub event_time: Option<String>,
-    pub event_time_format: TimeFormat,
+    pub(crate) event_time: Option<String>,
+    pub(crate) event_time_format: TimeFormat,
     /// JSON pointer to the record id in a message body; None: the SQS MessageId.
-    pub record_id: Option<String>,
+    pub(crate) record_id: Option<String>,
     /// The envelope live records arrive in; the pointers address the record in it.
-    pub envelope: Envelope,
+    pub(crate) envelope: Envelope,
     /// Fields of the live envelopes, copied into recovered ones.
-    pub envelope_fields: serde_json::Map<String, serde_json::Value>,
+    pub(crate) envelope_fields: serde_json::Map<String, serde_json::Value>,
     /// Relay mode: concurrent receive → forward → delete loops.
-    pub pollers: std::num::NonZeroUsize,
+    pub(crate) pollers: std::num::NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct FreshnessConfig {
+pub(crate) struct FreshnessConfig {
     #[serde(with = "humantime_serde_compat")]
-    pub max_silence: Duration,
-    pub active: Vec<String>,
-    pub timezone: String,
+    pub(crate) max_silence: Duration,
+    pub(crate) active: Vec<String>,
+    pub(crate) timezone: String,
     /// An event time later than now + this is not trusted: it does not move
     /// freshness (a vendor sentinel such as 2099-01-01, or milliseconds read
     /// as seconds, would otherwise silence detection for good).
     #[serde(with = "humantime_serde_compat")]
-    pub max_future_skew: Duration,
+    pub(crate) max_future_skew: Duration,
     #[serde(skip)]
-    pub window: ActiveWindow,
+    pub(crate) window: ActiveWindow,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct BackfillConfig {
-    pub auto: bool,
+pub(crate) struct BackfillConfig {
+    pub(crate) auto: bool,
     #[serde(with = "humantime_serde_compat")]
-    pub chunk: Duration,
+    pub(crate) chunk: Duration,
     #[serde(with = "humantime_serde_compat")]
-    pub overlap: Duration,
+    pub(crate) overlap: Duration,
     #[serde(with = "humantime_serde_compat")]
-    pub settle: Duration,
+    pub(crate) settle: Duration,
     /// While a gap is still open, new chunks are planned once this much more
     /// time is fetchable (at most `chunk`).
     #[serde(with = "humantime_serde_compat")]
-    pub follow_step: Duration,
-    pub concurrency: NonZeroUsize,
+    pub(crate) follow_step: Duration,
+    pub(crate) concurrency: NonZeroUsize,
     /// A chunk that failed this many times in a row marks its gap `failed`.
-    pub max_chunk_attempts: NonZeroU32,
-    pub source: SourceConfig,
-    pub sink: SinkConfig,
+    pub(crate) max_chunk_attempts: NonZeroU32,
+    pub(crate) source: SourceConfig,
+    pub(crate) sink: SinkConfig,
     /// Source record → message body (before the envelope, if any).
-    pub render: Option<Program>,
+    pub(crate) render: Option<Program>,
     /// Message attributes of a recovered record, by name.
-    pub attributes: BTreeMap<String, Program>,
+    pub(crate) attributes: BTreeMap<String, Program>,
     /// Which source records the live feed carries.
-    pub filter: Option<Program>,
+    pub(crate) filter: Option<Program>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SourceConfig {
-    pub url: Url,
-    pub query: BTreeMap<String, Secret>,
-    pub time_format: TimeFormat,
-    pub headers: BTreeMap<String, Secret>,
-    pub records: String,
-    pub record_id: String,
-    pub record_time: String,
-    pub record_time_format: TimeFormat,
-    pub rate_limit: RateLimit,
+pub(crate) struct SourceConfig {
+    pub(crate) url: Url,
+    pub(crate) query: BTreeMap<String, Secret>,
+    pub(crate) time_format: TimeFormat,
+    pub(crate) headers: BTreeMap<String, Secret>,
+    pub(crate) records: String,
+    pub(crate) record_id: String,
+    pub(crate) record_time: String,
+    pub(crate) record_time_format: TimeFormat,
+    pub(crate) rate_limit: RateLimit,
     #[serde(with = "humantime_serde_compat")]
-    pub timeout: Duration,
-    pub max_retries: u32,
-    pub pagination: Pagination,
-    pub max_pages_per_chunk: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) max_retries: u32,
+    pub(crate) pagination: Pagination,
+    pub(crate) max_pages_per_chunk: u64,
     /// Query windows start and end on multiples of this.
-    pub time_resolution: Resolution,
+    pub(crate) time_resolution: Resolution,
     /// A page body larger than this fails its chunk (read while streaming,
     /// so memory per in-flight page is bounded by it).
     #[serde(serialize_with = "size_string")]
-    pub max_page_bytes: u64,
+    pub(crate) max_page_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub auth: Option<SourceAuth>,
+    pub(crate) auth: Option<SourceAuth>,
     /// Statuses that mean "no records in this window" (e.g. 404).
-    pub empty_on: Vec<u16>,
+    pub(crate) empty_on: Vec<u16>,
     /// Statuses retried like a 5xx.
-    pub retry_on: Vec<u16>,
+    pub(crate) retry_on: Vec<u16>,
     /// Statuses that fail the chunk at once (e.g. a 503 that means "gone").
-    pub fail_on: Vec<u16>,
-    pub method: Method,
+    pub(crate) fail_on: Vec<u16>,
+    pub(crate) method: Method,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub body: Option<BodyTemplate>,
+    pub(crate) body: Option<BodyTemplate>,
     /// True for a 2xx page whose body is an error (retried like a 5xx).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error_when: Option<Program>,
+    pub(crate) error_when: Option<Program>,
 }
 
 /// `source.auth`, validated. Every credential is a [`Secret`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum SourceAuth {
+pub(crate) enum SourceAuth {
     Bearer {
         token: Secret,
     },
@@ -379,13 +379,13 @@ pub enum SourceAuth {
 
 /// `N/s`, `N/m` or `N/h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RateLimit {
-    pub count: NonZeroU32,
-    pub per: Duration,
+pub(crate) struct RateLimit {
+    pub(crate) count: NonZeroU32,
+    pub(crate) per: Duration,
 }
 
 impl RateLimit {
-    pub fn per_second(&self) -> f64 {
+    pub(crate) fn per_second(&self) -> f64 {
         f64::from(self.count.get()) / self.per.as_secs_f64()
     }
 }
@@ -403,7 +403,7 @@ impl Serialize for RateLimit {
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum SinkConfig {
+pub(crate) enum SinkConfig {
     Sqs {
         queue_url: String,
         message_group_id: Option<String>,
@@ -427,7 +427,7 @@ pub enum SinkConfig {
 
 /// A config that could not be loaded; one line per problem, each naming its key.
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -443,7 +443,7 @@ impl Config {
     /// Reads and validates the file at `path`. `env` is the process environment
     /// (passed in so tests never touch the real one): it feeds `${VAR}`
     /// interpolation and `GAPWATCH__A__B` overrides.
-    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    pub(crate) fn load(path: &Path, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
@@ -451,7 +451,10 @@ impl Config {
         Self::from_toml(&text, env)
     }
 
-    pub fn from_toml(text: &str, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+    pub(crate) fn from_toml(
+        text: &str,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigError> {
         let overrides: HashMap<String, String> = env
             .iter()
             .filter(|(k, _)| k.starts_with("GAPWATCH__"))
@@ -483,12 +486,12 @@ impl Config {
         validate::validate(raw, env).map_err(ConfigError::Invalid)
     }
 
-    pub fn feed(&self, name: &str) -> Option<&FeedConfig> {
+    pub(crate) fn feed(&self, name: &str) -> Option<&FeedConfig> {
         self.feeds.iter().find(|f| f.name == name)
     }
 
     /// The resolved configuration as TOML, secrets redacted.
-    pub fn to_redacted_toml(&self) -> String {
+    pub(crate) fn to_redacted_toml(&self) -> String {
         match toml::to_string_pretty(self) {
             Ok(s) => s,
             Err(e) => format!("# cannot render config: {e}\n"),
@@ -513,7 +516,7 @@ fn size_string<S: serde::Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
 mod humantime_serde_compat {
     use std::time::Duration;
 
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&humantime::format_duration(*d).to_string())
     }
 }

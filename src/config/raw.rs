@@ -10,30 +10,30 @@ use crate::timefmt::TimeFormat;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
-    pub server: RawServer,
+    pub(crate) server: RawServer,
     #[serde(default)]
-    pub state: RawState,
+    pub(crate) state: RawState,
     #[serde(default)]
-    pub aws: RawAws,
+    pub(crate) aws: RawAws,
     #[serde(default)]
-    pub monitor: RawMonitor,
+    pub(crate) monitor: RawMonitor,
     #[serde(default)]
-    pub feeds: Vec<RawFeed>,
+    pub(crate) feeds: Vec<RawFeed>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawServer {
+pub(super) struct RawServer {
     #[serde(default = "default_listen")]
-    pub listen: String,
+    pub(crate) listen: String,
     #[serde(default)]
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     #[serde(default)]
-    pub report_token: Option<String>,
+    pub(crate) report_token: Option<String>,
     #[serde(default = "default_shutdown_grace")]
-    pub shutdown_grace: String,
+    pub(crate) shutdown_grace: String,
 }
 
 impl Default for RawServer {
@@ -49,11 +49,11 @@ impl Default for RawServer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawState {
+pub(super) struct RawState {
     #[serde(default = "default_state_url")]
-    pub url: String,
+    pub(crate) url: String,
     #[serde(default = "default_edge_ids")]
-    pub edge_ids: i64,
+    pub(crate) edge_ids: i64,
 }
 
 impl Default for RawState {
@@ -67,26 +67,26 @@ impl Default for RawState {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAws {
+pub(super) struct RawAws {
     #[serde(default)]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     #[serde(default)]
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawMonitor {
+pub(super) struct RawMonitor {
     #[serde(default = "default_poll_interval")]
-    pub poll_interval: String,
+    pub(crate) poll_interval: String,
     #[serde(default = "default_true")]
-    pub cloudwatch: bool,
+    pub(crate) cloudwatch: bool,
     #[serde(default = "default_cloudwatch_interval")]
-    pub cloudwatch_interval: String,
+    pub(crate) cloudwatch_interval: String,
     #[serde(default = "default_cloudwatch_delay")]
-    pub cloudwatch_delay: String,
+    pub(crate) cloudwatch_delay: String,
     #[serde(default = "default_cloudwatch_lookback")]
-    pub cloudwatch_lookback: String,
+    pub(crate) cloudwatch_lookback: String,
 }
 
 impl Default for RawMonitor {
@@ -103,84 +103,84 @@ impl Default for RawMonitor {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFeed {
-    pub name: String,
-    pub queue_url: Option<String>,
-    pub watch: RawWatch,
+pub(super) struct RawFeed {
+    pub(crate) name: String,
+    pub(crate) queue_url: Option<String>,
+    pub(crate) watch: RawWatch,
     #[serde(default)]
-    pub freshness: RawFreshness,
+    pub(crate) freshness: RawFreshness,
     #[serde(default)]
-    pub backfill: Option<RawBackfill>,
+    pub(crate) backfill: Option<RawBackfill>,
     #[serde(default)]
-    pub audit: Option<RawAudit>,
+    pub(crate) audit: Option<RawAudit>,
     #[serde(default)]
-    pub shape: Option<RawShape>,
+    pub(crate) shape: Option<RawShape>,
     #[serde(default)]
-    pub partitions: Option<RawPartitions>,
+    pub(crate) partitions: Option<RawPartitions>,
 }
 
 /// `[feeds.shape]`: the check that recovered messages look like live ones.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawShape {
+pub(super) struct RawShape {
     #[serde(default = "default_true")]
-    pub enabled: bool,
+    pub(crate) enabled: bool,
     #[serde(default = "default_shape_every")]
-    pub every: String,
+    pub(crate) every: String,
     /// JSON pointers into the message body that are not compared.
     #[serde(default)]
-    pub ignore: Vec<String>,
+    pub(crate) ignore: Vec<String>,
     /// Message attributes that are not compared.
     #[serde(default)]
-    pub ignore_attributes: Vec<String>,
+    pub(crate) ignore_attributes: Vec<String>,
     /// Live messages kept to compare.
     #[serde(default = "default_shape_sample")]
-    pub sample: i64,
+    pub(crate) sample: i64,
 }
 
 /// `[feeds.partitions]`: the vendor lists records per partition (store,
 /// account, merchant); freshness, gaps and fills are kept per partition.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPartitions {
+pub(super) struct RawPartitions {
     /// JSON pointer to the partition value in a live record.
-    pub key: String,
+    pub(crate) key: String,
     #[serde(default)]
-    pub values: Option<Vec<String>>,
+    pub(crate) values: Option<Vec<String>>,
     #[serde(default)]
-    pub from: Option<RawPartitionSource>,
+    pub(crate) from: Option<RawPartitionSource>,
     /// Most partitions watched at once.
     #[serde(default = "default_max_partitions")]
-    pub max: i64,
+    pub(crate) max: i64,
 }
 
 /// `partitions.from`: the partition values as the vendor lists them.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawPartitionSource {
-    pub url: String,
+pub(super) struct RawPartitionSource {
+    pub(crate) url: String,
     #[serde(default = "default_records")]
-    pub records: String,
+    pub(crate) records: String,
     #[serde(default = "default_record_id")]
-    pub value: String,
+    pub(crate) value: String,
     #[serde(default = "default_partitions_every")]
-    pub every: String,
+    pub(crate) every: String,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAudit {
+pub(super) struct RawAudit {
     #[serde(default = "default_audit_every")]
-    pub every: String,
+    pub(crate) every: String,
     #[serde(default = "default_audit_lookback")]
-    pub lookback: String,
+    pub(crate) lookback: String,
     #[serde(default = "default_audit_delay")]
-    pub delay: String,
+    pub(crate) delay: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
-pub enum RawMode {
+pub(super) enum RawMode {
     Relay,
     Report,
     Passive,
@@ -188,25 +188,25 @@ pub enum RawMode {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWatch {
-    pub mode: RawMode,
+pub(super) struct RawWatch {
+    pub(crate) mode: RawMode,
     #[serde(default)]
-    pub forward_to: Option<String>,
+    pub(crate) forward_to: Option<String>,
     #[serde(default)]
-    pub event_time: Option<String>,
+    pub(crate) event_time: Option<String>,
     #[serde(default)]
-    pub event_time_format: TimeFormat,
+    pub(crate) event_time_format: TimeFormat,
     #[serde(default)]
-    pub record_id: Option<String>,
+    pub(crate) record_id: Option<String>,
     #[serde(default)]
-    pub envelope: crate::envelope::Envelope,
+    pub(crate) envelope: crate::envelope::Envelope,
     /// What the vendor's live envelopes carry besides the record (`detail-type`,
     /// `source`, `TopicArn` …), copied into recovered envelopes.
     #[serde(default)]
-    pub envelope_fields: serde_json::Map<String, serde_json::Value>,
+    pub(crate) envelope_fields: serde_json::Map<String, serde_json::Value>,
     /// Relay mode: concurrent receive loops on the vendor queue.
     #[serde(default = "default_pollers")]
-    pub pollers: i64,
+    pub(crate) pollers: i64,
 }
 
 /// Enough for 1,000 messages/s at 20 ms per SQS call (see the README's
@@ -217,15 +217,15 @@ const fn default_pollers() -> i64 {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawFreshness {
+pub(super) struct RawFreshness {
     #[serde(default = "default_max_silence")]
-    pub max_silence: String,
+    pub(crate) max_silence: String,
     #[serde(default)]
-    pub active: Vec<String>,
+    pub(crate) active: Vec<String>,
     #[serde(default = "default_timezone")]
-    pub timezone: String,
+    pub(crate) timezone: String,
     #[serde(default = "default_max_future_skew")]
-    pub max_future_skew: String,
+    pub(crate) max_future_skew: String,
 }
 
 impl Default for RawFreshness {
@@ -241,90 +241,90 @@ impl Default for RawFreshness {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawBackfill {
+pub(super) struct RawBackfill {
     #[serde(default = "default_true")]
-    pub auto: bool,
+    pub(crate) auto: bool,
     #[serde(default = "default_chunk")]
-    pub chunk: String,
+    pub(crate) chunk: String,
     #[serde(default = "default_overlap")]
-    pub overlap: String,
+    pub(crate) overlap: String,
     #[serde(default = "default_settle")]
-    pub settle: String,
+    pub(crate) settle: String,
     #[serde(default = "default_follow_step")]
-    pub follow_step: String,
+    pub(crate) follow_step: String,
     #[serde(default = "default_concurrency")]
-    pub concurrency: i64,
+    pub(crate) concurrency: i64,
     #[serde(default = "default_chunk_attempts")]
-    pub max_chunk_attempts: i64,
-    pub source: RawSource,
+    pub(crate) max_chunk_attempts: i64,
+    pub(crate) source: RawSource,
     #[serde(default)]
-    pub sink: Option<RawSink>,
+    pub(crate) sink: Option<RawSink>,
     /// jq: source record → message body.
     #[serde(default)]
-    pub render: Option<String>,
+    pub(crate) render: Option<String>,
     /// jq per message attribute (String type).
     #[serde(default)]
-    pub attributes: BTreeMap<String, String>,
+    pub(crate) attributes: BTreeMap<String, String>,
     /// jq: records for which it is false or null are not sent.
     #[serde(default)]
-    pub filter: Option<String>,
+    pub(crate) filter: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSource {
-    pub url: String,
+pub(super) struct RawSource {
+    pub(crate) url: String,
     #[serde(default)]
-    pub query: BTreeMap<String, String>,
+    pub(crate) query: BTreeMap<String, String>,
     #[serde(default)]
-    pub time_format: TimeFormat,
+    pub(crate) time_format: TimeFormat,
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub(crate) headers: BTreeMap<String, String>,
     #[serde(default = "default_records")]
-    pub records: String,
+    pub(crate) records: String,
     #[serde(default = "default_record_id")]
-    pub record_id: String,
-    pub record_time: String,
+    pub(crate) record_id: String,
+    pub(crate) record_time: String,
     #[serde(default)]
-    pub record_time_format: Option<TimeFormat>,
+    pub(crate) record_time_format: Option<TimeFormat>,
     #[serde(default = "default_rate_limit")]
-    pub rate_limit: String,
+    pub(crate) rate_limit: String,
     #[serde(default = "default_timeout")]
-    pub timeout: String,
+    pub(crate) timeout: String,
     #[serde(default = "default_max_retries")]
-    pub max_retries: i64,
+    pub(crate) max_retries: i64,
     #[serde(default = "default_pagination")]
-    pub pagination: Pagination,
+    pub(crate) pagination: Pagination,
     #[serde(default = "default_max_pages")]
-    pub max_pages_per_chunk: i64,
+    pub(crate) max_pages_per_chunk: i64,
     /// The finest step `{start}`/`{end}` can be given in; default: what
     /// `time_format` writes (unix_s: 1s, unix_ms and rfc3339: 1ms).
     #[serde(default)]
-    pub time_resolution: Option<String>,
+    pub(crate) time_resolution: Option<String>,
     #[serde(default = "default_max_page_bytes")]
-    pub max_page_bytes: String,
+    pub(crate) max_page_bytes: String,
     #[serde(default)]
-    pub auth: Option<RawAuth>,
+    pub(crate) auth: Option<RawAuth>,
     #[serde(default)]
-    pub empty_on: Vec<i64>,
+    pub(crate) empty_on: Vec<i64>,
     #[serde(default)]
-    pub retry_on: Vec<i64>,
+    pub(crate) retry_on: Vec<i64>,
     #[serde(default)]
-    pub fail_on: Vec<i64>,
+    pub(crate) fail_on: Vec<i64>,
     #[serde(default)]
-    pub method: super::request::Method,
+    pub(crate) method: super::request::Method,
     /// A JSON template: a table, or a string of JSON text.
     #[serde(default)]
-    pub body: Option<serde_json::Value>,
+    pub(crate) body: Option<serde_json::Value>,
     /// jq: true for a 2xx page whose body is an error.
     #[serde(default)]
-    pub error_when: Option<String>,
+    pub(crate) error_when: Option<String>,
 }
 
 /// `source.auth`: how requests to the source prove who they are.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawAuth {
+pub(super) enum RawAuth {
     Bearer {
         token: String,
     },
@@ -347,7 +347,7 @@ pub enum RawAuth {
 /// request's body, or HTTP Basic (RFC 6749 §2.3.1).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum AuthStyle {
+pub(crate) enum AuthStyle {
     #[default]
     Body,
     Basic,
@@ -355,7 +355,7 @@ pub enum AuthStyle {
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum RawSink {
+pub(super) enum RawSink {
     Sqs {
         #[serde(default)]
         queue_url: Option<String>,

@@ -17,7 +17,7 @@ const MASK: &str = "<redacted>";
 
 /// `source.method`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
-pub enum Method {
+pub(crate) enum Method {
     #[default]
     #[serde(rename = "GET", alias = "get")]
     Get,
@@ -31,7 +31,7 @@ pub enum Method {
 /// environment print as `<redacted>` (check-config, `Debug`); only
 /// [`template`](Self::template) gives the real one, at the point of use.
 #[derive(Clone, PartialEq)]
-pub struct BodyTemplate {
+pub(crate) struct BodyTemplate {
     value: Value,
     /// The same with every string that came from the environment masked.
     shown: Value,
@@ -43,7 +43,7 @@ impl BodyTemplate {
     }
 
     /// The template with its secrets, for building requests.
-    pub fn template(&self) -> &Value {
+    pub(crate) fn template(&self) -> &Value {
         &self.value
     }
 

@@ -3,7 +3,7 @@ use std::fmt;
 /// A value that must never be shown: it prints, logs and serializes as
 /// `<redacted>`. Only [`Secret::expose`] gives the value, at the point of use.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret {
+pub(crate) struct Secret {
     value: String,
     /// Plain values (a query parameter that was not interpolated from the
     /// environment) are shown; everything else is hidden.
@@ -11,21 +11,21 @@ pub struct Secret {
 }
 
 impl Secret {
-    pub fn hidden(value: impl Into<String>) -> Self {
+    pub(crate) fn hidden(value: impl Into<String>) -> Self {
         Self {
             value: value.into(),
             shown: false,
         }
     }
 
-    pub fn shown(value: impl Into<String>) -> Self {
+    pub(crate) fn shown(value: impl Into<String>) -> Self {
         Self {
             value: value.into(),
             shown: true,
         }
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.value
     }
 }

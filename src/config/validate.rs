@@ -38,7 +38,10 @@ pub(super) struct Checker<'a> {
     errors: Vec<String>,
 }
 
-pub fn validate(raw: RawConfig, env: &HashMap<String, String>) -> Result<Config, Vec<String>> {
+pub(super) fn validate(
+    raw: RawConfig,
+    env: &HashMap<String, String>,
+) -> Result<Config, Vec<String>> {
     let mut c = Checker {
         env,
         errors: Vec::new(),

@@ -18,16 +18,16 @@ use super::window::ActiveWindow;
 /// What survives a restart. Persist it after every [`GapEvent`] (and
 /// periodically for `last_event`); rebuild the [`Detector`] from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct DetectorState {
+pub(crate) struct DetectorState {
     /// Event time of the newest record ever observed.
-    pub last_event: Option<DateTime<Utc>>,
+    pub(crate) last_event: Option<DateTime<Utc>>,
     /// Start of the gap that is open now, if any.
-    pub open_gap_start: Option<DateTime<Utc>>,
+    pub(crate) open_gap_start: Option<DateTime<Utc>>,
 }
 
 /// A change of gap state, for the store and the logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GapEvent {
+pub(crate) enum GapEvent {
     /// The feed has been silent for max_silence inside the active window. `start` = newest event before the silence.
     Opened {
         start: DateTime<Utc>,
@@ -55,7 +55,7 @@ pub enum GapEvent {
 ///
 /// A gap opens when that count reaches `max_silence`.
 #[derive(Clone, Debug)]
-pub struct Detector {
+pub(crate) struct Detector {
     /// `None` when `max_silence` is too large to represent: no gap ever opens.
     max_silence: Option<TimeDelta>,
     window: ActiveWindow,
@@ -87,7 +87,11 @@ impl Detector {
     /// An open gap stays open. Inconsistent state (a gap start newer than
     /// `last_event`, or without it) is repaired by raising `last_event` to the
     /// gap start, since the gap start is by definition an observed event.
-    pub fn new(max_silence: Duration, window: ActiveWindow, restored: DetectorState) -> Self {
+    pub(crate) fn new(
+        max_silence: Duration,
+        window: ActiveWindow,
+        restored: DetectorState,
+    ) -> Self {
         let mut state = restored;
         if let Some(start) = state.open_gap_start {
             state.last_event = Some(state.last_event.map_or(start, |l| l.max(start)));
@@ -106,7 +110,11 @@ impl Detector {
     /// Never opens a gap: after a restart, call [`Detector::tick`] before the
     /// first `observe`, or silence through the downtime goes unnoticed. Events
     /// in the future (clock skew) are accepted as they are.
-    pub fn observe(&mut self, event_time: DateTime<Utc>, now: DateTime<Utc>) -> Option<GapEvent> {
+    pub(crate) fn observe(
+        &mut self,
+        event_time: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<GapEvent> {
         let advanced = self.state.last_event.is_none_or(|l| event_time > l);
         if advanced {
             self.state.last_event = Some(event_time);
@@ -127,7 +135,7 @@ impl Detector {
     ///
     /// `detected_at` is this `now`: with rare calls the gap is reported late,
     /// but its `start` is the same.
-    pub fn tick(&mut self, now: DateTime<Utc>) -> Option<GapEvent> {
+    pub(crate) fn tick(&mut self, now: DateTime<Utc>) -> Option<GapEvent> {
         let last = self.state.last_event?;
         if self.state.open_gap_start.is_some() {
             // Nothing to count while a gap is open; the period is recomputed
@@ -166,7 +174,7 @@ impl Detector {
     /// sleep until it instead of ticking on a timer, which keeps idle feeds free
     /// and detection exact. It may be earlier (the window closed in between);
     /// ticking then yields no event and a new, later deadline.
-    pub fn next_deadline(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_deadline(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.state.open_gap_start.is_some() {
             return None;
         }
@@ -183,12 +191,13 @@ impl Detector {
     }
 
     /// The state to persist.
-    pub fn state(&self) -> DetectorState {
+    pub(crate) fn state(&self) -> DetectorState {
         self.state
     }
 
     /// now − newest event time, clamped at zero; None if no event ever seen.
-    pub fn freshness(&self, now: DateTime<Utc>) -> Option<Duration> {
+    #[cfg(test)]
+    pub(crate) fn freshness(&self, now: DateTime<Utc>) -> Option<Duration> {
         let last = self.state.last_event?;
         // A negative age (event from the future) fails `to_std`: report zero.
         Some(
@@ -198,16 +207,12 @@ impl Detector {
         )
     }
 
-    /// Whether data is expected at `now`.
-    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.window.is_active(now)
-    }
-
     /// When the current silence started counting (for an "unfilled seconds"/diagnostics view); None if no event yet or gap open.
     ///
     /// Also `None` while the window is inactive at `now`: silence is not being
     /// counted then. Does not update the cache `tick` keeps, so it may scan.
-    pub fn silence_counted_since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    #[cfg(test)]
+    pub(crate) fn silence_counted_since(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.state.open_gap_start.is_some() {
             return None;
         }

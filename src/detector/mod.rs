@@ -13,8 +13,8 @@ mod machine;
 mod window;
 
 pub(crate) use lanes::{Lanes, Summary};
-pub use machine::{Detector, DetectorState, GapEvent};
-pub use window::ActiveWindow;
+pub(crate) use machine::{Detector, DetectorState, GapEvent};
+pub(crate) use window::ActiveWindow;
 
 /// Builders shared by the detector's tests.
 #[cfg(test)]
@@ -27,13 +27,13 @@ mod test_support {
 
     use super::ActiveWindow;
 
-    pub fn utc(s: &str) -> DateTime<Utc> {
+    pub(crate) fn utc(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or_else(|e| panic!("bad test time {s}: {e}"))
     }
 
-    pub fn window(exprs: &[&str], tz: Tz) -> ActiveWindow {
+    pub(crate) fn window(exprs: &[&str], tz: Tz) -> ActiveWindow {
         let schedules = exprs
             .iter()
             .map(|e| Schedule::from_str(e).unwrap_or_else(|err| panic!("bad cron {e}: {err}")))
@@ -41,7 +41,7 @@ mod test_support {
         ActiveWindow::new(schedules, tz)
     }
 
-    pub fn weekdays_ny() -> ActiveWindow {
+    pub(crate) fn weekdays_ny() -> ActiveWindow {
         window(&["* * 8-21 * * Mon-Fri"], chrono_tz::America::New_York)
     }
 }

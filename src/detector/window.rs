@@ -13,7 +13,7 @@ use cron::{Schedule, TimeUnitSpec};
 /// How far back [`ActiveWindow::active_since`] scans before giving up and
 /// returning the bound. Longer than a week so that any weekly pattern with at
 /// least one inactive second is resolved exactly.
-pub const MAX_LOOKBACK: TimeDelta = TimeDelta::days(8);
+pub(super) const MAX_LOOKBACK: TimeDelta = TimeDelta::days(8);
 
 const SECOND: TimeDelta = TimeDelta::seconds(1);
 const MINUTE: TimeDelta = TimeDelta::minutes(1);
@@ -27,7 +27,7 @@ const MINUTE: TimeDelta = TimeDelta::minutes(1);
 /// Cheap to clone (shared schedules): a partitioned feed's detectors, one per
 /// partition, all hold the feed's window.
 #[derive(Clone, Debug)]
-pub struct ActiveWindow {
+pub(crate) struct ActiveWindow {
     schedules: Arc<[Schedule]>,
     /// Whether each schedule (same index) matches every second of any minute it
     /// matches; lets a whole minute be judged with one lookup instead of 60.
@@ -39,13 +39,13 @@ pub struct ActiveWindow {
 
 impl ActiveWindow {
     /// A window that is active at every instant.
-    pub fn always() -> Self {
+    pub(crate) fn always() -> Self {
         Self::new(Vec::new(), Tz::UTC)
     }
 
     /// A window active whenever any of `schedules` matches, evaluated in `tz`.
     /// An empty list means always active.
-    pub fn new(schedules: Vec<Schedule>, tz: Tz) -> Self {
+    pub(crate) fn new(schedules: Vec<Schedule>, tz: Tz) -> Self {
         let whole_minutes = schedules.iter().map(|s| s.seconds().is_all()).collect();
         Self {
             schedules: schedules.into(),
@@ -55,12 +55,12 @@ impl ActiveWindow {
     }
 
     /// True when there are no schedules, i.e. every instant is active.
-    pub fn is_always(&self) -> bool {
+    pub(crate) fn is_always(&self) -> bool {
         self.schedules.is_empty()
     }
 
     /// Whether the second containing `t` is active.
-    pub fn is_active(&self, t: DateTime<Utc>) -> bool {
+    pub(crate) fn is_active(&self, t: DateTime<Utc>) -> bool {
         if self.is_always() {
             return true;
         }
@@ -70,7 +70,7 @@ impl ActiveWindow {
 
     /// The first active second strictly after `t` (`None` if no schedule ever
     /// matches again). For an always-active window: `t` + 1 s.
-    pub fn next_active(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_active(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if self.is_always() {
             return t.checked_add_signed(SECOND);
         }
@@ -96,7 +96,11 @@ impl ActiveWindow {
     /// and returns `floor`. Cost: one check per minute scanned, plus up to 60
     /// per minute at the edges of the period (or everywhere, for schedules whose
     /// seconds field is not `*`).
-    pub fn active_since(&self, t: DateTime<Utc>, floor: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn active_since(
+        &self,
+        t: DateTime<Utc>,
+        floor: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         if !self.is_active(t) {
             return None;
         }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 const MAX_MARGIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// The token endpoint refused the client: it would refuse again.
     #[error("token endpoint {url} refused the client credentials with status {status}")]
     Refused { url: String, status: u16 },
@@ -35,18 +35,18 @@ pub enum AuthError {
 
 /// The credential one request was sent with; `generation` tells a 401 for an
 /// old token from one for the token just fetched.
-pub struct Credential {
-    pub header: Option<HeaderValue>,
+pub(crate) struct Credential {
+    pub(crate) header: Option<HeaderValue>,
     generation: u64,
 }
 
-pub enum Auth {
+pub(crate) enum Auth {
     None,
     Static(HeaderValue),
     OAuth2(Box<OAuth2>),
 }
 
-pub struct OAuth2 {
+pub(crate) struct OAuth2 {
     feed: String,
     token_url: Url,
     client_id: Secret,
@@ -86,7 +86,7 @@ fn basic(user: &str, password: &str) -> Option<HeaderValue> {
 }
 
 impl Auth {
-    pub fn new(
+    pub(crate) fn new(
         feed: &str,
         config: Option<&SourceAuth>,
         client: reqwest::Client,
@@ -126,7 +126,7 @@ impl Auth {
     }
 
     /// The `Authorization` value for the next request.
-    pub async fn credential(&self) -> Result<Credential, AuthError> {
+    pub(crate) async fn credential(&self) -> Result<Credential, AuthError> {
         match self {
             Auth::None => Ok(Credential {
                 header: None,
@@ -143,7 +143,7 @@ impl Auth {
     /// The source answered 401 to `used`. Returns whether a retry with a new
     /// token makes sense (OAuth2 only); the cached token is dropped unless a
     /// newer one was fetched meanwhile.
-    pub async fn rejected(&self, used: &Credential) -> bool {
+    pub(crate) async fn rejected(&self, used: &Credential) -> bool {
         match self {
             Auth::OAuth2(o) => {
                 let mut c = o.cached.lock().await;

@@ -3,7 +3,7 @@
 
 /// Why a body could not be read.
 #[derive(Debug, thiserror::Error)]
-pub enum BodyError {
+pub(crate) enum BodyError {
     #[error("body is larger than {max} bytes")]
     TooLarge { max: u64 },
     #[error("reading the body: {0}")]
@@ -13,7 +13,10 @@ pub enum BodyError {
 /// Reads `resp`'s body while it streams in, refusing it as soon as it passes
 /// `max` bytes (or announces more in `Content-Length`): never more than `max`
 /// plus one network chunk is held.
-pub async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8>, BodyError> {
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    max: u64,
+) -> Result<Vec<u8>, BodyError> {
     if resp.content_length().is_some_and(|n| n > max) {
         return Err(BodyError::TooLarge { max });
     }
@@ -34,7 +37,7 @@ pub async fn read_capped(mut resp: reqwest::Response, max: u64) -> Result<Vec<u8
 
 /// Up to `max` bytes of an error answer, as text, for a message: the rest is
 /// not read.
-pub async fn error_text(mut resp: reqwest::Response, max: usize) -> String {
+pub(crate) async fn error_text(mut resp: reqwest::Response, max: usize) -> String {
     let mut body = Vec::new();
     while body.len() < max {
         match resp.chunk().await {

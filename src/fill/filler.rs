@@ -68,7 +68,7 @@ fn windows_room(unfinished: usize, per_window: usize) -> usize {
 /// jittered backoff of [`retry`](crate::retry)) while the error is retryable
 /// and `max_chunk_attempts` allows; otherwise its gap fails with this reason.
 #[derive(Debug, thiserror::Error)]
-pub enum ChunkError {
+pub(crate) enum ChunkError {
     #[error(transparent)]
     Source(#[from] SourceError),
     #[error(transparent)]
@@ -111,7 +111,7 @@ fn chunk_policy(max_attempts: u32) -> RetryPolicy {
 
 /// What a pass did to a gap.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum GapOutcome {
+pub(crate) enum GapOutcome {
     /// Work remains (open gap, chunks waiting for a retry).
     InProgress,
     Done,
@@ -125,7 +125,7 @@ struct Shaped {
     failed: i64,
 }
 
-pub struct Filler {
+pub(crate) struct Filler {
     feed: Arc<FeedConfig>,
     store: Store,
     metrics: Arc<Metrics>,
@@ -151,7 +151,7 @@ pub struct Filler {
 }
 
 impl Filler {
-    pub fn new(
+    pub(crate) fn new(
         feed: Arc<FeedConfig>,
         store: Store,
         metrics: Arc<Metrics>,
@@ -199,20 +199,20 @@ impl Filler {
     }
 
     /// The feed monitor's ids not written yet (see [`Unwritten`]).
-    pub fn with_unwritten(mut self, unwritten: Unwritten) -> Self {
+    pub(crate) fn with_unwritten(mut self, unwritten: Unwritten) -> Self {
         self.unwritten = unwritten;
         self
     }
 
     /// Fills only while this replica holds the feed's lease.
-    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+    pub(crate) fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
         self.lease = lease;
         self
     }
 
     /// A filler of the same feed for another owner's gaps, sharing this one's
     /// source (so one rate limit covers both), sink and lease.
-    pub fn sibling(&self, owner: &str) -> Self {
+    pub(crate) fn sibling(&self, owner: &str) -> Self {
         Self {
             feed: self.feed.clone(),
             store: self.store.clone(),
@@ -229,7 +229,7 @@ impl Filler {
     }
 
     /// The feed's source (its rate limit is shared by every clone).
-    pub fn source(&self) -> &Source {
+    pub(crate) fn source(&self) -> &Source {
         &self.source
     }
 
@@ -245,7 +245,7 @@ impl Filler {
     /// retry by hand) and whenever the next piece of work falls due (a chunk's
     /// retry, the next follow step, the instant a closed gap's last window is
     /// settled), so recovery ends as early as the settle delay allows.
-    pub async fn run(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
+    pub(crate) async fn run(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
         let span = tracing::info_span!("feed", feed = %self.feed.name);
         self.run_loop(wakeup, cancel).instrument(span).await
     }
@@ -282,7 +282,7 @@ impl Filler {
 
     /// One pass over every gap of the feed that still has work; returns when
     /// the next piece of work falls due (`None`: nothing is scheduled).
-    pub async fn pass(
+    pub(crate) async fn pass(
         &self,
         cancel: &CancellationToken,
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
@@ -368,7 +368,7 @@ impl Filler {
     }
 
     /// The interval the gap's fill must cover now (None: nothing fetchable yet).
-    pub fn target(&self, gap: &Gap, now: DateTime<Utc>) -> Option<Window> {
+    pub(crate) fn target(&self, gap: &Gap, now: DateTime<Utc>) -> Option<Window> {
         let b = self.backfill();
         let overlap = match gap.kind {
             GapKind::Manual => Duration::ZERO,
@@ -381,7 +381,7 @@ impl Filler {
     /// Plans what is new, runs the chunks that are due, and settles the gap's
     /// fill state.
     #[tracing::instrument(name = "gap", skip_all, fields(gap_id = gap.id))]
-    pub async fn fill_gap(
+    pub(crate) async fn fill_gap(
         &self,
         gap: &Gap,
         cancel: &CancellationToken,

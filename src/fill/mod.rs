@@ -4,16 +4,16 @@
 //! `plan` and `pagination` are pure; `source` and `sink` talk to the outside;
 //! `filler` carries a feed's fills out.
 
-pub mod auth;
-pub mod body;
-pub mod filler;
-pub mod pagination;
-pub mod plan;
-pub mod quota;
-pub mod render;
-pub mod sink;
-pub mod source;
-pub mod template;
+pub(crate) mod auth;
+pub(crate) mod body;
+pub(crate) mod filler;
+pub(crate) mod pagination;
+pub(crate) mod plan;
+pub(crate) mod quota;
+pub(crate) mod render;
+pub(crate) mod sink;
+pub(crate) mod source;
+pub(crate) mod template;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,10 +26,10 @@ use tokio::sync::{watch, Notify};
 use crate::config::FeedConfig;
 use crate::store::{Store, StoreError};
 
-pub use filler::{Filler, GapOutcome};
+pub(crate) use filler::{Filler, GapOutcome};
 
 #[derive(Debug, thiserror::Error)]
-pub enum FillError {
+pub(crate) enum FillError {
     #[error("unknown feed {0:?}")]
     UnknownFeed(String),
     #[error("feed {0:?} has no [feeds.backfill] section")]
@@ -44,7 +44,7 @@ pub enum FillError {
 
 /// Why a feed's fill pipeline could not be built from its config.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub(crate) enum BuildError {
     #[error("feed {0:?} has no [feeds.backfill] section")]
     NoBackfill(String),
     #[error("feed {feed}: backfill source: {source}")]
@@ -60,7 +60,7 @@ pub enum BuildError {
 /// the one place the daemon and the command line both get theirs from.
 /// `sqs` is needed by an `sqs` sink only; `owner` says whose gaps the filler
 /// takes (`daemon`, or `cli` for a one-off run).
-pub async fn build_filler(
+pub(crate) async fn build_filler(
     feed: Arc<FeedConfig>,
     store: &Store,
     metrics: Arc<crate::metrics::Metrics>,
@@ -95,7 +95,7 @@ pub async fn build_filler(
 
 /// A feed's config, the notifier that wakes its filler, and the partitions
 /// it watches (partitioned feeds).
-pub type FillFeed = (
+pub(crate) type FillFeed = (
     Arc<FeedConfig>,
     Arc<Notify>,
     watch::Receiver<Arc<Vec<String>>>,
@@ -103,14 +103,14 @@ pub type FillFeed = (
 
 /// Starts fills by hand and wakes fillers. Cheap to clone.
 #[derive(Clone)]
-pub struct FillControl {
+pub(crate) struct FillControl {
     store: Store,
     feeds: Arc<HashMap<String, FillFeed>>,
     owner: &'static str,
 }
 
 impl FillControl {
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         feeds: impl IntoIterator<Item = FillFeed>,
         owner: &'static str,
@@ -122,7 +122,7 @@ impl FillControl {
         }
     }
 
-    pub fn wake(&self, feed: &str) {
+    pub(crate) fn wake(&self, feed: &str) {
         if let Some((_, n, _)) = self.feeds.get(feed) {
             n.notify_one();
         }
@@ -133,7 +133,7 @@ impl FillControl {
     /// otherwise a `manual` gap is created and its id set in the plan.
     /// Re-running an interval delivers nothing new: delivered ids are
     /// remembered.
-    pub async fn manual(
+    pub(crate) async fn manual(
         &self,
         feed: &str,
         partition: Option<&str>,
@@ -188,39 +188,39 @@ pub(crate) fn manual_partitions(
 
 /// A planned window, as shown by a dry run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct PlannedWindow {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
+pub(crate) struct PlannedWindow {
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
 }
 
 /// The chunk plan of a manual fill and what it will cost under the rate limit.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct FillPlan {
-    pub feed: String,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub dry_run: bool,
+pub(crate) struct FillPlan {
+    pub(crate) feed: String,
+    pub(crate) from: DateTime<Utc>,
+    pub(crate) to: DateTime<Utc>,
+    pub(crate) dry_run: bool,
     /// The partition filled; `""`: every partition (or an unpartitioned feed).
-    pub partition: String,
+    pub(crate) partition: String,
     /// How many partitions each window is asked for.
-    pub partitions: usize,
+    pub(crate) partitions: usize,
     /// The manual gap created for the fill (not set by a dry run).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub gap_id: Option<i64>,
+    pub(crate) gap_id: Option<i64>,
     /// Windows × partitions.
-    pub chunks: usize,
+    pub(crate) chunks: usize,
     /// The first 100 windows.
-    pub windows: Vec<PlannedWindow>,
-    pub estimated_requests: u64,
-    pub estimated_min_duration_seconds: f64,
-    pub rate_limit_per_second: f64,
-    pub time_resolution: String,
-    pub note: &'static str,
+    pub(crate) windows: Vec<PlannedWindow>,
+    pub(crate) estimated_requests: u64,
+    pub(crate) estimated_min_duration_seconds: f64,
+    pub(crate) rate_limit_per_second: f64,
+    pub(crate) time_resolution: String,
+    pub(crate) note: &'static str,
 }
 
 /// The plan of a manual fill of `[from, to)`, each window asked for
 /// `partitions` partitions (1: unpartitioned feeds). Nothing is sent.
-pub fn dry_run_plan(
+pub(crate) fn dry_run_plan(
     config: &FeedConfig,
     from: DateTime<Utc>,
     to: DateTime<Utc>,

@@ -9,24 +9,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-pub use crate::timefmt::Resolution;
+pub(crate) use crate::timefmt::Resolution;
 
 /// A half-open time interval `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
+pub(crate) struct Window {
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
 }
 
 /// What a `--dry-run` prints about a plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PlanEstimate {
+pub(crate) struct PlanEstimate {
     /// Number of windows.
-    pub chunks: usize,
+    pub(crate) chunks: usize,
     /// `chunks × pages_per_chunk`.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// The least wall time the requests can take under the rate limit.
-    pub min_duration: Duration,
+    pub(crate) min_duration: Duration,
 }
 
 /// The interval a fill of gap `[gap_start, gap_end)` must cover now
@@ -46,7 +46,7 @@ pub struct PlanEstimate {
 /// such a target therefore asks the API exactly for what it covers.
 ///
 /// Saturates at chrono's representable range instead of panicking.
-pub fn fill_target(
+pub(crate) fn fill_target(
     gap_start: DateTime<Utc>,
     gap_end: Option<DateTime<Utc>>,
     overlap: Duration,
@@ -74,7 +74,12 @@ pub fn fill_target(
 ///
 /// A zero `chunk` cannot make progress and is rejected by config validation;
 /// here it means "one window" so a bad value can never loop.
-pub fn split(from: DateTime<Utc>, to: DateTime<Utc>, chunk: Duration, res: Resolution) -> Split {
+pub(crate) fn split(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    chunk: Duration,
+    res: Resolution,
+) -> Split {
     let step = TimeDelta::from_std(chunk)
         .ok()
         .filter(|d| *d > TimeDelta::zero());
@@ -88,7 +93,7 @@ pub fn split(from: DateTime<Utc>, to: DateTime<Utc>, chunk: Duration, res: Resol
 
 /// The windows of [`split`], in order.
 #[derive(Clone, Debug)]
-pub struct Split {
+pub(crate) struct Split {
     next: DateTime<Utc>,
     to: DateTime<Utc>,
     /// `None`: zero, or longer than chrono can represent: a single window.
@@ -142,7 +147,7 @@ impl Iterator for Split {
 /// the gap. If the target's end fell behind `covered_to` (the gap closed
 /// earlier than already planned), nothing is added: over-coverage only costs
 /// duplicates.
-pub fn extend(
+pub(crate) fn extend(
     covered_to: DateTime<Utc>,
     target: Window,
     chunk: Duration,
@@ -168,7 +173,7 @@ pub fn extend(
 /// to the resolution around it, so a chunk planned before windows were
 /// aligned still has its every instant asked for. Records the wider query
 /// returns outside `w` belong to a neighbouring chunk.
-pub fn query_window(w: Window, res: Resolution) -> Window {
+pub(crate) fn query_window(w: Window, res: Resolution) -> Window {
     Window {
         start: res.floor(w.start),
         end: res.ceil(w.end),
@@ -185,7 +190,7 @@ pub fn query_window(w: Window, res: Resolution) -> Window {
 /// `gap_end + overlap` rounded up, and `now − settle` counts once rounded
 /// down, so that is when it is due (earlier, a pass would find nothing new
 /// and be due again at once).
-pub fn next_plan_due(
+pub(crate) fn next_plan_due(
     gap_end: Option<DateTime<Utc>>,
     overlap: Duration,
     settle: Duration,
@@ -212,7 +217,7 @@ pub fn next_plan_due(
 /// one waits `1/rate` (burst allowance ignored, so it is a lower bound only
 /// up to the burst size). A rate that is not a positive finite number means
 /// no limit: zero.
-pub fn estimate(chunks: usize, pages_per_chunk: u64, rate_per_second: f64) -> PlanEstimate {
+pub(crate) fn estimate(chunks: usize, pages_per_chunk: u64, rate_per_second: f64) -> PlanEstimate {
     let requests = u64::try_from(chunks)
         .unwrap_or(u64::MAX)
         .saturating_mul(pages_per_chunk);

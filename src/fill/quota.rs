@@ -30,9 +30,9 @@ pub(crate) const MAX_WAIT: Duration = crate::retry::MAX_RETRY_AFTER;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct QuotaHint {
     /// Requests left in the current window.
-    pub remaining: u64,
+    pub(crate) remaining: u64,
     /// Time until the window resets, if the answer said.
-    pub reset: Option<Duration>,
+    pub(crate) reset: Option<Duration>,
 }
 
 /// Reads the quota headers of an answer; `get` returns a header's value by
@@ -149,16 +149,16 @@ pub(crate) struct Quota {
 /// A request must wait for the quota to reset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Wait {
-    pub until: Instant,
+    pub(crate) until: Instant,
     /// The first request to wait for this reset (worth one log line).
-    pub first: bool,
+    pub(crate) first: bool,
 }
 
 impl Quota {
     /// Before a request: `Err` when it must wait for the reset; else the
     /// request is counted (budget and in flight) and must be followed by
     /// [`answered`](Self::answered).
-    pub fn acquire(&mut self, now: Instant) -> Result<(), Wait> {
+    pub(crate) fn acquire(&mut self, now: Instant) -> Result<(), Wait> {
         if self.reset_at.is_some_and(|r| r <= now) {
             self.budget = None;
             self.reset_at = None;
@@ -179,7 +179,7 @@ impl Quota {
 
     /// After a request was answered (`hint` from its headers) or failed
     /// without an answer (`None`).
-    pub fn answered(&mut self, hint: Option<QuotaHint>, now: Instant) {
+    pub(crate) fn answered(&mut self, hint: Option<QuotaHint>, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         // Without a reset there is nothing to wait for: a 429 and its
         // Retry-After will say.

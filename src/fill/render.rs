@@ -17,7 +17,7 @@ use crate::observe::id_string;
 
 /// Why one record could not be rendered: it is not sent, the rest of its page is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RenderError {
+pub(crate) enum RenderError {
     #[error("{key}: {source}")]
     Program { key: String, source: RunError },
     #[error("rendered message has no record id at {pointer}")]
@@ -26,7 +26,7 @@ pub enum RenderError {
 
 /// What became of one source record.
 #[derive(Debug)]
-pub enum Rendered {
+pub(crate) enum Rendered {
     /// The message to send: `raw` is its body, `id` its ledger id.
     Message(Record),
     /// `backfill.filter` said the live feed does not carry it.
@@ -37,7 +37,7 @@ pub enum Rendered {
 
 /// A feed's render step, built once from its config.
 #[derive(Debug, Clone, Default)]
-pub struct Renderer {
+pub(crate) struct Renderer {
     filter: Option<Program>,
     render: Option<Program>,
     attributes: Vec<(String, Program)>,
@@ -47,7 +47,7 @@ pub struct Renderer {
 }
 
 impl Renderer {
-    pub fn new(feed: &FeedConfig) -> Self {
+    pub(crate) fn new(feed: &FeedConfig) -> Self {
         let b = feed.backfill.as_ref();
         Self {
             filter: b.and_then(|b| b.filter.clone()),
@@ -62,7 +62,7 @@ impl Renderer {
     }
 
     /// Whether records go out as the source lists them (nothing to run).
-    pub fn is_identity(&self) -> bool {
+    pub(crate) fn is_identity(&self) -> bool {
         self.filter.is_none()
             && self.render.is_none()
             && self.attributes.is_empty()
@@ -70,7 +70,7 @@ impl Renderer {
             && self.live_record_id.is_none()
     }
 
-    pub fn apply(&self, mut record: Record) -> Rendered {
+    pub(crate) fn apply(&self, mut record: Record) -> Rendered {
         match self.try_apply(&mut record) {
             Ok(true) => Rendered::Message(record),
             Ok(false) => Rendered::Filtered,

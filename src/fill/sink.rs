@@ -20,7 +20,7 @@ use crate::store::Store;
 /// Why a sink could not deliver (part of) a batch. What it did deliver
 /// before is in the [`Delivery`] and is committed all the same.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub(crate) enum SinkError {
     /// SQS refused the call (`retryable`: throttling, 5xx, a network
     /// error; else credentials, a missing queue …), or retries ran out.
     #[error("sqs sink: {message}")]
@@ -57,37 +57,37 @@ impl crate::retry::Retryable for SinkError {
 
 /// What happened to a page handed to a sink.
 #[derive(Debug, Default)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     /// Indexes (into the page's records) that reached the sink.
-    pub delivered: Vec<usize>,
+    pub(crate) delivered: Vec<usize>,
     /// Indexes the sink refused for good (e.g. too large), with why.
-    pub rejected: Vec<(usize, String)>,
+    pub(crate) rejected: Vec<(usize, String)>,
     /// Set when some records could not be delivered now (the page is retried;
     /// what was delivered is recorded so it is not sent again).
-    pub error: Option<SinkError>,
+    pub(crate) error: Option<SinkError>,
     /// File sink: the output's length with this page in it, to be committed
     /// with the page's checkpoint …
-    pub sink_offset: Option<u64>,
+    pub(crate) sink_offset: Option<u64>,
     /// … while this guard keeps other pages out of the file until then.
-    pub hold: Option<tokio::sync::OwnedMutexGuard<FileState>>,
+    pub(crate) hold: Option<tokio::sync::OwnedMutexGuard<FileState>>,
 }
 
 /// The message attribute carrying a recovered record's id, so a consumer can
 /// drop the rare repeat (a batch re-sent after a crash).
-pub const RECORD_ID_ATTRIBUTE: &str = "gapwatch-record-id";
+pub(crate) const RECORD_ID_ATTRIBUTE: &str = "gapwatch-record-id";
 
 /// SQS refuses messages (and batches) above 256 KiB.
-pub const SQS_MAX_BYTES: usize = 256 * 1024;
+pub(crate) const SQS_MAX_BYTES: usize = 256 * 1024;
 const SQS_ATTEMPTS: u32 = 6;
 
-pub enum Sink {
+pub(crate) enum Sink {
     Sqs(SqsSink),
     Http(HttpSink),
     File(FileSink),
 }
 
 impl Sink {
-    pub async fn new(
+    pub(crate) async fn new(
         config: &SinkConfig,
         feed: &str,
         sqs: Option<aws_sdk_sqs::Client>,
@@ -152,7 +152,7 @@ impl Sink {
     }
 
     /// The output file of a file sink (its committed length is checkpointed).
-    pub fn file_path(&self) -> Option<String> {
+    pub(crate) fn file_path(&self) -> Option<String> {
         match self {
             Sink::File(f) => Some(f.path.to_string_lossy().into_owned()),
             _ => None,
@@ -165,7 +165,7 @@ impl Sink {
     /// batch is committed as soon as it is acknowledged, and at most
     /// [`in_flight`](Self::in_flight) of a chunk are sent and not yet
     /// committed at once (one by default), so a crash re-sends at most that many.
-    pub fn batches(&self, records: &[Record]) -> Vec<Range<usize>> {
+    pub(crate) fn batches(&self, records: &[Record]) -> Vec<Range<usize>> {
         match self {
             Sink::Sqs(_) => sqs_batches(records),
             Sink::Http(h) => (0..records.len())
@@ -181,7 +181,7 @@ impl Sink {
     /// How many of a chunk's batches may be on their way at once: each is
     /// still committed on its own as soon as it is acknowledged, so a crash
     /// re-sends at most this many batches of the chunk.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         match self {
             Sink::Sqs(s) => s.in_flight,
             // One POST at a time keeps the endpoint's order; the file has
@@ -192,7 +192,7 @@ impl Sink {
 
     /// Delivers one destination batch (see [`batches`](Self::batches)) for
     /// gap `gap_id`; indexes in the result are into `batch`.
-    pub async fn deliver(&self, batch: &[Record], gap_id: i64) -> Delivery {
+    pub(crate) async fn deliver(&self, batch: &[Record], gap_id: i64) -> Delivery {
         match self {
             Sink::Sqs(s) => s.deliver(batch, gap_id).await,
             Sink::Http(s) => s.deliver(batch).await,
@@ -233,7 +233,7 @@ fn sqs_batches(records: &[Record]) -> Vec<Range<usize>> {
 
 // === impl SqsSink ===
 
-pub struct SqsSink {
+pub(crate) struct SqsSink {
     /// Batches of one chunk sent side by side.
     in_flight: usize,
     client: aws_sdk_sqs::Client,
@@ -245,7 +245,7 @@ pub struct SqsSink {
 
 /// A FIFO deduplication id derived from the record id alone, so a record sent
 /// twice within SQS's 5-minute window is dropped by SQS too.
-pub fn dedup_id(record_id: &str) -> String {
+pub(crate) fn dedup_id(record_id: &str) -> String {
     let ok = !record_id.is_empty()
         && record_id.len() <= 128
         && record_id.bytes().all(|b| (0x21..=0x7e).contains(&b));
@@ -414,7 +414,7 @@ fn request_error(e: impl std::fmt::Display) -> SinkError {
 
 // === impl HttpSink ===
 
-pub struct HttpSink {
+pub(crate) struct HttpSink {
     client: reqwest::Client,
     url: url::Url,
     /// Records per POST; 1: the body is the record, not an array.
@@ -521,20 +521,20 @@ impl HttpSink {
 /// start, bytes past the committed length (a page written just before a crash,
 /// whose checkpoint never committed) are cut, so a resumed fill writes them once.
 /// The file is locked: one gapwatch process writes it at a time.
-pub struct FileSink {
+pub(crate) struct FileSink {
     path: PathBuf,
     state: Arc<Mutex<FileState>>,
 }
 
 #[derive(Debug)]
-pub struct FileState {
+pub(crate) struct FileState {
     file: tokio::fs::File,
     len: u64,
 }
 
 impl FileSink {
     /// `committed`: the length checkpointed by the last committed page, if any.
-    pub async fn open(path: PathBuf, committed: Option<u64>) -> Result<Self, String> {
+    pub(crate) async fn open(path: PathBuf, committed: Option<u64>) -> Result<Self, String> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await

@@ -25,27 +25,27 @@ use crate::retry::{parse_retry_after, RetryPolicy};
 
 /// One record from the source, with the id and event time read from it.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Record {
-    pub id: String,
-    pub time: DateTime<Utc>,
-    pub raw: Value,
+pub(crate) struct Record {
+    pub(crate) id: String,
+    pub(crate) time: DateTime<Utc>,
+    pub(crate) raw: Value,
     /// Message attributes of the rendered message (`backfill.attributes`).
-    pub attributes: Vec<(String, String)>,
+    pub(crate) attributes: Vec<(String, String)>,
 }
 
 /// A decoded page.
 #[derive(Debug)]
-pub struct Page {
-    pub records: Vec<Record>,
+pub(crate) struct Page {
+    pub(crate) records: Vec<Record>,
     /// Records without a usable id or time (skipped), with the first reason.
-    pub rejected: usize,
-    pub first_rejection: Option<String>,
+    pub(crate) rejected: usize,
+    pub(crate) first_rejection: Option<String>,
     /// Where the next page starts; None: this was the last page.
-    pub next: Option<PageCursor>,
+    pub(crate) next: Option<PageCursor>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error("source answered {status}: {body}")]
     Status { status: u16, body: String },
     #[error("source request failed after {attempts} attempts: {last}")]
@@ -95,7 +95,7 @@ impl crate::retry::Retryable for SourceError {
 
 /// The source API of one feed. Cheap to clone; all clones share the rate limit.
 #[derive(Clone)]
-pub struct Source {
+pub(crate) struct Source {
     inner: Arc<Inner>,
 }
 
@@ -117,11 +117,11 @@ struct Inner {
 /// One page request, filled in.
 #[derive(Debug)]
 pub(crate) struct Prepared {
-    pub method: Method,
-    pub url: Url,
+    pub(crate) method: Method,
+    pub(crate) url: Url,
     /// Headers filled from templates (the static ones are the client's).
-    pub headers: Vec<(HeaderName, HeaderValue)>,
-    pub body: Option<Value>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) body: Option<Value>,
 }
 
 /// The response headers a page is decoded with.
@@ -129,13 +129,13 @@ pub(crate) struct Prepared {
 pub(crate) struct PageHeaders {
     /// `Link` (the link_header style), as sent: a value that is not
     /// visible ASCII (a UTF-8 URL) is still a next link, never "no next page".
-    pub link: Option<Vec<u8>>,
+    pub(crate) link: Option<Vec<u8>>,
     /// The cursor style's `cursor_header`, as sent.
-    pub cursor: Option<Vec<u8>>,
+    pub(crate) cursor: Option<Vec<u8>>,
 }
 
 impl Source {
-    pub fn new(
+    pub(crate) fn new(
         feed: &str,
         config: &SourceConfig,
         metrics: Arc<Metrics>,
@@ -188,7 +188,7 @@ impl Source {
         })
     }
 
-    pub fn config(&self) -> &SourceConfig {
+    pub(crate) fn config(&self) -> &SourceConfig {
         &self.inner.config
     }
 
@@ -278,7 +278,8 @@ impl Source {
     }
 
     /// The URL of the page at `at` for the window `[start, end)`.
-    pub fn url(
+    #[cfg(test)]
+    pub(crate) fn url(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -289,7 +290,7 @@ impl Source {
     }
 
     /// Fetches and decodes one page, retrying what can be retried.
-    pub async fn page(
+    pub(crate) async fn page(
         &self,
         start: DateTime<Utc>,
         end: DateTime<Utc>,

@@ -43,21 +43,21 @@ const SEGMENT: &AsciiSet = &CONTROLS
 /// One placeholder's value in one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Var<'a> {
-    pub text: &'a str,
+    pub(crate) text: &'a str,
     /// Written as a JSON number where it is a whole body value.
-    pub number: bool,
+    pub(crate) number: bool,
 }
 
 /// The values of one request's placeholders.
 #[derive(Clone, Debug)]
 pub(crate) struct Vars<'a> {
-    pub start: Var<'a>,
-    pub end: Var<'a>,
+    pub(crate) start: Var<'a>,
+    pub(crate) end: Var<'a>,
     /// None on a cursor style's first page.
-    pub cursor: Option<Var<'a>>,
+    pub(crate) cursor: Option<Var<'a>>,
     /// The chunk's partition (None: an unpartitioned feed, whose source has
     /// no `{partition}`).
-    pub partition: Option<Var<'a>>,
+    pub(crate) partition: Option<Var<'a>>,
 }
 
 /// What a `{name}` stands for in one request.
@@ -86,7 +86,7 @@ impl<'a> Vars<'a> {
     /// `s` with every placeholder replaced by its value (an absent one by
     /// nothing), unescaped (query values are encoded by the URL's query
     /// serializer, header values are checked by the caller).
-    pub fn fill(&self, s: &str) -> String {
+    pub(crate) fn fill(&self, s: &str) -> String {
         replace(s, |name| match self.get(name) {
             Lookup::Value(v) => Some(v.text.to_owned()),
             Lookup::Absent => Some(String::new()),
@@ -96,7 +96,7 @@ impl<'a> Vars<'a> {
 
     /// A query or header value: `None` when it is exactly one placeholder
     /// without a value (the pair or header is left out).
-    pub fn fill_value(&self, s: &str) -> Option<String> {
+    pub(crate) fn fill_value(&self, s: &str) -> Option<String> {
         match whole(s).map(|name| self.get(name)) {
             Some(Lookup::Absent) => None,
             _ => Some(self.fill(s)),
@@ -105,7 +105,7 @@ impl<'a> Vars<'a> {
 
     /// `url` with placeholders in its path filled, each value encoded as (part
     /// of) one path segment. The URL parser has already escaped the braces.
-    pub fn fill_path(&self, url: &mut Url) {
+    pub(crate) fn fill_path(&self, url: &mut Url) {
         let path = url.path();
         if !path.contains("%7B") {
             return;
@@ -128,7 +128,7 @@ impl<'a> Vars<'a> {
     /// that is exactly one placeholder as that value's JSON type, and an
     /// object member whose whole value has no value left out (`null` in an
     /// array). Keys are not templates.
-    pub fn fill_json(&self, template: &Value) -> Value {
+    pub(crate) fn fill_json(&self, template: &Value) -> Value {
         self.fill_json_value(template).unwrap_or(Value::Null)
     }
 

@@ -37,7 +37,7 @@ const MAX_VALUE_CHARS: usize = 200;
 /// Where a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Part {
+pub(crate) enum Part {
     /// The message body; `path` is a JSON pointer (`""`: the whole body).
     Body,
     /// A message attribute; `path` is its name.
@@ -49,7 +49,7 @@ pub enum Part {
 }
 
 impl Part {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Part::Body => "body",
             Part::Attribute => "attribute",
@@ -68,40 +68,40 @@ impl Part {
 /// One difference, with both values as shown: compact JSON, redacted like
 /// a `last_error`, at most 200 characters. `None`: absent on that side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Finding {
-    pub part: Part,
-    pub path: String,
-    pub live: Option<String>,
-    pub recovered: Option<String>,
+pub(crate) struct Finding {
+    pub(crate) part: Part,
+    pub(crate) path: String,
+    pub(crate) live: Option<String>,
+    pub(crate) recovered: Option<String>,
 }
 
 /// The findings of one sampled record that differs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordFindings {
-    pub record_id: String,
-    pub findings: Vec<Finding>,
+pub(crate) struct RecordFindings {
+    pub(crate) record_id: String,
+    pub(crate) findings: Vec<Finding>,
 }
 
 /// The result of a check (what `gapwatch check-shape --json` prints).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ShapeReport {
-    pub feed: String,
-    pub checked_at: DateTime<Utc>,
-    pub outcome: ShapeOutcome,
+pub(crate) struct ShapeReport {
+    pub(crate) feed: String,
+    pub(crate) checked_at: DateTime<Utc>,
+    pub(crate) outcome: ShapeOutcome,
     /// Why nothing could be compared, or what cut the check short.
-    pub reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Live messages in the sample, and those old enough to be listed.
-    pub sampled: usize,
-    pub eligible: usize,
+    pub(crate) sampled: usize,
+    pub(crate) eligible: usize,
     /// Found at the source and compared; of those, without a difference.
-    pub compared: usize,
-    pub matched: usize,
+    pub(crate) compared: usize,
+    pub(crate) matched: usize,
     /// Eligible but not found at the source.
-    pub not_found: usize,
+    pub(crate) not_found: usize,
     /// Requests made to the source.
-    pub requests: u64,
+    pub(crate) requests: u64,
     /// The records that differ (at most 20), each with its first differences.
-    pub mismatches: Vec<RecordFindings>,
+    pub(crate) mismatches: Vec<RecordFindings>,
 }
 
 impl ShapeReport {
@@ -121,22 +121,15 @@ impl ShapeReport {
         }
     }
 
-    /// A check that could not run at all.
-    pub fn unavailable(feed: &str, checked_at: DateTime<Utc>, reason: impl Into<String>) -> Self {
-        let mut r = Self::new(feed, checked_at, 0);
-        r.reason = Some(reason.into());
-        r
-    }
-
     /// The first difference: its record and finding.
-    pub fn first(&self) -> Option<(&str, &Finding)> {
+    pub(crate) fn first(&self) -> Option<(&str, &Finding)> {
         self.mismatches
             .iter()
             .find_map(|r| r.findings.first().map(|f| (r.record_id.as_str(), f)))
     }
 
     /// What `/api/v1/feeds` shows and the store keeps.
-    pub fn status(&self) -> ShapeStatus {
+    pub(crate) fn status(&self) -> ShapeStatus {
         let first = self.first();
         ShapeStatus {
             checked_at: self.checked_at,
@@ -153,16 +146,16 @@ impl ShapeReport {
 
 /// The last check of a feed, as `/api/v1/feeds` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ShapeStatus {
-    pub checked_at: DateTime<Utc>,
-    pub outcome: ShapeOutcome,
-    pub reason: Option<String>,
+pub(crate) struct ShapeStatus {
+    pub(crate) checked_at: DateTime<Utc>,
+    pub(crate) outcome: ShapeOutcome,
+    pub(crate) reason: Option<String>,
     /// The first difference: its record, where, and both values (redacted).
-    pub record_id: Option<String>,
-    pub part: Option<Part>,
-    pub path: Option<String>,
-    pub live: Option<String>,
-    pub recovered: Option<String>,
+    pub(crate) record_id: Option<String>,
+    pub(crate) part: Option<Part>,
+    pub(crate) path: Option<String>,
+    pub(crate) live: Option<String>,
+    pub(crate) recovered: Option<String>,
 }
 
 impl ShapeStatus {
@@ -175,11 +168,11 @@ impl ShapeStatus {
 /// A window to list, of one partition, and the sampled messages to find in it.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Lookup {
-    pub window: Window,
+    pub(crate) window: Window,
     /// `""`: an unpartitioned feed.
-    pub partition: String,
+    pub(crate) partition: String,
     /// Indexes into the sample.
-    pub messages: Vec<usize>,
+    pub(crate) messages: Vec<usize>,
 }
 
 /// The partition of a sampled message of a partitioned feed, read from its
@@ -302,7 +295,7 @@ fn json_text(envelope: Envelope) -> &'static [&'static str] {
 
 /// Runs one check of `feed` over `sample` at `now`. Never fails: what
 /// stopped it is the report's `reason`.
-pub async fn check(
+pub(crate) async fn check(
     feed: &FeedConfig,
     source: &Source,
     sample: &[LiveMessage],

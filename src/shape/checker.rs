@@ -106,7 +106,7 @@ impl RepeatLog {
     }
 }
 
-pub struct ShapeChecker {
+pub(crate) struct ShapeChecker {
     feed: Arc<FeedConfig>,
     store: Store,
     metrics: Arc<Metrics>,
@@ -124,7 +124,7 @@ pub struct ShapeChecker {
 }
 
 impl ShapeChecker {
-    pub fn new(
+    pub(crate) fn new(
         feed: Arc<FeedConfig>,
         store: Store,
         metrics: Arc<Metrics>,
@@ -148,7 +148,7 @@ impl ShapeChecker {
     }
 
     /// Checks only while this replica holds the feed's lease.
-    pub fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
+    pub(crate) fn with_lease(mut self, lease: watch::Receiver<LeaseView>) -> Self {
         self.lease = lease;
         self
     }
@@ -160,7 +160,7 @@ impl ShapeChecker {
             .expect("shape checker built for a feed with a shape check")
     }
 
-    pub async fn run(&mut self, cancel: CancellationToken) {
+    pub(crate) async fn run(&mut self, cancel: CancellationToken) {
         let span = tracing::info_span!("shape", feed = %self.feed.name);
         async move {
             self.restore().await;
@@ -277,7 +277,7 @@ impl ShapeChecker {
     }
 
     /// One check now: saved first, so what is checked outlives a crash.
-    pub async fn check_now(&mut self) -> ShapeReport {
+    pub(crate) async fn check_now(&mut self) -> ShapeReport {
         self.save().await;
         let sample = self.sample().await;
         let report = check(&self.feed, &self.source, &sample, Utc::now()).await;

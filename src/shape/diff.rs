@@ -20,32 +20,32 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Rules<'a> {
     /// Body pointers not compared, each with what is under it.
-    pub ignore: &'a [String],
+    pub(crate) ignore: &'a [String],
     /// Body pointers whose string value is JSON text.
-    pub json_text: &'a [&'a str],
+    pub(crate) json_text: &'a [&'a str],
     /// Attributes not compared (besides `gapwatch-*`).
-    pub ignore_attributes: &'a [String],
+    pub(crate) ignore_attributes: &'a [String],
 }
 
 /// One place where the two messages differ. `None`: absent on that side.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Difference {
     /// A JSON pointer into the body (`""`: the whole body), or an attribute name.
-    pub path: String,
-    pub live: Option<Value>,
-    pub recovered: Option<Value>,
+    pub(crate) path: String,
+    pub(crate) live: Option<Value>,
+    pub(crate) recovered: Option<Value>,
 }
 
 /// A message attribute: its SQS data type (`String`, `Number`, `Binary`,
 /// with an optional custom suffix) and its value as text (base64 for binary).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attribute {
-    pub data_type: String,
-    pub value: String,
+pub(crate) struct Attribute {
+    pub(crate) data_type: String,
+    pub(crate) value: String,
 }
 
 impl Attribute {
-    pub fn string(value: impl Into<String>) -> Self {
+    pub(crate) fn string(value: impl Into<String>) -> Self {
         Self {
             data_type: "String".into(),
             value: value.into(),

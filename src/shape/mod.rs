@@ -21,7 +21,7 @@ pub(crate) mod checker;
 pub(crate) mod diff;
 pub(crate) mod sample;
 
-pub use check::{check, Finding, Part, RecordFindings, ShapeReport, ShapeStatus};
-pub use checker::ShapeChecker;
-pub use diff::Attribute;
-pub use sample::{LiveMessage, Sampler};
+pub(crate) use check::{check, Part, ShapeReport, ShapeStatus};
+pub(crate) use checker::ShapeChecker;
+pub(crate) use diff::Attribute;
+pub(crate) use sample::{LiveMessage, Sampler};

@@ -19,21 +19,21 @@ use super::diff::Attribute;
 
 /// One live message as the app received it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LiveMessage {
+pub(crate) struct LiveMessage {
     /// Its record id, read as the live side reads it (the ledger id).
-    pub id: String,
-    pub event_time: DateTime<Utc>,
+    pub(crate) id: String,
+    pub(crate) event_time: DateTime<Utc>,
     /// When gapwatch saw it (the ring keeps the newest).
-    pub received_at: DateTime<Utc>,
+    pub(crate) received_at: DateTime<Utc>,
     /// The message body as received (JSON text).
-    pub body: String,
-    pub attributes: BTreeMap<String, Attribute>,
+    pub(crate) body: String,
+    pub(crate) attributes: BTreeMap<String, Attribute>,
 }
 
 /// A feed's ring of live messages. Shared by the relay (or the report API)
 /// that fills it and the checker that reads and saves it.
 #[derive(Debug)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     size: usize,
     spacing: chrono::TimeDelta,
     state: Mutex<Ring>,
@@ -51,7 +51,7 @@ struct Ring {
 
 impl Sampler {
     /// Keeps `size` messages, one per `spacing` at most.
-    pub fn new(size: usize, spacing: Duration) -> Self {
+    pub(crate) fn new(size: usize, spacing: Duration) -> Self {
         Self {
             size: size.max(1),
             spacing: chrono::TimeDelta::from_std(spacing).unwrap_or(chrono::TimeDelta::MAX),
@@ -61,7 +61,7 @@ impl Sampler {
     }
 
     /// The ring of a feed whose check runs every `every` over `size` messages.
-    pub fn for_check(size: usize, every: Duration) -> Self {
+    pub(crate) fn for_check(size: usize, every: Duration) -> Self {
         Self::new(size, every / u32::try_from(size.max(1)).unwrap_or(u32::MAX))
     }
 
@@ -70,7 +70,7 @@ impl Sampler {
     }
 
     /// Whether a message seen at `now` would be taken: ask before building one.
-    pub fn wants(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn wants(&self, now: DateTime<Utc>) -> bool {
         self.ring()
             .last_taken
             .is_none_or(|t| now - t >= self.spacing || now < t)
@@ -78,7 +78,7 @@ impl Sampler {
 
     /// Takes `message` if one is due (see [`Sampler::wants`]); the oldest
     /// goes when the ring is full. A message id already in it is not taken twice.
-    pub fn offer(&self, message: LiveMessage) -> bool {
+    pub(crate) fn offer(&self, message: LiveMessage) -> bool {
         let mut ring = self.ring();
         let now = message.received_at;
         let due = ring
@@ -99,7 +99,7 @@ impl Sampler {
     }
 
     /// Puts back what the store kept (at start): older than anything taken since.
-    pub fn restore(&self, mut saved: Vec<LiveMessage>) {
+    pub(crate) fn restore(&self, mut saved: Vec<LiveMessage>) {
         let mut ring = self.ring();
         saved.sort_by_key(|m| m.received_at);
         for m in saved.into_iter().rev() {
@@ -113,23 +113,23 @@ impl Sampler {
     }
 
     /// The messages held now, oldest first.
-    pub fn messages(&self) -> Vec<LiveMessage> {
+    pub(crate) fn messages(&self) -> Vec<LiveMessage> {
         self.ring().messages.iter().cloned().collect()
     }
 
     /// The messages to save if any was taken since the last call.
-    pub fn unsaved(&self) -> Option<Vec<LiveMessage>> {
+    pub(crate) fn unsaved(&self) -> Option<Vec<LiveMessage>> {
         let mut ring = self.ring();
         std::mem::take(&mut ring.unsaved).then(|| ring.messages.iter().cloned().collect())
     }
 
     /// A save failed: the messages stay unsaved.
-    pub fn save_failed(&self) {
+    pub(crate) fn save_failed(&self) {
         self.ring().unsaved = true;
     }
 
     /// Resolves once a message was taken after the last call.
-    pub async fn taken(&self) {
+    pub(crate) async fn taken(&self) {
         self.taken.notified().await
     }
 }

@@ -26,7 +26,7 @@ use sqlite::SqliteStore;
 
 /// The state store. Cheap to clone (a pool handle).
 #[derive(Clone)]
-pub struct Store {
+pub(crate) struct Store {
     backend: Backend,
     /// Set for a daemon replica: its leases, which fence its checkpoint
     /// commits and chunk claims. None (a one-off CLI run) commits unfenced.
@@ -110,18 +110,18 @@ impl Fence {
 
 /// Who holds a feed's lease, as the database saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseInfo {
-    pub holder: String,
-    pub token: i64,
+pub(crate) struct LeaseInfo {
+    pub(crate) holder: String,
+    pub(crate) token: i64,
     /// Whether the holder is this replica.
-    pub mine: bool,
+    pub(crate) mine: bool,
 }
 
 /// How long a feed lease lasts unless renewed (database time).
-pub const LEASE_TTL: Duration = Duration::from_secs(10);
+pub(crate) const LEASE_TTL: Duration = Duration::from_secs(10);
 /// How long a chunk claim lasts after its last checkpoint: as long as a
 /// lease, so a dead replica's chunk is resumed about when its feed is taken.
-pub const CLAIM: Duration = LEASE_TTL;
+pub(crate) const CLAIM: Duration = LEASE_TTL;
 
 /// A fencing token to check: (replica, token). None: unfenced.
 pub(crate) type FenceArg<'a> = Option<(&'a str, i64)>;
@@ -154,7 +154,7 @@ macro_rules! dispatch_write {
 
 impl Store {
     /// Opens the store `url` names (creating and migrating it as needed).
-    pub async fn connect(url: &StateUrl) -> Result<Store, StoreError> {
+    pub(crate) async fn connect(url: &StateUrl) -> Result<Store, StoreError> {
         match url {
             StateUrl::Sqlite(path) => Self::open(path).await,
             StateUrl::Postgres(url) => Self::postgres(url.expose()).await,
@@ -162,7 +162,7 @@ impl Store {
     }
 
     /// Opens (creating if needed) a SQLite database file and applies migrations.
-    pub async fn open(path: &Path) -> Result<Store, StoreError> {
+    pub(crate) async fn open(path: &Path) -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::open(path).await?),
             fence: None,
@@ -171,7 +171,8 @@ impl Store {
     }
 
     /// A private in-memory SQLite database, for tests.
-    pub async fn memory() -> Result<Store, StoreError> {
+    #[cfg(test)]
+    pub(crate) async fn memory() -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::Sqlite(SqliteStore::memory().await?),
             fence: None,
@@ -180,7 +181,7 @@ impl Store {
     }
 
     /// Connects to a Postgres database and applies migrations.
-    pub async fn postgres(url: &str) -> Result<Store, StoreError> {
+    pub(crate) async fn postgres(url: &str) -> Result<Store, StoreError> {
         Ok(Store {
             backend: Backend::Postgres(PgStore::connect(url).await?),
             fence: None,
@@ -191,7 +192,7 @@ impl Store {
     /// The store as used by the daemon replica `replica`: checkpoint commits
     /// and chunk claims then need a lease of that replica, taken with
     /// [`Store::acquire_lease`].
-    pub fn for_replica(mut self, replica: &str) -> Store {
+    pub(crate) fn for_replica(mut self, replica: &str) -> Store {
         self.fence = Some(Arc::new(Fence {
             replica: replica.to_string(),
             tokens: Mutex::new(HashMap::new()),
@@ -200,7 +201,7 @@ impl Store {
     }
 
     /// Counts failed writes in `gapwatch_state_write_failures_total`.
-    pub fn count_write_failures(self, failures: WriteFailures) -> Store {
+    pub(crate) fn count_write_failures(self, failures: WriteFailures) -> Store {
         *self
             .writes
             .failures
@@ -211,7 +212,7 @@ impl Store {
 
     /// Why the store cannot be written now, if its latest write failed for
     /// a full disk (reads still work; `/readyz` says so).
-    pub fn disk_full(&self) -> Option<String> {
+    pub(crate) fn disk_full(&self) -> Option<String> {
         self.writes
             .disk_full
             .lock()
@@ -222,7 +223,7 @@ impl Store {
 
     /// Whether several replicas may share this store (Postgres). A SQLite
     /// file has one writer: its leases are always held.
-    pub fn is_shared(&self) -> bool {
+    pub(crate) fn is_shared(&self) -> bool {
         matches!(self.backend, Backend::Postgres(_))
     }
 
@@ -241,7 +242,11 @@ impl Store {
     /// Takes or renews this replica's lease of `feed` for `ttl` (database
     /// time), unless another replica holds an unexpired one. A new holder gets
     /// a greater fencing token. Returns the holder either way.
-    pub async fn acquire_lease(&self, feed: &str, ttl: Duration) -> Result<LeaseInfo, StoreError> {
+    pub(crate) async fn acquire_lease(
+        &self,
+        feed: &str,
+        ttl: Duration,
+    ) -> Result<LeaseInfo, StoreError> {
         let Some(fence) = &self.fence else {
             return Err(StoreError::Fenced(feed.to_string()));
         };
@@ -261,7 +266,7 @@ impl Store {
 
     /// Forgets this replica's lease of `feed` locally: it lapsed (the database
     /// could not renew it in time), so nothing may be committed under it.
-    pub fn lapse_lease(&self, feed: &str) {
+    pub(crate) fn lapse_lease(&self, feed: &str) {
         if let Some(f) = &self.fence {
             f.set(feed, None);
         }
@@ -271,7 +276,7 @@ impl Store {
     /// or running under a lapsed claim) and marks them running for this
     /// replica for `claim` (database time; each checkpoint renews it);
     /// concurrent claimers skip each other's rows.
-    pub async fn claim_chunks(
+    pub(crate) async fn claim_chunks(
         &self,
         feed: &str,
         gap_id: i64,
@@ -289,23 +294,23 @@ impl Store {
         result
     }
 
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         dispatch!(self.ping())
     }
 
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         dispatch!(self.close())
     }
 
     // === feeds ===
 
     /// The detector state saved for a feed (nothing yet: default).
-    pub async fn detector_state(&self, feed: &str) -> Result<DetectorState, StoreError> {
+    pub(crate) async fn detector_state(&self, feed: &str) -> Result<DetectorState, StoreError> {
         dispatch!(self.detector_state(feed))
     }
 
     /// Records the newest event time (never moves it backwards).
-    pub async fn save_last_event(
+    pub(crate) async fn save_last_event(
         &self,
         feed: &str,
         last_event: DateTime<Utc>,
@@ -316,7 +321,7 @@ impl Store {
 
     /// Overwrites the newest event time, also downwards: only for repairing a
     /// value that cannot be true (an event time in the future).
-    pub async fn repair_last_event(
+    pub(crate) async fn repair_last_event(
         &self,
         feed: &str,
         last_event: DateTime<Utc>,
@@ -329,7 +334,7 @@ impl Store {
 
     /// Records the partitions a feed watches and the newest event time of
     /// each (`None`: watched, nothing seen yet). Never moves a time backwards.
-    pub async fn save_partitions(
+    pub(crate) async fn save_partitions(
         &self,
         feed: &str,
         rows: &[(&str, Option<DateTime<Utc>>)],
@@ -342,14 +347,18 @@ impl Store {
     }
 
     /// Forgets partitions the feed no longer watches; returns how many were known.
-    pub async fn forget_partitions(&self, feed: &str, parts: &[&str]) -> Result<u64, StoreError> {
+    pub(crate) async fn forget_partitions(
+        &self,
+        feed: &str,
+        parts: &[&str],
+    ) -> Result<u64, StoreError> {
         dispatch_write!(self.forget_partitions(feed, parts))
     }
 
     /// The stored state of a partitioned feed's partitions: every one
     /// (`since` None), or those whose newest event or detected gap changed at
     /// or after `since` (written by any replica).
-    pub async fn partition_states(
+    pub(crate) async fn partition_states(
         &self,
         feed: &str,
         since: Option<DateTime<Utc>>,
@@ -360,7 +369,7 @@ impl Store {
     /// One page of a feed's partitions in name order, after `after`, of one
     /// state (`silent`: an open gap, `fresh`, `unseen`: no event yet) or all;
     /// with the count of each state over the whole feed.
-    pub async fn partitions_page(
+    pub(crate) async fn partitions_page(
         &self,
         feed: &str,
         state: Option<&str>,
@@ -375,7 +384,7 @@ impl Store {
     /// Opens a detected gap of a partition (`""`: the whole feed) starting at
     /// `start`; returns its id. If the partition already has an open gap (a
     /// restart raced the detector), returns that one.
-    pub async fn open_gap(
+    pub(crate) async fn open_gap(
         &self,
         feed: &str,
         partition: &str,
@@ -387,7 +396,7 @@ impl Store {
     }
 
     /// Closes the partition's open gap at `end`; returns its id (None: no open gap).
-    pub async fn close_gap(
+    pub(crate) async fn close_gap(
         &self,
         feed: &str,
         partition: &str,
@@ -400,7 +409,7 @@ impl Store {
     /// A closed gap created by hand (`backfill`), to be filled over `[from, to)`
     /// for one partition, or for all of them (and unpartitioned feeds) with `""`.
     /// `owner` is who fills it: `daemon`, or `cli` for a `gapwatch backfill` run.
-    pub async fn manual_gap(
+    pub(crate) async fn manual_gap(
         &self,
         feed: &str,
         partition: &str,
@@ -412,7 +421,7 @@ impl Store {
         dispatch_write!(self.manual_gap(feed, partition, from, to, owner, now))
     }
 
-    pub async fn set_fill(
+    pub(crate) async fn set_fill(
         &self,
         gap_id: i64,
         fill: FillState,
@@ -426,21 +435,29 @@ impl Store {
     }
 
     /// Puts a failed or ignored gap back to work: failed chunks become pending.
-    pub async fn retry_gap(&self, gap_id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub(crate) async fn retry_gap(
+        &self,
+        gap_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         dispatch_write!(self.retry_gap(gap_id, now))
     }
 
-    pub async fn gap(&self, id: i64) -> Result<Option<Gap>, StoreError> {
+    pub(crate) async fn gap(&self, id: i64) -> Result<Option<Gap>, StoreError> {
         dispatch!(self.gap(id))
     }
 
     /// Gaps, newest first (audit windows are not gaps and are left out).
-    pub async fn gaps(&self, filter: &GapFilter) -> Result<Vec<Gap>, StoreError> {
+    pub(crate) async fn gaps(&self, filter: &GapFilter) -> Result<Vec<Gap>, StoreError> {
         dispatch!(self.gaps(filter))
     }
 
     /// Gaps of `owner` whose fill still has work (pending or running), oldest first.
-    pub async fn gaps_to_fill(&self, feed: &str, owner: &str) -> Result<Vec<Gap>, StoreError> {
+    pub(crate) async fn gaps_to_fill(
+        &self,
+        feed: &str,
+        owner: &str,
+    ) -> Result<Vec<Gap>, StoreError> {
         dispatch!(self.gaps_to_fill(feed, owner))
     }
 
@@ -449,7 +466,7 @@ impl Store {
     /// Appends chunks to a gap's plan (indexes continue after the last one):
     /// each window once per partition in `partitions`, in that order (once
     /// for `""` when it is empty).
-    pub async fn add_chunks(
+    pub(crate) async fn add_chunks(
         &self,
         gap_id: i64,
         windows: &[(DateTime<Utc>, DateTime<Utc>)],
@@ -459,23 +476,23 @@ impl Store {
         dispatch_write!(self.add_chunks(gap_id, windows, partitions, now))
     }
 
-    pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
+    pub(crate) async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
         dispatch!(self.chunks(gap_id))
-    }
-
-    pub async fn start_chunk(&self, chunk_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-        dispatch_write!(self.start_chunk(chunk_id, now))
     }
 
     /// Chunks left `running` by a crash go back to `pending`; their checkpoint
     /// stays, so they resume at the page after the last one delivered.
-    pub async fn reset_running(&self, feed: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(crate) async fn reset_running(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         dispatch_write!(self.reset_running(feed, now))
     }
 
     /// The checkpoint of one delivered page, in one transaction: the ids it
     /// delivered, its counts, and where the chunk goes next.
-    pub async fn commit_page(
+    pub(crate) async fn commit_page(
         &self,
         feed: &str,
         chunk_id: i64,
@@ -488,13 +505,17 @@ impl Store {
     }
 
     /// The committed length of a feed's file sink output, if it wrote to `path`.
-    pub async fn sink_offset(&self, feed: &str, path: &str) -> Result<Option<u64>, StoreError> {
+    pub(crate) async fn sink_offset(
+        &self,
+        feed: &str,
+        path: &str,
+    ) -> Result<Option<u64>, StoreError> {
         dispatch!(self.sink_offset(feed, path))
     }
 
     /// Seconds of the feed's gaps not recovered yet: gaps still to fill (or
     /// without backfill) minus what their finished chunks cover; audit windows apart.
-    pub async fn unfilled_seconds(
+    pub(crate) async fn unfilled_seconds(
         &self,
         feed: &str,
         now: DateTime<Utc>,
@@ -503,7 +524,7 @@ impl Store {
     }
 
     /// A chunk attempt failed; it is retried at `next_attempt` unless `give_up`.
-    pub async fn fail_chunk(
+    pub(crate) async fn fail_chunk(
         &self,
         chunk_id: i64,
         error: &str,
@@ -518,14 +539,17 @@ impl Store {
 
     /// Chunk counts by state over the feed's gaps that are still being filled
     /// (audit windows apart: a failed one shows in the audit's metrics).
-    pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
+    pub(crate) async fn chunk_states(
+        &self,
+        feed: &str,
+    ) -> Result<Vec<(ChunkState, i64)>, StoreError> {
         dispatch!(self.chunk_states(feed))
     }
 
     // === record ids ===
 
     /// Remembers ids seen live near a gap edge (kept for dedupe).
-    pub async fn remember_live(
+    pub(crate) async fn remember_live(
         &self,
         feed: &str,
         gap_id: Option<i64>,
@@ -535,11 +559,16 @@ impl Store {
     }
 
     /// Which of `ids` gapwatch already knows (seen live near an edge, or delivered).
-    pub async fn known_ids(&self, feed: &str, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+    pub(crate) async fn known_ids(
+        &self,
+        feed: &str,
+        ids: &[&str],
+    ) -> Result<HashSet<String>, StoreError> {
         dispatch!(self.known_ids(feed, ids))
     }
 
-    pub async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {
+    #[cfg(test)]
+    pub(crate) async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {
         dispatch!(self.count_ids(feed, origin))
     }
 
@@ -547,7 +576,7 @@ impl Store {
 
     /// Adds ids that reached the destination to the ledger, in one
     /// transaction (an id already there keeps its first origin).
-    pub async fn ledger_add(
+    pub(crate) async fn ledger_add(
         &self,
         feed: &str,
         origin: Origin,
@@ -560,18 +589,22 @@ impl Store {
     }
 
     /// Forgets the feed's ids with an event time before `before`; returns how many.
-    pub async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(crate) async fn prune_ledger(
+        &self,
+        feed: &str,
+        before: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         dispatch_write!(self.prune_ledger(feed, before))
     }
 
     /// How many ids the ledger holds for the feed.
-    pub async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
+    pub(crate) async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
         dispatch!(self.ledger_size(feed))
     }
 
     /// The feed's audit state; the first call starts it at `now` (the ledger
     /// is complete from then on, so nothing older is ever audited).
-    pub async fn audit_state(
+    pub(crate) async fn audit_state(
         &self,
         feed: &str,
         now: DateTime<Utc>,
@@ -580,7 +613,10 @@ impl Store {
     }
 
     /// The feed's audit watermark, if any window was verified yet.
-    pub async fn verified_until(&self, feed: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    pub(crate) async fn verified_until(
+        &self,
+        feed: &str,
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
         dispatch!(self.verified_until(feed))
     }
 
@@ -588,7 +624,7 @@ impl Store {
 
     /// Adds a feed's sampled live messages (an id already there keeps its
     /// row) and keeps the newest `keep` of every replica's.
-    pub async fn save_shape_sample(
+    pub(crate) async fn save_shape_sample(
         &self,
         feed: &str,
         messages: &[crate::shape::LiveMessage],
@@ -599,7 +635,7 @@ impl Store {
     }
 
     /// The feed's sampled live messages, oldest first.
-    pub async fn shape_sample(
+    pub(crate) async fn shape_sample(
         &self,
         feed: &str,
     ) -> Result<Vec<crate::shape::LiveMessage>, StoreError> {
@@ -607,7 +643,7 @@ impl Store {
     }
 
     /// Keeps the feed's last shape check (values arrive redacted).
-    pub async fn save_shape_check(
+    pub(crate) async fn save_shape_check(
         &self,
         feed: &str,
         status: &crate::shape::ShapeStatus,
@@ -615,7 +651,7 @@ impl Store {
         dispatch_write!(self.save_shape_check(feed, status))
     }
 
-    pub async fn shape_check(
+    pub(crate) async fn shape_check(
         &self,
         feed: &str,
     ) -> Result<Option<crate::shape::ShapeStatus>, StoreError> {
@@ -623,7 +659,7 @@ impl Store {
     }
 
     /// Moves the audit watermark forward to `until` (never backwards).
-    pub async fn set_verified_until(
+    pub(crate) async fn set_verified_until(
         &self,
         feed: &str,
         until: DateTime<Utc>,
@@ -634,7 +670,7 @@ impl Store {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("state store: {0}")]
     Db(#[from] sqlx::Error),
     #[error("state store migration: {0}")]
@@ -686,14 +722,14 @@ fn is_disk_full(e: &sqlx::Error) -> bool {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum GapKind {
+pub(crate) enum GapKind {
     Detected,
     Manual,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum GapState {
+pub(crate) enum GapState {
     Open,
     Closed,
 }
@@ -701,7 +737,7 @@ pub enum GapState {
 /// Where a gap's recovery stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum FillState {
+pub(crate) enum FillState {
     /// The feed has no backfill configured.
     None,
     Pending,
@@ -715,7 +751,7 @@ pub enum FillState {
 /// `done`, `failed`); the spelling is also the metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ChunkState {
+pub(crate) enum ChunkState {
     /// Waiting for its turn (or for its retry time).
     Pending,
     /// Claimed by a filler, fetching page by page.
@@ -727,7 +763,7 @@ pub enum ChunkState {
 }
 
 impl ChunkState {
-    pub const ALL: &'static [ChunkState] = &[
+    pub(crate) const ALL: &'static [ChunkState] = &[
         ChunkState::Pending,
         ChunkState::Running,
         ChunkState::Done,
@@ -748,10 +784,10 @@ impl std::fmt::Display for ChunkState {
 macro_rules! str_enum {
     ($t:ident { $($v:ident => $s:literal),+ $(,)? }) => {
         impl $t {
-            pub fn as_str(self) -> &'static str {
+            pub(crate) fn as_str(self) -> &'static str {
                 match self { $($t::$v => $s),+ }
             }
-            pub fn parse(s: &str) -> Option<Self> {
+            pub(crate) fn parse(s: &str) -> Option<Self> {
                 match s { $($s => Some($t::$v),)+ _ => None }
             }
         }
@@ -776,78 +812,78 @@ str_enum!(FillState {
 
 /// A gap with the progress of its fill.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Gap {
-    pub id: i64,
-    pub feed: String,
+pub(crate) struct Gap {
+    pub(crate) id: i64,
+    pub(crate) feed: String,
     /// The silent partition of a detected gap; `""`: the whole feed (an
     /// unpartitioned feed, or a manual fill of every partition).
-    pub partition: String,
-    pub kind: GapKind,
-    pub state: GapState,
-    pub start: DateTime<Utc>,
-    pub end: Option<DateTime<Utc>>,
-    pub detected_at: DateTime<Utc>,
-    pub closed_at: Option<DateTime<Utc>>,
-    pub fill: FillState,
-    pub last_error: Option<String>,
-    pub progress: Progress,
+    pub(crate) partition: String,
+    pub(crate) kind: GapKind,
+    pub(crate) state: GapState,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: Option<DateTime<Utc>>,
+    pub(crate) detected_at: DateTime<Utc>,
+    pub(crate) closed_at: Option<DateTime<Utc>>,
+    pub(crate) fill: FillState,
+    pub(crate) last_error: Option<String>,
+    pub(crate) progress: Progress,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Progress {
-    pub chunks_total: i64,
-    pub chunks_done: i64,
-    pub chunks_failed: i64,
-    pub pages: i64,
-    pub records_delivered: i64,
-    pub records_duplicate: i64,
-    pub records_rejected: i64,
+pub(crate) struct Progress {
+    pub(crate) chunks_total: i64,
+    pub(crate) chunks_done: i64,
+    pub(crate) chunks_failed: i64,
+    pub(crate) pages: i64,
+    pub(crate) records_delivered: i64,
+    pub(crate) records_duplicate: i64,
+    pub(crate) records_rejected: i64,
     /// Records a page carried outside its chunk's window (not delivered by
     /// that chunk: the neighbouring window's query covers them).
-    pub records_out_of_window: i64,
+    pub(crate) records_out_of_window: i64,
 }
 
 /// One chunk of a fill: the half-open window `[start, end)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Chunk {
-    pub id: i64,
-    pub gap_id: i64,
-    pub idx: i64,
+pub(crate) struct Chunk {
+    pub(crate) id: i64,
+    pub(crate) gap_id: i64,
+    pub(crate) idx: i64,
     /// The partition the chunk asks the source for (`""`: unpartitioned).
-    pub partition: String,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-    pub state: ChunkState,
+    pub(crate) partition: String,
+    pub(crate) start: DateTime<Utc>,
+    pub(crate) end: DateTime<Utc>,
+    pub(crate) state: ChunkState,
     /// The serialized page cursor to resume from (None: first page).
-    pub cursor: Option<String>,
-    pub attempts: i64,
-    pub next_attempt: DateTime<Utc>,
-    pub last_error: Option<String>,
+    pub(crate) cursor: Option<String>,
+    pub(crate) attempts: i64,
+    pub(crate) next_attempt: DateTime<Utc>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// What to list.
 #[derive(Clone, Debug, Default)]
-pub struct GapFilter {
-    pub feed: Option<String>,
+pub(crate) struct GapFilter {
+    pub(crate) feed: Option<String>,
     /// A gap state (`open`, `closed`) or a fill state (`running`, `failed`, …).
-    pub state: Option<String>,
+    pub(crate) state: Option<String>,
     /// Only the gaps of this partition (`""`: those of the whole feed).
-    pub partition: Option<String>,
-    pub limit: Option<i64>,
+    pub(crate) partition: Option<String>,
+    pub(crate) limit: Option<i64>,
 }
 
 /// Counts of one delivered page, committed with its checkpoint.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PageCounts {
-    pub delivered: i64,
-    pub duplicate: i64,
-    pub rejected: i64,
-    pub out_of_window: i64,
+pub(crate) struct PageCounts {
+    pub(crate) delivered: i64,
+    pub(crate) duplicate: i64,
+    pub(crate) rejected: i64,
+    pub(crate) out_of_window: i64,
 }
 
 /// Where a chunk's paging goes after a page was delivered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Checkpoint<'a> {
+pub(crate) enum Checkpoint<'a> {
     /// The next page starts at this serialized cursor.
     Next(&'a str),
     /// That was the chunk's last page.
@@ -859,19 +895,19 @@ pub enum Checkpoint<'a> {
 
 /// One page's outcome, committed with its checkpoint in one transaction.
 #[derive(Clone, Copy, Debug)]
-pub struct PageCommit<'a> {
-    pub delivered: &'a [(String, DateTime<Utc>)],
-    pub counts: PageCounts,
-    pub checkpoint: Checkpoint<'a>,
+pub(crate) struct PageCommit<'a> {
+    pub(crate) delivered: &'a [(String, DateTime<Utc>)],
+    pub(crate) counts: PageCounts,
+    pub(crate) checkpoint: Checkpoint<'a>,
     /// File sinks: the output file's length once this page is in it.
-    pub sink_offset: Option<(&'a str, u64)>,
+    pub(crate) sink_offset: Option<(&'a str, u64)>,
 }
 
-pub fn ms(t: DateTime<Utc>) -> i64 {
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
 
-pub fn from_ms(v: i64) -> DateTime<Utc> {
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(v)
         .single()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
@@ -879,12 +915,12 @@ pub fn from_ms(v: i64) -> DateTime<Utc> {
 
 /// A partition's state in the store, as [`Store::partition_states`] reads it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PartitionState {
-    pub partition: String,
+pub(crate) struct PartitionState {
+    pub(crate) partition: String,
     /// The newest event time any replica saved (None: none, or not read).
-    pub last_event: Option<DateTime<Utc>>,
+    pub(crate) last_event: Option<DateTime<Utc>>,
     /// Its open detected gap: (id, start).
-    pub open_gap: Option<(i64, DateTime<Utc>)>,
+    pub(crate) open_gap: Option<(i64, DateTime<Utc>)>,
 }
 
 impl PartitionState {
@@ -898,40 +934,48 @@ impl PartitionState {
 
 /// One row of `GET /api/v1/feeds/{feed}/partitions`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PartitionRow {
-    pub partition: String,
-    pub last_event: Option<DateTime<Utc>>,
+pub(crate) struct PartitionRow {
+    pub(crate) partition: String,
+    pub(crate) last_event: Option<DateTime<Utc>>,
     /// (id, start)
-    pub open_gap: Option<(i64, DateTime<Utc>)>,
+    pub(crate) open_gap: Option<(i64, DateTime<Utc>)>,
 }
 
 /// A page of a feed's partitions and the count of each state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PartitionsPage {
-    pub silent: i64,
-    pub fresh: i64,
-    pub unseen: i64,
-    pub partitions: Vec<PartitionRow>,
+pub(crate) struct PartitionsPage {
+    pub(crate) silent: i64,
+    pub(crate) fresh: i64,
+    pub(crate) unseen: i64,
+    pub(crate) partitions: Vec<PartitionRow>,
 }
 
 /// How an id got into the ledger.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     /// Forwarded by the relay.
     Relayed,
     /// Reported by the app (`report` mode).
     Reported,
 }
 
-str_enum!(Origin { Relayed => "relayed", Reported => "reported" });
+impl Origin {
+    // Written to the ledger, never read back: no `parse`.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Origin::Relayed => "relayed",
+            Origin::Reported => "reported",
+        }
+    }
+}
 
 /// Where a feed's audit stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AuditState {
+pub(crate) struct AuditState {
     /// Since when the ledger is complete: the audit never looks before it.
-    pub started: DateTime<Utc>,
+    pub(crate) started: DateTime<Utc>,
     /// Every record older than this is proven delivered (None: nothing yet).
-    pub verified_until: Option<DateTime<Utc>>,
+    pub(crate) verified_until: Option<DateTime<Utc>>,
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl Dialect for Postgres {
 impl PgStore {
     /// Connects and applies migrations (concurrent replicas serialize on
     /// sqlx's advisory lock).
-    pub async fn connect(url: &str) -> Result<PgStore, StoreError> {
+    pub(super) async fn connect(url: &str) -> Result<PgStore, StoreError> {
         let options: PgConnectOptions = url.parse()?;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_SIZE)
@@ -126,7 +126,7 @@ impl PgStore {
 
     // === coordination ===
 
-    pub async fn acquire_lease(
+    pub(super) async fn acquire_lease(
         &self,
         feed: &str,
         replica: &str,
@@ -166,7 +166,7 @@ impl PgStore {
         })
     }
 
-    pub async fn claim_chunks(
+    pub(super) async fn claim_chunks(
         &self,
         feed: &str,
         gap_id: i64,
@@ -207,7 +207,11 @@ impl PgStore {
     }
 
     /// Only chunks whose claim lapsed: another replica may be running the rest.
-    pub async fn reset_running(&self, feed: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(super) async fn reset_running(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let sql = format!(
             "UPDATE chunks SET state = 'pending', claimed_by = NULL, updated_ms = $1 \
              WHERE state = 'running' AND COALESCE(claim_until_ms, 0) < {DB_NOW_MS} \

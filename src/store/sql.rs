@@ -120,18 +120,18 @@ macro_rules! shared_queries {
             type DB = $backend;
 
             impl Sql<DB> {
-                pub async fn ping(&self) -> Result<(), StoreError> {
+                pub(crate) async fn ping(&self) -> Result<(), StoreError> {
                     sqlx::query("SELECT 1").execute(&self.pool).await?;
                     Ok(())
                 }
 
-                pub async fn close(&self) {
+                pub(crate) async fn close(&self) {
                     self.pool.close().await;
                 }
 
                 // === feeds ===
 
-                pub async fn detector_state(&self, feed: &str) -> Result<DetectorState, StoreError> {
+                pub(crate) async fn detector_state(&self, feed: &str) -> Result<DetectorState, StoreError> {
                     let last: Option<i64> =
                         sqlx::query_scalar("SELECT last_event_ms FROM feeds WHERE name = $1")
                             .bind(feed)
@@ -150,7 +150,7 @@ macro_rules! shared_queries {
                     })
                 }
 
-                pub async fn save_last_event(
+                pub(crate) async fn save_last_event(
                     &self,
                     feed: &str,
                     last_event: DateTime<Utc>,
@@ -171,7 +171,7 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn repair_last_event(
+                pub(crate) async fn repair_last_event(
                     &self,
                     feed: &str,
                     last_event: DateTime<Utc>,
@@ -188,7 +188,7 @@ macro_rules! shared_queries {
 
                 // === partitions ===
 
-                pub async fn save_partitions(
+                pub(crate) async fn save_partitions(
                     &self,
                     feed: &str,
                     rows: &[(&str, Option<DateTime<Utc>>)],
@@ -220,7 +220,7 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn forget_partitions(&self, feed: &str, parts: &[&str]) -> Result<u64, StoreError> {
+                pub(crate) async fn forget_partitions(&self, feed: &str, parts: &[&str]) -> Result<u64, StoreError> {
                     let mut n = 0;
                     for part in parts {
                         let r = sqlx::query("DELETE FROM feed_partitions WHERE feed = $1 AND part = $2")
@@ -233,7 +233,7 @@ macro_rules! shared_queries {
                     Ok(n)
                 }
 
-                pub async fn partition_states(
+                pub(crate) async fn partition_states(
                     &self,
                     feed: &str,
                     since: Option<DateTime<Utc>>,
@@ -285,7 +285,7 @@ macro_rules! shared_queries {
                     Ok(out.into_values().collect())
                 }
 
-                pub async fn partitions_page(
+                pub(crate) async fn partitions_page(
                     &self,
                     feed: &str,
                     state: Option<&str>,
@@ -339,7 +339,7 @@ macro_rules! shared_queries {
 
                 // === gaps ===
 
-                pub async fn open_gap(
+                pub(crate) async fn open_gap(
                     &self,
                     feed: &str,
                     partition: &str,
@@ -373,7 +373,7 @@ macro_rules! shared_queries {
                     }
                 }
 
-                pub async fn close_gap(
+                pub(crate) async fn close_gap(
                     &self,
                     feed: &str,
                     partition: &str,
@@ -392,7 +392,7 @@ macro_rules! shared_queries {
                     .await?)
                 }
 
-                pub async fn manual_gap(
+                pub(crate) async fn manual_gap(
                     &self,
                     feed: &str,
                     partition: &str,
@@ -415,7 +415,7 @@ macro_rules! shared_queries {
                     .await?)
                 }
 
-                pub async fn set_fill(
+                pub(crate) async fn set_fill(
                     &self,
                     gap_id: i64,
                     fill: FillState,
@@ -434,7 +434,7 @@ macro_rules! shared_queries {
                     Ok(DB::rows_affected(&r) > 0)
                 }
 
-                pub async fn retry_gap(&self, gap_id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
+                pub(crate) async fn retry_gap(&self, gap_id: i64, now: DateTime<Utc>) -> Result<bool, StoreError> {
                     let mut tx = self.pool.begin().await?;
                     let r = sqlx::query(
                         "UPDATE gaps SET fill = 'pending', last_error = NULL, owner = 'daemon', updated_ms = $1 \
@@ -456,7 +456,7 @@ macro_rules! shared_queries {
                     Ok(DB::rows_affected(&r) > 0)
                 }
 
-                pub async fn gap(&self, id: i64) -> Result<Option<Gap>, StoreError> {
+                pub(crate) async fn gap(&self, id: i64) -> Result<Option<Gap>, StoreError> {
                     let sql = format!("SELECT {GAP_COLUMNS} FROM gaps g WHERE g.id = $1");
                     let row = sqlx::query(&sql)
                         .bind(id)
@@ -465,7 +465,7 @@ macro_rules! shared_queries {
                     row.map(|r| Self::gap_from_row(&r)).transpose()
                 }
 
-                pub async fn gaps(&self, filter: &GapFilter) -> Result<Vec<Gap>, StoreError> {
+                pub(crate) async fn gaps(&self, filter: &GapFilter) -> Result<Vec<Gap>, StoreError> {
                     // The casts give Postgres the parameters' type where it only sees NULL.
                     let sql = format!(
                         "SELECT {GAP_COLUMNS} FROM gaps g \
@@ -485,7 +485,7 @@ macro_rules! shared_queries {
                     rows.iter().map(Self::gap_from_row).collect()
                 }
 
-                pub async fn gaps_to_fill(&self, feed: &str, owner: &str) -> Result<Vec<Gap>, StoreError> {
+                pub(crate) async fn gaps_to_fill(&self, feed: &str, owner: &str) -> Result<Vec<Gap>, StoreError> {
                     let sql = format!(
                         "SELECT {GAP_COLUMNS} FROM gaps g \
                          WHERE g.feed = $1 AND g.owner = $2 AND g.fill IN ('pending', 'running') ORDER BY g.id"
@@ -500,7 +500,7 @@ macro_rules! shared_queries {
 
                 // === chunks ===
 
-                pub async fn add_chunks(
+                pub(crate) async fn add_chunks(
                     &self,
                     gap_id: i64,
                     windows: &[(DateTime<Utc>, DateTime<Utc>)],
@@ -543,22 +543,13 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
+                pub(crate) async fn chunks(&self, gap_id: i64) -> Result<Vec<Chunk>, StoreError> {
                     let sql = format!("SELECT {CHUNK_COLUMNS} FROM chunks WHERE gap_id = $1 ORDER BY idx");
                     let rows = sqlx::query(&sql).bind(gap_id).fetch_all(&self.pool).await?;
                     rows.iter().map(Self::chunk_from_row).collect()
                 }
 
-                pub async fn start_chunk(&self, chunk_id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
-                    sqlx::query("UPDATE chunks SET state = 'running', updated_ms = $1 WHERE id = $2")
-                        .bind(ms(now))
-                        .bind(chunk_id)
-                        .execute(&self.pool)
-                        .await?;
-                    Ok(())
-                }
-
-                pub async fn commit_page(
+                pub(crate) async fn commit_page(
                     &self,
                     feed: &str,
                     chunk_id: i64,
@@ -614,7 +605,7 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn sink_offset(&self, feed: &str, path: &str) -> Result<Option<u64>, StoreError> {
+                pub(crate) async fn sink_offset(&self, feed: &str, path: &str) -> Result<Option<u64>, StoreError> {
                     let v: Option<i64> =
                         sqlx::query_scalar("SELECT committed FROM sink_offsets WHERE feed = $1 AND path = $2")
                             .bind(feed)
@@ -624,7 +615,7 @@ macro_rules! shared_queries {
                     Ok(v.and_then(|v| u64::try_from(v).ok()))
                 }
 
-                pub async fn unfilled_seconds(
+                pub(crate) async fn unfilled_seconds(
                     &self,
                     feed: &str,
                     now: DateTime<Utc>,
@@ -645,7 +636,7 @@ macro_rules! shared_queries {
                     Ok(v.unwrap_or(0).max(0) as f64 / 1000.0)
                 }
 
-                pub async fn fail_chunk(
+                pub(crate) async fn fail_chunk(
                     &self,
                     chunk_id: i64,
                     error: &str,
@@ -671,7 +662,7 @@ macro_rules! shared_queries {
                     .await?)
                 }
 
-                pub async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
+                pub(crate) async fn chunk_states(&self, feed: &str) -> Result<Vec<(ChunkState, i64)>, StoreError> {
                     let rows: Vec<(String, i64)> = sqlx::query_as(
                         "SELECT c.state, COUNT(*) FROM chunks c JOIN gaps g ON g.id = c.gap_id \
                          WHERE g.feed = $1 AND g.fill IN ('pending', 'running', 'failed') AND g.owner <> 'audit' \
@@ -687,7 +678,7 @@ macro_rules! shared_queries {
 
                 // === record ids ===
 
-                pub async fn remember_live(
+                pub(crate) async fn remember_live(
                     &self,
                     feed: &str,
                     gap_id: Option<i64>,
@@ -699,11 +690,12 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn known_ids(&self, feed: &str, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
+                pub(crate) async fn known_ids(&self, feed: &str, ids: &[&str]) -> Result<HashSet<String>, StoreError> {
                     DB::known_ids(&self.pool, feed, ids).await
                 }
 
-                pub async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {
+                #[cfg(test)]
+                pub(crate) async fn count_ids(&self, feed: &str, origin: &str) -> Result<i64, StoreError> {
                     Ok(
                         sqlx::query_scalar("SELECT COUNT(*) FROM record_ids WHERE feed = $1 AND origin = $2")
                             .bind(feed)
@@ -715,7 +707,7 @@ macro_rules! shared_queries {
 
                 // === ledger and audit ===
 
-                pub async fn ledger_add(
+                pub(crate) async fn ledger_add(
                     &self,
                     feed: &str,
                     origin: Origin,
@@ -727,7 +719,7 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                pub(crate) async fn prune_ledger(&self, feed: &str, before: DateTime<Utc>) -> Result<u64, StoreError> {
                     let r = sqlx::query("DELETE FROM record_ids WHERE feed = $1 AND event_ms < $2")
                         .bind(feed)
                         .bind(ms(before))
@@ -736,7 +728,7 @@ macro_rules! shared_queries {
                     Ok(DB::rows_affected(&r))
                 }
 
-                pub async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
+                pub(crate) async fn ledger_size(&self, feed: &str) -> Result<i64, StoreError> {
                     Ok(
                         sqlx::query_scalar("SELECT COUNT(*) FROM record_ids WHERE feed = $1")
                             .bind(feed)
@@ -745,7 +737,7 @@ macro_rules! shared_queries {
                     )
                 }
 
-                pub async fn audit_state(
+                pub(crate) async fn audit_state(
                     &self,
                     feed: &str,
                     now: DateTime<Utc>,
@@ -770,7 +762,7 @@ macro_rules! shared_queries {
                     })
                 }
 
-                pub async fn verified_until(&self, feed: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+                pub(crate) async fn verified_until(&self, feed: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
                     let v: Option<Option<i64>> =
                         sqlx::query_scalar("SELECT verified_until_ms FROM audits WHERE feed = $1")
                             .bind(feed)
@@ -779,7 +771,7 @@ macro_rules! shared_queries {
                     Ok(v.flatten().map(from_ms))
                 }
 
-                pub async fn set_verified_until(
+                pub(crate) async fn set_verified_until(
                     &self,
                     feed: &str,
                     until: DateTime<Utc>,
@@ -801,7 +793,7 @@ macro_rules! shared_queries {
 
                 // === shape check ===
 
-                pub async fn save_shape_sample(
+                pub(crate) async fn save_shape_sample(
                     &self,
                     feed: &str,
                     messages: &[LiveMessage],
@@ -838,7 +830,7 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn shape_sample(&self, feed: &str) -> Result<Vec<LiveMessage>, StoreError> {
+                pub(crate) async fn shape_sample(&self, feed: &str) -> Result<Vec<LiveMessage>, StoreError> {
                     let rows = sqlx::query(
                         "SELECT record_id, event_ms, received_ms, body, attributes FROM shape_samples \
                          WHERE feed = $1 ORDER BY received_ms, record_id",
@@ -862,7 +854,7 @@ macro_rules! shared_queries {
                         .collect()
                 }
 
-                pub async fn save_shape_check(&self, feed: &str, s: &ShapeStatus) -> Result<(), StoreError> {
+                pub(crate) async fn save_shape_check(&self, feed: &str, s: &ShapeStatus) -> Result<(), StoreError> {
                     sqlx::query(
                         "INSERT INTO shape_checks (feed, checked_ms, outcome, reason, record_id, part, path, live, recovered) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
@@ -885,7 +877,7 @@ macro_rules! shared_queries {
                     Ok(())
                 }
 
-                pub async fn shape_check(&self, feed: &str) -> Result<Option<ShapeStatus>, StoreError> {
+                pub(crate) async fn shape_check(&self, feed: &str) -> Result<Option<ShapeStatus>, StoreError> {
                     let Some(r) = sqlx::query(
                         "SELECT checked_ms, outcome, reason, record_id, part, path, live, recovered \
                          FROM shape_checks WHERE feed = $1",

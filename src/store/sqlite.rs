@@ -4,7 +4,6 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -90,7 +89,7 @@ impl Dialect for Sqlite {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
-    pub async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
+    pub(super) async fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
                 path: dir.display().to_string(),
@@ -109,8 +108,9 @@ impl SqliteStore {
     }
 
     /// A private in-memory database, for tests.
-    pub async fn memory() -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str("sqlite::memory:")?;
+    #[cfg(test)]
+    pub(super) async fn memory() -> Result<SqliteStore, StoreError> {
+        let options = <SqliteConnectOptions as std::str::FromStr>::from_str("sqlite::memory:")?;
         Self::connect(options).await
     }
 
@@ -134,7 +134,7 @@ impl SqliteStore {
 
     /// One writer: a claim is just the move to `running` (a crash's leftovers
     /// are reset at start by [`SqliteStore::reset_running`]).
-    pub async fn claim_chunks(
+    pub(super) async fn claim_chunks(
         &self,
         gap_id: i64,
         now: DateTime<Utc>,
@@ -157,7 +157,11 @@ impl SqliteStore {
 
     /// Chunks left `running` by a crash go back to `pending` (nobody else can
     /// be running them); their checkpoint stays.
-    pub async fn reset_running(&self, feed: &str, now: DateTime<Utc>) -> Result<u64, StoreError> {
+    pub(super) async fn reset_running(
+        &self,
+        feed: &str,
+        now: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         Ok(sqlx::query(
             "UPDATE chunks SET state = 'pending', updated_ms = $1 WHERE state = 'running' \
              AND gap_id IN (SELECT id FROM gaps WHERE feed = $2)",

@@ -7,6 +7,8 @@ use chrono::{Duration, TimeZone, Utc};
 
 use super::*;
 
+// Shared with the integration tests and the bench, where its items are `pub`.
+#[allow(unreachable_pub)]
 #[path = "../../tests/common/postgres.rs"]
 pub(crate) mod pg_cluster;
 

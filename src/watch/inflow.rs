@@ -22,14 +22,14 @@ use crate::config::{MonitorConfig, WatchMode};
 use crate::observe::Observation;
 
 /// CloudWatch's period for SQS metrics, and the resolution of passive gaps.
-pub const MINUTE: Duration = Duration::from_secs(60);
+pub(crate) const MINUTE: Duration = Duration::from_secs(60);
 
 /// An age datapoint older than this (before the settled horizon) says nothing
 /// about the queue now: an empty queue stops reporting its age.
 const AGE_STALE: Duration = Duration::from_secs(3 * 60);
 
 /// One CloudWatch datapoint: the start of its minute and its value.
-pub type Point = (DateTime<Utc>, f64);
+pub(crate) type Point = (DateTime<Utc>, f64);
 
 /// How far behind the wall clock a feed's detector runs.
 ///
@@ -40,7 +40,7 @@ pub type Point = (DateTime<Utc>, f64);
 /// at most about a minute behind the detector's clock), so `max_silence` keeps
 /// its meaning; detection is late by this lag, which is the price of passive
 /// watching. Relay and report feeds see records live: no lag.
-pub fn clock_lag(monitor: &MonitorConfig, mode: WatchMode) -> Duration {
+pub(crate) fn clock_lag(monitor: &MonitorConfig, mode: WatchMode) -> Duration {
     match mode {
         WatchMode::Passive => monitor.cloudwatch_delay + MINUTE + monitor.cloudwatch_interval,
         WatchMode::Relay | WatchMode::Report => Duration::ZERO,
@@ -51,7 +51,10 @@ pub fn clock_lag(monitor: &MonitorConfig, mode: WatchMode) -> Duration {
 /// start of the current minute, reaching back at least `cloudwatch_lookback`
 /// and far enough that two consecutive reads overlap by a few settled minutes
 /// (GetMetricData costs per metric, not per datapoint).
-pub fn query_window(now: DateTime<Utc>, monitor: &MonitorConfig) -> (DateTime<Utc>, DateTime<Utc>) {
+pub(crate) fn query_window(
+    now: DateTime<Utc>,
+    monitor: &MonitorConfig,
+) -> (DateTime<Utc>, DateTime<Utc>) {
     let end = floor_minute(now);
     let needed = monitor.cloudwatch_delay + 2 * monitor.cloudwatch_interval + 3 * MINUTE;
     let lookback = monitor.cloudwatch_lookback.max(needed);
@@ -60,11 +63,11 @@ pub fn query_window(now: DateTime<Utc>, monitor: &MonitorConfig) -> (DateTime<Ut
 }
 
 /// Minutes ending at or before this are settled.
-pub fn settled_before(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
+pub(crate) fn settled_before(now: DateTime<Utc>, delay: Duration) -> DateTime<Utc> {
     now - TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)
 }
 
-pub fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
+pub(crate) fn floor_minute(t: DateTime<Utc>) -> DateTime<Utc> {
     t.duration_trunc(TimeDelta::minutes(1)).unwrap_or(t)
 }
 
@@ -80,7 +83,7 @@ fn minute_end(m: DateTime<Utc>) -> DateTime<Utc> {
 /// late for such minutes are ignored, while late datapoints for newer minutes
 /// are sent whenever they show up.
 #[derive(Clone, Debug)]
-pub struct InflowTracker {
+pub(crate) struct InflowTracker {
     queue: String,
     newest_sent: Option<DateTime<Utc>>,
 }
@@ -90,14 +93,15 @@ pub struct InflowTracker {
 impl InflowTracker {
     /// `newest_event` is the feed's newest event restored from the store, so a
     /// restart does not send the lookback again.
-    pub fn new(queue: &str, newest_event: Option<DateTime<Utc>>) -> Self {
+    pub(crate) fn new(queue: &str, newest_event: Option<DateTime<Utc>>) -> Self {
         Self {
             queue: queue.to_string(),
             newest_sent: newest_event,
         }
     }
 
-    pub fn newest_sent(&self) -> Option<DateTime<Utc>> {
+    #[cfg(test)]
+    pub(crate) fn newest_sent(&self) -> Option<DateTime<Utc>> {
         self.newest_sent
     }
 
@@ -105,7 +109,7 @@ impl InflowTracker {
     /// order, duplicates and holes allowed) newer than anything sent before.
     /// Nothing happens unless `queue_exists`: a missing queue's silence is not
     /// the vendor's, and its minutes must not count as zero inflow.
-    pub fn take(
+    pub(crate) fn take(
         &mut self,
         points: &[Point],
         settled_before: DateTime<Utc>,
@@ -138,7 +142,10 @@ impl InflowTracker {
 }
 
 /// The newest settled minute with inflow in `points`, if any.
-pub fn newest_inflow(points: &[Point], settled_before: DateTime<Utc>) -> Option<DateTime<Utc>> {
+pub(crate) fn newest_inflow(
+    points: &[Point],
+    settled_before: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     points
         .iter()
         .filter(|(_, v)| v.is_finite() && *v > 0.0)
@@ -151,7 +158,7 @@ pub fn newest_inflow(points: &[Point], settled_before: DateTime<Utc>) -> Option<
 /// the newest settled datapoint if it is recent; else 0 when the backlog is
 /// known to be empty (an empty queue reports no age); else nothing (the series
 /// is left absent, never NaN).
-pub fn oldest_age(
+pub(crate) fn oldest_age(
     points: &[Point],
     settled_before: DateTime<Utc>,
     backlog_empty: bool,

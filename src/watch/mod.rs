@@ -2,10 +2,10 @@
 //! it; `report` takes observations over HTTP (see `api`); `queues` reads queue
 //! attributes and CloudWatch numbers without touching messages.
 
-pub mod inflow;
-pub mod queue;
-pub mod queues;
-pub mod relay;
+pub(crate) mod inflow;
+pub(crate) mod queue;
+pub(crate) mod queues;
+pub(crate) mod relay;
 
-pub use queue::{Message, RelayQueues, SqsQueues};
-pub use relay::Relay;
+pub(crate) use queue::SqsQueues;
+pub(crate) use relay::Relay;

@@ -16,20 +16,20 @@ use crate::metrics::{AwsOutcome, Metrics};
 
 /// A message received from the vendor queue.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Message {
-    pub message_id: String,
-    pub receipt_handle: String,
-    pub body: String,
-    pub sent: DateTime<Utc>,
-    pub attributes: HashMap<String, MessageAttributeValue>,
+pub(crate) struct Message {
+    pub(crate) message_id: String,
+    pub(crate) receipt_handle: String,
+    pub(crate) body: String,
+    pub(crate) sent: DateTime<Utc>,
+    pub(crate) attributes: HashMap<String, MessageAttributeValue>,
     /// FIFO queues: carried over to the destination.
-    pub group_id: Option<String>,
-    pub dedup_id: Option<String>,
+    pub(crate) group_id: Option<String>,
+    pub(crate) dedup_id: Option<String>,
 }
 
 /// The outcome of one entry of a batch call.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Entry {
+pub(crate) enum Entry {
     Ok,
     /// Retrying may help (throttling, internal error).
     Retry(String),
@@ -39,7 +39,7 @@ pub enum Entry {
 
 /// Contract: `receive` is only called by a relay that forwards and then deletes
 /// every message it returns; there is no receive for peeking.
-pub trait RelayQueues: Send + Sync + 'static {
+pub(crate) trait RelayQueues: Send + Sync + 'static {
     /// Long-polls the vendor queue for up to 10 messages.
     fn receive(&self) -> impl Future<Output = Result<Vec<Message>, AwsFailure>> + Send;
     /// Sends the messages, unchanged, to the destination; one entry per message,
@@ -57,9 +57,9 @@ pub trait RelayQueues: Send + Sync + 'static {
 
 /// SendMessageBatch refuses batches above 256 KiB (the sum of bodies and
 /// attributes); larger groups are split.
-pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_BATCH_BYTES: usize = 256 * 1024;
 
-pub fn message_size(m: &Message) -> usize {
+pub(crate) fn message_size(m: &Message) -> usize {
     m.body.len()
         + m.attributes
             .iter()
@@ -91,7 +91,7 @@ fn failed_entry(
 
 // === impl SqsQueues ===
 
-pub struct SqsQueues {
+pub(crate) struct SqsQueues {
     client: aws_sdk_sqs::Client,
     source: String,
     destination: String,
@@ -101,7 +101,7 @@ pub struct SqsQueues {
 }
 
 impl SqsQueues {
-    pub fn new(
+    pub(crate) fn new(
         client: aws_sdk_sqs::Client,
         source: String,
         destination: String,

@@ -164,7 +164,7 @@ struct Backlog {
     delayed: Option<i64>,
 }
 
-pub struct QueueWatcher {
+pub(crate) struct QueueWatcher {
     sqs: aws_sdk_sqs::Client,
     cloudwatch: aws_sdk_cloudwatch::Client,
     metrics: Arc<Metrics>,
@@ -180,7 +180,7 @@ pub struct QueueWatcher {
 // === impl QueueWatcher ===
 
 impl QueueWatcher {
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         sqs: aws_sdk_sqs::Client,
         cloudwatch: aws_sdk_cloudwatch::Client,
@@ -251,7 +251,7 @@ impl QueueWatcher {
         }
     }
 
-    pub async fn run(&mut self, cancel: CancellationToken) {
+    pub(crate) async fn run(&mut self, cancel: CancellationToken) {
         if self.queues.is_empty() {
             cancel.cancelled().await;
             return;

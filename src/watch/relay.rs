@@ -25,7 +25,7 @@ const ATTEMPTS: u32 = 6;
 /// receives the next one.
 const IN_HAND: usize = 2;
 
-pub struct Relay<Q> {
+pub(crate) struct Relay<Q> {
     feed: String,
     queues: Q,
     extractor: Extractor,
@@ -117,7 +117,7 @@ impl Seen {
 }
 
 impl<Q: RelayQueues> Relay<Q> {
-    pub fn new(
+    pub(crate) fn new(
         feed: String,
         queues: Q,
         extractor: Extractor,
@@ -142,19 +142,19 @@ impl<Q: RelayQueues> Relay<Q> {
     }
 
     /// Offers forwarded messages to the feed's shape sample (at most one a batch).
-    pub fn with_sampler(mut self, sampler: Option<Arc<Sampler>>) -> Self {
+    pub(crate) fn with_sampler(mut self, sampler: Option<Arc<Sampler>>) -> Self {
         self.sampler = sampler;
         self
     }
 
     #[cfg(test)]
-    pub fn with_policy(mut self, policy: RetryPolicy) -> Self {
+    pub(crate) fn with_policy(mut self, policy: RetryPolicy) -> Self {
         self.policy = policy;
         self
     }
 
     /// Concurrent receive loops (`watch.pollers`); see [`Relay::run`].
-    pub fn with_pollers(mut self, pollers: usize) -> Self {
+    pub(crate) fn with_pollers(mut self, pollers: usize) -> Self {
         self.pollers = pollers.max(1);
         self
     }
@@ -174,7 +174,7 @@ impl<Q: RelayQueues> Relay<Q> {
     /// the vendor queue and becomes visible again after the queue's
     /// visibility timeout, so nothing is lost. Batches already received are
     /// forwarded and deleted before returning.
-    pub async fn run(&self, cancel: CancellationToken) {
+    pub(crate) async fn run(&self, cancel: CancellationToken) {
         tracing::info!(feed = %self.feed, pollers = self.pollers, "relay started");
         futures::future::join_all((0..self.pollers).map(|_| self.poll(&cancel))).await;
         tracing::info!(feed = %self.feed, "relay stopped");
@@ -247,7 +247,7 @@ impl<Q: RelayQueues> Relay<Q> {
     }
 
     /// Forwards, deletes and observes one received batch.
-    pub async fn relay_batch(&self, msgs: Vec<Message>) {
+    pub(crate) async fn relay_batch(&self, msgs: Vec<Message>) {
         let (fresh, copies) = self.seen.claim(msgs);
         let claimed: Vec<String> = fresh.iter().map(|m| m.message_id.clone()).collect();
         let mut forwarded = self.forward_batch(fresh).await;

@@ -9,11 +9,11 @@ use super::{json_kind, PageCursor, PageView, PaginationError};
 /// Where the cursor style finds the next token: exactly one is set.
 pub(super) struct From<'a> {
     /// A JSON pointer into the body.
-    pub body: Option<&'a str>,
+    pub(crate) body: Option<&'a str>,
     /// A JSON pointer into the last record.
-    pub last_record: Option<&'a str>,
+    pub(crate) last_record: Option<&'a str>,
     /// A response header name.
-    pub header: Option<&'a str>,
+    pub(crate) header: Option<&'a str>,
 }
 
 /// The cursor after a page of the cursor style (see [`Pagination::next`](super::Pagination::next)).

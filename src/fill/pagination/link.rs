@@ -63,7 +63,7 @@ fn same_url(a: &str, b: &str) -> bool {
 /// Resolves a next-page URL (possibly relative) against `base`, the
 /// configured source URL, and refuses one on another origin (scheme, host,
 /// port) because the request would carry the source's credentials there.
-pub fn resolve_url(base: &url::Url, target: &str) -> Result<url::Url, PaginationError> {
+pub(crate) fn resolve_url(base: &url::Url, target: &str) -> Result<url::Url, PaginationError> {
     let url = base.join(target).map_err(|e| PaginationError::BadUrl {
         url: target.to_owned(),
         reason: e.to_string(),
@@ -87,7 +87,7 @@ pub fn resolve_url(base: &url::Url, target: &str) -> Result<url::Url, Pagination
 /// unterminated `<…>`, `rel="next"` with an empty target) and no usable
 /// `next` elsewhere is an error saying what was wrong (never quoting the
 /// header, whose URLs may carry credentials).
-pub fn link_next(header: &str) -> Result<Option<String>, &'static str> {
+pub(crate) fn link_next(header: &str) -> Result<Option<String>, &'static str> {
     let mut rest = header;
     let mut malformed = None;
     loop {
@@ -198,6 +198,7 @@ fn skip_link(s: &str) -> &str {
 mod tests {
     use super::super::testing::*;
     use super::super::*;
+    use super::link_next;
     use serde_json::json;
 
     #[test]

@@ -14,7 +14,7 @@ mod cursor;
 mod link;
 mod numbered;
 
-pub use link::{link_next, resolve_url};
+pub(crate) use link::resolve_url;
 
 use serde_json::Value;
 
@@ -22,7 +22,7 @@ use serde_json::Value;
 /// `[feeds.backfill.source]`.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Pagination {
+pub(crate) enum Pagination {
     /// One request returns everything.
     None,
     /// An opaque token sent back in `param` (or wherever the request has a
@@ -88,7 +88,7 @@ const fn default_page_start() -> u64 {
 /// format: add variants, do not rename them.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PageCursor {
+pub(crate) enum PageCursor {
     /// The first request of a chunk (no paging parameters).
     First,
     /// Send `token` in the cursor style's `param`.
@@ -102,28 +102,28 @@ pub enum PageCursor {
 }
 
 /// What the fetcher saw on one page.
-pub struct PageView<'a> {
+pub(crate) struct PageView<'a> {
     /// The decoded response body.
-    pub body: &'a Value,
+    pub(crate) body: &'a Value,
     /// The raw `Link` header, if the response had one.
-    pub link_header: Option<&'a str>,
+    pub(crate) link_header: Option<&'a str>,
     /// The value of the cursor style's `cursor_header`, if the response had one.
-    pub cursor_header: Option<&'a str>,
+    pub(crate) cursor_header: Option<&'a str>,
     /// The records extracted from the body (already located by the `records` pointer).
-    pub records: &'a [Value],
+    pub(crate) records: &'a [Value],
 }
 
 /// The value of the `{cursor}` placeholder for one page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct CursorText {
-    pub text: String,
+    pub(crate) text: String,
     /// A page number or an offset: a JSON number where it is a whole value.
-    pub number: bool,
+    pub(crate) number: bool,
 }
 
 /// What to change in the request for one page.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PageRequest {
+pub(crate) enum PageRequest {
     /// Add these query parameters to the configured URL and query (they win
     /// over a configured parameter of the same name).
     Params(Vec<(String, String)>),
@@ -137,7 +137,7 @@ pub enum PageRequest {
 /// Paging cannot continue safely. None of these are retryable: asking again
 /// would get the same answer.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PaginationError {
+pub(crate) enum PaginationError {
     /// The server answered a cursor with the same cursor: following it would
     /// fetch the same page forever.
     #[error("cursor loop: the page returned the cursor it was requested with")]
@@ -194,7 +194,7 @@ impl Pagination {
     /// caller prefixes the path to it. Whether the page is placed at all
     /// (`param`, or `{cursor}` in the request) is the caller's to check: it
     /// sees the request.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         match self {
             Pagination::None | Pagination::LinkHeader => Ok(()),
             Pagination::Cursor {
@@ -259,7 +259,7 @@ impl Pagination {
 
     /// The cursor of a chunk's first request: `Page { start }`, `Offset { 0 }`,
     /// otherwise `First`.
-    pub fn first(&self) -> PageCursor {
+    pub(crate) fn first(&self) -> PageCursor {
         match self {
             Pagination::Page { start, .. } => PageCursor::Page { page: *start },
             Pagination::Offset { .. } => PageCursor::Offset { offset: 0 },
@@ -272,7 +272,7 @@ impl Pagination {
     /// [`request`](Self::request) and [`next`](Self::next) then restart the
     /// chunk from [`first`](Self::first): duplicates are recoverable (sinks
     /// dedupe), a silently skipped range is not. Callers may log it.
-    pub fn accepts(&self, at: &PageCursor) -> bool {
+    pub(crate) fn accepts(&self, at: &PageCursor) -> bool {
         matches!(
             (self, at),
             (Pagination::None, PageCursor::First)
@@ -296,7 +296,7 @@ impl Pagination {
     /// parameter not configured (the request template places it with
     /// `{cursor}`). For a `Url` cursor the returned [`PageRequest::Url`]
     /// replaces the whole request URL.
-    pub fn request(&self, at: &PageCursor) -> PageRequest {
+    pub(crate) fn request(&self, at: &PageCursor) -> PageRequest {
         let at = self.normalize(at);
         let pair = |name: &Option<String>, value: String| name.clone().map(|n| (n, value));
         match (self, at) {
@@ -402,7 +402,7 @@ impl Pagination {
     /// caller's per-chunk page limit.
     ///
     /// URLs are returned as the server wrote them; see [`PageRequest::Url`].
-    pub fn next(
+    pub(crate) fn next(
         &self,
         at: &PageCursor,
         page: &PageView<'_>,
