@@ -261,7 +261,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     if let Some(sdk) = &sdk {
-        let watcher = crate::watch::queues::QueueWatcher::new(
+        let watcher = crate::watch::queue_watcher::QueueWatcher::new(
             &config,
             crate::aws::sqs_client(sdk),
             crate::aws::cloudwatch_client(sdk),

@@ -75,7 +75,7 @@ fn rate(samples: &[(f64, f64)], duration: f64) -> f64 {
 struct Mode {
     name: &'static str,
     feed: String,
-    /// CloudWatch metrics per GetMetricData for this feed (src/watch/queues.rs:
+    /// CloudWatch metrics per GetMetricData for this feed (src/watch/queue_watcher.rs:
     /// NumberOfMessagesSent of the feed's queue, ApproximateAgeOfOldestMessage
     /// of every queue).
     metrics_per_request: f64,

@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::queue::{message_size, Entry, Message, RelayQueues, MAX_BATCH_BYTES};
+use super::relay_queues::{message_size, Entry, Message, RelayQueues, MAX_BATCH_BYTES};
 use crate::aws::AwsFailure;
 use crate::metrics::{InputSource, Metrics, RelayOutcome};
 use crate::observe::{Extractor, Observation};
