@@ -30,6 +30,7 @@ pub(crate) mod fill;
 pub(crate) mod health;
 pub(crate) mod jq;
 pub(crate) mod lease;
+pub(crate) mod logging;
 pub(crate) mod metrics;
 pub(crate) mod observe;
 pub(crate) mod redact;
