@@ -18,6 +18,7 @@ use crate::config::Secret;
 use crate::feed::FeedHandle;
 use crate::fill::FillControl;
 use crate::health::Health;
+use crate::internal_events::{InputRejected, ReadinessChecked};
 use crate::metrics::{InputSource, Metrics, Rejection};
 use crate::observe::Observation;
 use crate::shape::{Attribute, LiveMessage};
@@ -164,7 +165,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     let problems = s.health.problems();
     let shutting_down = s.health.is_shutting_down();
     let ready = store.is_ok() && disk_full.is_none() && !shutting_down;
-    s.metrics.up.set(i64::from(ready));
+    s.metrics.emit(ReadinessChecked { ready });
     let store_status = match (&store, &disk_full) {
         (Err(e), _) => e.to_string(),
         (Ok(()), Some(e)) => e.clone(),
@@ -482,8 +483,11 @@ async fn backfill(
 ) -> ApiResult<(StatusCode, Json<crate::fill::FillPlan>)> {
     require_admin(&s, &headers)?;
     let Json(req) = body.inspect_err(|_| {
-        s.metrics
-            .reject("", InputSource::Api, Rejection::BadRequest)
+        s.metrics.emit(InputRejected {
+            feed: "",
+            source: InputSource::Api,
+            reason: Rejection::BadRequest,
+        })
     })?;
     let outcome = s
         .fills
@@ -553,32 +557,44 @@ async fn observations(
         .flatten()
         .any(|t| check_token(t, &headers).is_ok())
     {
-        s.metrics
-            .reject(label, InputSource::Report, Rejection::BadRequest);
+        s.metrics.emit(InputRejected {
+            feed: label,
+            source: InputSource::Report,
+            reason: Rejection::BadRequest,
+        });
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong token (Authorization: Bearer <server.report_token or server.admin_token>)",
         ));
     }
     let Some(handle) = s.feeds.get(&feed) else {
-        s.metrics
-            .reject("", InputSource::Report, Rejection::BadRequest);
+        s.metrics.emit(InputRejected {
+            feed: "",
+            source: InputSource::Report,
+            reason: Rejection::BadRequest,
+        });
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("unknown feed {feed:?}"),
         ));
     };
     let bytes = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
-        s.metrics
-            .reject(&feed, InputSource::Report, Rejection::BadRequest);
+        s.metrics.emit(InputRejected {
+            feed: &feed,
+            source: InputSource::Report,
+            reason: Rejection::BadRequest,
+        });
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body larger than {MAX_BODY} bytes, or cut short"),
         )
     })?;
     let body: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-        s.metrics
-            .reject(&feed, InputSource::Report, Rejection::BadRequest);
+        s.metrics.emit(InputRejected {
+            feed: &feed,
+            source: InputSource::Report,
+            reason: Rejection::BadRequest,
+        });
         ApiError::bad_request(format!("body is not JSON: {e}"))
     })?;
     // Either a bare array or {"observations": [...]}.
@@ -587,24 +603,33 @@ async fn observations(
         serde_json::Value::Object(mut o) => match o.remove("observations") {
             Some(serde_json::Value::Array(items)) => items,
             _ => {
-                s.metrics
-                    .reject(&feed, InputSource::Report, Rejection::BadRequest);
+                s.metrics.emit(InputRejected {
+                    feed: &feed,
+                    source: InputSource::Report,
+                    reason: Rejection::BadRequest,
+                });
                 return Err(ApiError::bad_request(
                     "expected a JSON array of {id, event_time} or {\"observations\": [...]}",
                 ));
             }
         },
         _ => {
-            s.metrics
-                .reject(&feed, InputSource::Report, Rejection::BadRequest);
+            s.metrics.emit(InputRejected {
+                feed: &feed,
+                source: InputSource::Report,
+                reason: Rejection::BadRequest,
+            });
             return Err(ApiError::bad_request(
                 "expected a JSON array of {id, event_time} or {\"observations\": [...]}",
             ));
         }
     };
     if items.len() > MAX_OBSERVATIONS {
-        s.metrics
-            .reject(&feed, InputSource::Report, Rejection::BadRequest);
+        s.metrics.emit(InputRejected {
+            feed: &feed,
+            source: InputSource::Report,
+            reason: Rejection::BadRequest,
+        });
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("at most {MAX_OBSERVATIONS} observations per request"),
@@ -648,8 +673,11 @@ async fn observations(
         match parsed {
             Ok((o, body, attributes)) => {
                 if partitioned && o.partition.is_none() {
-                    s.metrics
-                        .reject(&feed, InputSource::Report, Rejection::NoPartitionKey);
+                    s.metrics.emit(InputRejected {
+                        feed: &feed,
+                        source: InputSource::Report,
+                        reason: Rejection::NoPartitionKey,
+                    });
                 }
                 if let Some(body) = body.filter(|_| sample.is_some()).and_then(reported_body) {
                     if let Some(sampler) = sample.take() {
@@ -668,8 +696,11 @@ async fn observations(
                 accepted.push(o)
             }
             Err(e) => {
-                s.metrics
-                    .reject(&feed, InputSource::Report, Rejection::BadObservation);
+                s.metrics.emit(InputRejected {
+                    feed: &feed,
+                    source: InputSource::Report,
+                    reason: Rejection::BadObservation,
+                });
                 if errors.len() < 10 {
                     errors.push(format!("[{i}]: {e}"));
                 }

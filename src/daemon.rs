@@ -15,6 +15,7 @@ use crate::config::{Config, SinkConfig, WatchMode};
 use crate::feed::FeedMonitor;
 use crate::fill::FillControl;
 use crate::health::Health;
+use crate::internal_events::{DaemonStarted, ShutdownStarted};
 use crate::lease::LeaseKeeper;
 use crate::metrics::{Metrics, TaskKind};
 use crate::observe::Extractor;
@@ -42,7 +43,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening the state store {}", config.state.url.redacted()))?
         .for_replica(&replica)
-        .count_write_failures(metrics.write_failures());
+        .count_write_failures(metrics.clone());
     // Leases first: with one replica (SQLite) they are held from the start, so
     // a gap that lasted through our own downtime is seen at once.
     let mut keeper = LeaseKeeper::new(store.clone(), &replica, metrics.clone());
@@ -318,8 +319,10 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding server.listen {}", config.server.listen))?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    metrics.up.set(1);
-    tracing::info!(listen = %addr, feeds = config.feeds.len(), version = env!("CARGO_PKG_VERSION"), "gapwatch started");
+    metrics.emit(DaemonStarted {
+        listen: addr,
+        feeds: config.feeds.len(),
+    });
     {
         let stop = server_stop.clone();
         let router = api::router(state);
@@ -350,12 +353,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
 
     shutdown_signal().await;
     let grace = config.server.shutdown_grace;
-    tracing::info!(
-        grace_s = grace.as_secs(),
-        "shutting down: readiness off, draining"
-    );
+    metrics.emit(ShutdownStarted { grace });
     health.shutting_down();
-    metrics.up.set(0);
     cancel.cancel();
     // Everything below fits in the grace: the producers get most of it, the
     // monitors' last saves and the server what is left.

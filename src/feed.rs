@@ -23,8 +23,13 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::ledger::{LedgerBuffer, Unwritten};
 use crate::config::{FeedConfig, PartitionList, WatchMode};
 use crate::detector::{ActiveWindow, DetectorState, GapEvent, Lanes, Summary};
+use crate::internal_events::{
+    EventTimeInFuture, FeedFreshnessMeasured, FeedStatePublished, GapClosed, GapOpened,
+    PartitionNotWatched, PartitionsCounted, RateLog, RecordsObserved, StoredEventTimeRepaired,
+    UnfilledMeasured,
+};
 use crate::lease::LeaseView;
-use crate::metrics::{InputSource, Metrics, PartitionState, Rejection};
+use crate::metrics::{InputSource, Metrics};
 use crate::observe::Observation;
 use crate::shape::{Sampler, ShapeStatus};
 use crate::store::{FillState, Origin, Store, StoreError};
@@ -234,34 +239,6 @@ pub(crate) struct FeedMonitor {
     members_changed: bool,
 }
 
-/// Rate limit for a warning that input may repeat (an event time in the
-/// future, an unknown partition): a vendor that gets every record wrong must
-/// not flood the log.
-#[derive(Default)]
-struct RateLog {
-    last: Option<std::time::Instant>,
-    suppressed: u64,
-}
-
-impl RateLog {
-    /// Whether to log now; otherwise the occurrence is counted as suppressed.
-    fn due(&mut self) -> bool {
-        if self.last.is_some_and(|at| at.elapsed() < RATE_LOG_EVERY) {
-            self.suppressed += 1;
-            return false;
-        }
-        true
-    }
-
-    /// After logging: how many were suppressed before, and a fresh count.
-    fn logged(&mut self) -> u64 {
-        self.last = Some(std::time::Instant::now());
-        std::mem::take(&mut self.suppressed)
-    }
-}
-
-const RATE_LOG_EVERY: Duration = Duration::from_secs(60);
-
 /// Whether `t` is later than `now` + `skew`.
 pub(crate) fn is_future(t: DateTime<Utc>, now: DateTime<Utc>, skew: Duration) -> bool {
     chrono::TimeDelta::from_std(skew)
@@ -296,13 +273,11 @@ impl FeedMonitor {
             store
                 .repair_last_event(&config.name, repaired, Utc::now())
                 .await?;
-            metrics.reject(&config.name, InputSource::State, Rejection::FutureEventTime);
-            tracing::warn!(
-                feed = %config.name,
-                stored = %stored.to_rfc3339(),
-                repaired_to = %repaired.to_rfc3339(),
-                "stored newest event time is in the future; repaired"
-            );
+            metrics.emit(StoredEventTimeRepaired {
+                feed: &config.name,
+                stored,
+                repaired_to: repaired,
+            });
             restored.last_event = Some(repaired);
         }
         let mut lanes = Lanes::new(
@@ -792,11 +767,10 @@ impl FeedMonitor {
     }
 
     async fn observe(&mut self, batch: Vec<Observation>, now: DateTime<Utc>) {
-        let feed = self.config.name.as_str();
-        self.metrics
-            .feed_records_observed
-            .with_label_values(&[feed])
-            .inc_by(batch.len() as u64);
+        self.metrics.emit(RecordsObserved {
+            feed: &self.config.name,
+            count: batch.len(),
+        });
         self.observed += batch.len() as u64;
         for obs in batch {
             if let Some(ledger) = &mut self.ledger {
@@ -875,23 +849,14 @@ impl FeedMonitor {
             tracing::info!(feed = %self.config.name, partition, "partition watched from its first live record (not listed yet)");
             return Some(key);
         }
-        let source = match self.config.watch.mode {
-            WatchMode::Report => InputSource::Report,
-            WatchMode::Relay | WatchMode::Passive => InputSource::Queue,
-        };
-        self.metrics
-            .reject(&self.config.name, source, Rejection::UnknownPartition);
-        if self.unknown_log.due() {
-            let suppressed = self.unknown_log.logged();
-            tracing::warn!(
-                feed = %self.config.name,
-                partition,
-                record_id = %obs.id,
-                watched = self.lanes.len(),
-                suppressed_since_last = suppressed,
-                "record of a partition not watched; observed for the feed as a whole only"
-            );
-        }
+        self.metrics.emit(PartitionNotWatched {
+            feed: &self.config.name,
+            source: self.input_source(),
+            partition,
+            record_id: &obs.id,
+            watched: self.lanes.len(),
+            log: &mut self.unknown_log,
+        });
         None
     }
 
@@ -977,26 +942,24 @@ impl FeedMonitor {
     /// The record was relayed (or accepted) already; only its time is not
     /// believed, so it neither moves freshness nor closes a gap.
     fn reject_future(&mut self, obs: &Observation, now: DateTime<Utc>) {
-        let feed = self.config.name.as_str();
-        let source = match self.config.watch.mode {
+        self.metrics.emit(EventTimeInFuture {
+            feed: &self.config.name,
+            source: self.input_source(),
+            record_id: &obs.id,
+            event_time: obs.event_time,
+            now,
+            max_future_skew: self.config.freshness.max_future_skew,
+            log: &mut self.future_log,
+        });
+    }
+
+    /// Where the feed's live records come from (the `source` they are
+    /// refused under).
+    fn input_source(&self) -> InputSource {
+        match self.config.watch.mode {
             WatchMode::Report => InputSource::Report,
             WatchMode::Relay | WatchMode::Passive => InputSource::Queue,
-        };
-        self.metrics
-            .reject(feed, source, Rejection::FutureEventTime);
-        if !self.future_log.due() {
-            return;
         }
-        let suppressed = self.future_log.logged();
-        tracing::warn!(
-            feed,
-            record_id = %obs.id,
-            event_time = %obs.event_time.to_rfc3339(),
-            now = %now.to_rfc3339(),
-            max_future_skew_s = self.config.freshness.max_future_skew.as_secs(),
-            suppressed_since_last = suppressed,
-            "event time in the future; freshness not moved"
-        );
     }
 
     async fn tick(&mut self, now: DateTime<Utc>) {
@@ -1103,10 +1066,10 @@ impl FeedMonitor {
         match result {
             Ok(s) => {
                 self.unfilled = s;
-                self.metrics
-                    .gap_unfilled
-                    .with_label_values(&[&self.config.name])
-                    .set(s)
+                self.metrics.emit(UnfilledMeasured {
+                    feed: &self.config.name,
+                    seconds: s,
+                });
             }
             Err(e) => {
                 tracing::warn!(feed = %self.config.name, error = %e, "cannot compute unfilled seconds")
@@ -1180,18 +1143,14 @@ impl FeedMonitor {
         }
         self.last_unfilled_at = None;
         self.summary_at = None;
-        self.metrics.gap_open.with_label_values(&[feed]).set(1);
-        self.metrics.gaps_detected.with_label_values(&[feed]).inc();
-        tracing::warn!(
+        self.metrics.emit(GapOpened {
             feed,
             partition,
-            gap_id = id,
-            from = %start.to_rfc3339(),
-            detected_at = %detected_at.to_rfc3339(),
-            silent_seconds = (detected_at - start).num_milliseconds() as f64 / 1000.0,
-            fill = fill.as_str(),
-            "gap opened"
-        );
+            gap_id: id,
+            start,
+            detected_at,
+            fill,
+        });
         self.fill_wakeup.notify_one();
         Ok(())
     }
@@ -1219,18 +1178,14 @@ impl FeedMonitor {
                 }
             }
         }
-        if self.config.partitions.is_none() {
-            self.metrics.gap_open.with_label_values(&[feed]).set(0);
-        }
-        tracing::info!(
+        self.metrics.emit(GapClosed {
             feed,
             partition,
-            gap_id = id,
-            from = %start.to_rfc3339(),
-            to = %end.to_rfc3339(),
-            gap_seconds = (end - start).num_milliseconds() as f64 / 1000.0,
-            "gap closed"
-        );
+            gap_id: id,
+            start,
+            end,
+            partitioned: self.config.partitions.is_some(),
+        });
         self.fill_wakeup.notify_one();
         Ok(())
     }
@@ -1379,12 +1334,6 @@ impl FeedMonitor {
 
     fn publish(&mut self, now: DateTime<Utc>) {
         let feed = self.config.name.as_str();
-        if let Some(last) = self.last_event {
-            self.metrics
-                .feed_last_event
-                .with_label_values(&[feed])
-                .set(last.timestamp_millis() as f64 / 1000.0);
-        }
         let partitions = match self.config.partitions {
             None => None,
             Some(_) => {
@@ -1394,16 +1343,12 @@ impl FeedMonitor {
                 {
                     self.summary = self.lanes.summary(|l| l.data.open_gap_id.is_some());
                     self.summary_at = Some(Instant::now());
-                    for (state, n) in [
-                        (PartitionState::Silent, self.summary.silent),
-                        (PartitionState::Fresh, self.summary.fresh),
-                        (PartitionState::Unseen, self.summary.unseen),
-                    ] {
-                        self.metrics
-                            .feed_partitions
-                            .with_label_values(&[feed, state.as_str()])
-                            .set(n as i64);
-                    }
+                    self.metrics.emit(PartitionsCounted {
+                        feed,
+                        silent: self.summary.silent,
+                        fresh: self.summary.fresh,
+                        unseen: self.summary.unseen,
+                    });
                 }
                 Some(PartitionsStatus::from(self.summary))
             }
@@ -1419,10 +1364,11 @@ impl FeedMonitor {
             }
         });
         let any_open = open_gap.is_some() || partitions.is_some_and(|p| p.silent > 0);
-        self.metrics
-            .gap_open
-            .with_label_values(&[feed])
-            .set(i64::from(any_open));
+        self.metrics.emit(FeedStatePublished {
+            feed,
+            last_event: self.last_event,
+            gap_open: any_open,
+        });
         let mut status = FeedStatus {
             name: self.config.name.clone(),
             mode: self.config.watch.mode.as_str(),
@@ -1502,20 +1448,14 @@ impl FeedStatus {
     }
 
     fn set_clock_gauges(&self, metrics: &Metrics) {
-        let feed = self.name.as_str();
-        metrics
-            .feed_active
-            .with_label_values(&[feed])
-            .set(i64::from(self.active));
-        if let Some(f) = self.freshness_seconds {
-            metrics.feed_freshness.with_label_values(&[feed]).set(f);
-        }
-        if let Some(f) = self.partitions.and_then(|p| p.oldest_freshness_seconds) {
-            metrics
-                .feed_oldest_partition_freshness
-                .with_label_values(&[feed])
-                .set(f);
-        }
+        metrics.emit(FeedFreshnessMeasured {
+            feed: &self.name,
+            active: self.active,
+            freshness_seconds: self.freshness_seconds,
+            oldest_partition_freshness_seconds: self
+                .partitions
+                .and_then(|p| p.oldest_freshness_seconds),
+        });
     }
 }
 

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::internal_events::FeedLeaseChecked;
 use crate::metrics::Metrics;
 use crate::store::{Store, LEASE_TTL};
 
@@ -85,7 +86,7 @@ impl LeaseKeeper {
     /// Keeps the lease of `feed`; the receiver changes with every renewal.
     pub(crate) fn watch(&mut self, feed: &str) -> watch::Receiver<LeaseView> {
         let (tx, rx) = watch::channel(LeaseView::default());
-        self.metrics.feed_leader.with_label_values(&[feed]).set(0);
+        self.metrics.init_lease(feed);
         self.feeds.push(Feed {
             name: feed.to_string(),
             view: tx,
@@ -127,15 +128,14 @@ impl LeaseKeeper {
             }
         };
         let (was, is) = (before.is_mine(), after.is_mine());
-        if is && !was {
-            tracing::info!(feed = %feed.name, replica = %self.replica, token = after.token, "feed lease taken");
-        } else if was && !is {
-            tracing::warn!(feed = %feed.name, replica = %self.replica, holder = ?after.holder, "feed lease lost");
-        }
-        self.metrics
-            .feed_leader
-            .with_label_values(&[&feed.name])
-            .set(i64::from(is));
+        self.metrics.emit(FeedLeaseChecked {
+            feed: &feed.name,
+            replica: &self.replica,
+            was,
+            is,
+            token: after.token,
+            holder: after.holder.as_deref(),
+        });
         // Receivers wake on changes of holder only, not on every renewal.
         feed.view.send_if_modified(|v| {
             let changed = v.holder != after.holder || v.token != after.token || was != is;

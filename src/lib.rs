@@ -28,6 +28,7 @@ pub(crate) mod envelope;
 pub(crate) mod feed;
 pub(crate) mod fill;
 pub(crate) mod health;
+pub(crate) mod internal_events;
 pub(crate) mod jq;
 pub(crate) mod lease;
 pub(crate) mod logging;

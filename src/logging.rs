@@ -106,6 +106,21 @@ fn merged(own: Map<String, Value>, mut from_spans: Map<String, Value>) -> Value 
     Value::Object(out)
 }
 
+/// The lines `f` logs (every level), each parsed, as `gapwatch run` writes
+/// them.
+#[cfg(test)]
+pub(crate) fn capture(f: impl FnOnce()) -> Vec<Map<String, Value>> {
+    let buf = tests::Buffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(buf.clone())
+        .json()
+        .event_format(SpanFieldsJson::default())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    buf.lines()
+}
+
 #[cfg(test)]
 mod tests {
     use std::io;
@@ -117,7 +132,19 @@ mod tests {
     use super::*;
 
     #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    pub(super) struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Buffer {
+        pub(super) fn lines(&self) -> Vec<Map<String, Value>> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines()
+                .map(|l| match serde_json::from_str(l) {
+                    Ok(Value::Object(m)) => m,
+                    other => panic!("not a JSON object: {l} ({other:?})"),
+                })
+                .collect()
+        }
+    }
 
     impl io::Write for Buffer {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -136,27 +163,9 @@ mod tests {
         }
     }
 
-    /// The lines `f` logs, each parsed.
-    fn lines(f: impl FnOnce()) -> Vec<Map<String, Value>> {
-        let buf = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(buf.clone())
-            .json()
-            .event_format(SpanFieldsJson::default())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        text.lines()
-            .map(|l| match serde_json::from_str(l) {
-                Ok(Value::Object(m)) => m,
-                other => panic!("not a JSON object: {l} ({other:?})"),
-            })
-            .collect()
-    }
-
     #[test]
     fn span_fields_are_top_level_and_the_event_wins() {
-        let lines = lines(|| {
+        let lines = capture(|| {
             let feed = tracing::info_span!("feed", feed = "orders");
             let _f = feed.enter();
             let chunk = tracing::info_span!("chunk", chunk = 3, from = "a");
@@ -192,7 +201,7 @@ mod tests {
 
     #[test]
     fn a_line_outside_any_span_is_the_stock_line() {
-        let lines = lines(|| tracing::warn!(feed = "orders", gap_id = 7, "gap opened"));
+        let lines = capture(|| tracing::warn!(feed = "orders", gap_id = 7, "gap opened"));
         let keys: Vec<&str> = lines[0].keys().map(String::as_str).collect();
         assert_eq!(
             keys,

@@ -1,15 +1,23 @@
 //! Every metric gapwatch exports, owned by one [`Metrics`] value with its own
 //! registry (never the global one). Label values come from enums so a typo
 //! cannot create a new series.
+//!
+//! Nothing outside this module touches a family: a state change is an event
+//! of [`crate::internal_events`], handed to [`Metrics::emit`], whose `emit`
+//! writes its log line and moves its series through [`Series`] (typed
+//! accessors, one per family). `Series` can only be had inside an event's
+//! `emit`, so a metric cannot be bumped without its event.
 
 use std::fmt;
 
 pub(crate) use crate::store::ChunkState;
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::internal_events::InternalEvent;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RelayOutcome {
@@ -167,6 +175,63 @@ pub(crate) enum ListingOutcome {
     Failed,
 }
 
+/// An AWS API call (the `service` and `operation` labels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AwsOperation {
+    SqsReceiveMessage,
+    SqsSendMessageBatch,
+    SqsDeleteMessageBatch,
+    SqsGetQueueAttributes,
+    CloudWatchGetMetricData,
+}
+
+impl AwsOperation {
+    pub(crate) fn service(self) -> &'static str {
+        match self {
+            AwsOperation::CloudWatchGetMetricData => "cloudwatch",
+            _ => "sqs",
+        }
+    }
+
+    pub(crate) fn operation(self) -> &'static str {
+        match self {
+            AwsOperation::SqsReceiveMessage => "ReceiveMessage",
+            AwsOperation::SqsSendMessageBatch => "SendMessageBatch",
+            AwsOperation::SqsDeleteMessageBatch => "DeleteMessageBatch",
+            AwsOperation::SqsGetQueueAttributes => "GetQueueAttributes",
+            AwsOperation::CloudWatchGetMetricData => "GetMetricData",
+        }
+    }
+}
+
+/// How a request to the source API ended (the `status` label of
+/// `gapwatch_backfill_requests_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RequestStatus {
+    /// The HTTP status code the source answered.
+    Http(reqwest::StatusCode),
+    /// A 2xx whose body `source.error_when` found to be an error.
+    ErrorBody,
+    /// No answer (connection refused, timeout, …).
+    Error,
+}
+
+impl RequestStatus {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            RequestStatus::Http(code) => code.as_str(),
+            RequestStatus::ErrorBody => "error_body",
+            RequestStatus::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `as_str` and `Display` for a label enum; `ALL` too where every value of
 /// the label is created up front (a series at zero before the first event).
 macro_rules! label_enum {
@@ -242,49 +307,38 @@ label_enum!(ListingOutcome: all { Ok => "ok", Failed => "failed" });
 
 pub(crate) struct Metrics {
     registry: Registry,
-    pub(crate) build_info: IntGaugeVec,
-    pub(crate) feed_last_event: GaugeVec,
-    pub(crate) feed_freshness: GaugeVec,
-    pub(crate) feed_active: IntGaugeVec,
-    pub(crate) feed_records_observed: IntCounterVec,
-    pub(crate) queue_messages: IntGaugeVec,
-    pub(crate) queue_oldest_age: GaugeVec,
-    pub(crate) gap_open: IntGaugeVec,
-    pub(crate) feed_leader: IntGaugeVec,
-    pub(crate) gaps_detected: IntCounterVec,
-    pub(crate) gap_unfilled: GaugeVec,
-    pub(crate) backfill_records: IntCounterVec,
-    pub(crate) backfill_requests: IntCounterVec,
-    pub(crate) backfill_request_duration: HistogramVec,
+    build_info: IntGaugeVec,
+    feed_last_event: GaugeVec,
+    feed_freshness: GaugeVec,
+    feed_active: IntGaugeVec,
+    feed_records_observed: IntCounterVec,
+    queue_messages: IntGaugeVec,
+    queue_oldest_age: GaugeVec,
+    gap_open: IntGaugeVec,
+    feed_leader: IntGaugeVec,
+    gaps_detected: IntCounterVec,
+    gap_unfilled: GaugeVec,
+    backfill_records: IntCounterVec,
+    backfill_requests: IntCounterVec,
+    backfill_request_duration: HistogramVec,
     source_token_requests: IntCounterVec,
-    pub(crate) backfill_chunks: IntGaugeVec,
-    pub(crate) backfill_last_success: GaugeVec,
-    pub(crate) relay_messages: IntCounterVec,
-    pub(crate) aws_requests: IntCounterVec,
-    pub(crate) rejected_input: IntCounterVec,
-    pub(crate) task_restarts: IntCounterVec,
-    pub(crate) audit_runs: IntCounterVec,
-    pub(crate) audit_missing: IntCounterVec,
-    pub(crate) audit_verified_until: GaugeVec,
-    pub(crate) ledger_ids: IntGaugeVec,
-    pub(crate) feed_partitions: IntGaugeVec,
-    pub(crate) feed_oldest_partition_freshness: GaugeVec,
+    backfill_chunks: IntGaugeVec,
+    backfill_last_success: GaugeVec,
+    relay_messages: IntCounterVec,
+    aws_requests: IntCounterVec,
+    rejected_input: IntCounterVec,
+    task_restarts: IntCounterVec,
+    audit_runs: IntCounterVec,
+    audit_missing: IntCounterVec,
+    audit_verified_until: GaugeVec,
+    ledger_ids: IntGaugeVec,
+    feed_partitions: IntGaugeVec,
+    feed_oldest_partition_freshness: GaugeVec,
     partition_listings: IntCounterVec,
     shape_checks: IntCounterVec,
     shape_mismatch: IntGaugeVec,
     state_write_failures: IntCounterVec,
-    pub(crate) up: IntGauge,
-}
-
-/// The store's handle on `gapwatch_state_write_failures_total` (the store
-/// counts its own failed writes, whoever asked for them).
-#[derive(Clone)]
-pub(crate) struct WriteFailures(IntCounterVec);
-
-impl WriteFailures {
-    pub(crate) fn inc(&self, reason: WriteFailure) {
-        self.0.with_label_values(&[reason.as_str()]).inc();
-    }
+    up: IntGauge,
 }
 
 impl Metrics {
@@ -545,15 +599,10 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn partition_listing(&self, feed: &str, outcome: ListingOutcome) {
-        self.partition_listings
-            .with_label_values(&[feed, outcome.as_str()])
-            .inc();
-    }
-
     /// Series of a feed that has a backfill source, at zero.
     pub(crate) fn init_backfill(&self, feed: &str) {
-        self.backfill_requests.with_label_values(&[feed, "error"]);
+        self.backfill_requests
+            .with_label_values(&[feed, RequestStatus::Error.as_str()]);
         self.backfill_request_duration.with_label_values(&[feed]);
     }
 
@@ -574,38 +623,6 @@ impl Metrics {
         }
     }
 
-    /// One shape check ended: counted, and the mismatch gauge follows a check
-    /// that compared records (an unavailable one leaves it as it was).
-    pub(crate) fn shape_checked(&self, feed: &str, outcome: ShapeOutcome) {
-        self.shape_checks
-            .with_label_values(&[feed, outcome.as_str()])
-            .inc();
-        self.shape_verdict(feed, outcome);
-    }
-
-    /// The mismatch gauge alone (restored from the store at start).
-    pub(crate) fn shape_verdict(&self, feed: &str, outcome: ShapeOutcome) {
-        match outcome {
-            ShapeOutcome::Match => self.shape_mismatch.with_label_values(&[feed]).set(0),
-            ShapeOutcome::Mismatch => self.shape_mismatch.with_label_values(&[feed]).set(1),
-            ShapeOutcome::Unavailable => {}
-        }
-    }
-
-    pub(crate) fn relay(&self, feed: &str, outcome: RelayOutcome, n: u64) {
-        self.relay_messages
-            .with_label_values(&[feed, outcome.as_str()])
-            .inc_by(n);
-    }
-
-    pub(crate) fn record(&self, feed: &str, outcome: RecordOutcome, n: u64) {
-        if n > 0 {
-            self.backfill_records
-                .with_label_values(&[feed, outcome.as_str()])
-                .inc_by(n);
-        }
-    }
-
     /// Series of a feed whose source gets OAuth2 tokens, at zero.
     pub(crate) fn init_source_token(&self, feed: &str) {
         for o in TokenOutcome::ALL {
@@ -614,30 +631,26 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn source_token_request(&self, feed: &str, outcome: TokenOutcome) {
-        self.source_token_requests
-            .with_label_values(&[feed, outcome.as_str()])
-            .inc();
-    }
-
-    pub(crate) fn aws(&self, service: &str, operation: &str, outcome: AwsOutcome) {
-        self.aws_requests
-            .with_label_values(&[service, operation, outcome.as_str()])
-            .inc();
-    }
-
-    pub(crate) fn reject(&self, feed: &str, source: InputSource, reason: Rejection) {
-        self.rejected_input
-            .with_label_values(&[feed, source.as_str(), reason.as_str()])
-            .inc();
-    }
-
-    /// The handle the store counts its failed writes with.
-    pub(crate) fn write_failures(&self) -> WriteFailures {
+    /// Series of the state store's failed writes, at zero.
+    pub(crate) fn init_state_writes(&self) {
         for r in WriteFailure::ALL {
             self.state_write_failures.with_label_values(&[r.as_str()]);
         }
-        WriteFailures(self.state_write_failures.clone())
+    }
+
+    /// Series of a kind of supervised task, at zero.
+    pub(crate) fn init_task(&self, kind: TaskKind) {
+        self.task_restarts.with_label_values(&[kind.as_str()]);
+    }
+
+    /// A feed's leader gauge at 0 until the lease keeper's first round.
+    pub(crate) fn init_lease(&self, feed: &str) {
+        self.feed_leader.with_label_values(&[feed]).set(0);
+    }
+
+    /// Writes `event`'s log line and moves its series.
+    pub(crate) fn emit(&self, event: impl InternalEvent) {
+        event.emit(&Series(self));
     }
 
     /// Prometheus text exposition of every family.
@@ -654,6 +667,226 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+impl Metrics {
+    /// Every sample, by series (`name{label="value",…}`, labels sorted by
+    /// name; a histogram as its `_count` and `_sum`).
+    pub(crate) fn samples(&self) -> std::collections::BTreeMap<String, f64> {
+        use prometheus::proto::MetricType;
+        let mut out = std::collections::BTreeMap::new();
+        for family in self.registry.gather() {
+            for m in family.get_metric() {
+                let mut labels: Vec<_> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| format!("{}={:?}", l.name(), l.value()))
+                    .collect();
+                labels.sort();
+                let labels = labels.join(",");
+                let name = family.name();
+                let value = match family.get_field_type() {
+                    MetricType::COUNTER => m.get_counter().get_value(),
+                    MetricType::GAUGE => m.get_gauge().get_value(),
+                    MetricType::HISTOGRAM => {
+                        let h = m.get_histogram();
+                        out.insert(
+                            format!("{name}_count{{{labels}}}"),
+                            h.get_sample_count() as f64,
+                        );
+                        out.insert(format!("{name}_sum{{{labels}}}"), h.get_sample_sum());
+                        continue;
+                    }
+                    _ => continue,
+                };
+                out.insert(format!("{name}{{{labels}}}"), value);
+            }
+        }
+        out
+    }
+
+    /// One series' value (see [`Metrics::samples`] for how it is named).
+    pub(crate) fn value(&self, series: &str) -> Option<f64> {
+        self.samples().get(series).copied()
+    }
+}
+
+/// The series of every family, by typed label values: what an event's
+/// `emit` moves. Only [`Metrics::emit`] makes one.
+pub(crate) struct Series<'a>(&'a Metrics);
+
+impl Series<'_> {
+    pub(crate) fn feed_last_event(&self, feed: &str) -> Gauge {
+        self.0.feed_last_event.with_label_values(&[feed])
+    }
+
+    pub(crate) fn feed_freshness(&self, feed: &str) -> Gauge {
+        self.0.feed_freshness.with_label_values(&[feed])
+    }
+
+    pub(crate) fn feed_active(&self, feed: &str) -> IntGauge {
+        self.0.feed_active.with_label_values(&[feed])
+    }
+
+    pub(crate) fn feed_records_observed(&self, feed: &str) -> IntCounter {
+        self.0.feed_records_observed.with_label_values(&[feed])
+    }
+
+    pub(crate) fn queue_messages(&self, queue: &str, state: QueueState) -> IntGauge {
+        self.0
+            .queue_messages
+            .with_label_values(&[queue, state.as_str()])
+    }
+
+    /// Drops the series: its value is not known (any more).
+    pub(crate) fn remove_queue_messages(&self, queue: &str, state: QueueState) {
+        let _ = self
+            .0
+            .queue_messages
+            .remove_label_values(&[queue, state.as_str()]);
+    }
+
+    pub(crate) fn queue_oldest_age(&self, queue: &str) -> Gauge {
+        self.0.queue_oldest_age.with_label_values(&[queue])
+    }
+
+    /// Drops the series: its value is not known (any more).
+    pub(crate) fn remove_queue_oldest_age(&self, queue: &str) {
+        let _ = self.0.queue_oldest_age.remove_label_values(&[queue]);
+    }
+
+    pub(crate) fn gap_open(&self, feed: &str) -> IntGauge {
+        self.0.gap_open.with_label_values(&[feed])
+    }
+
+    pub(crate) fn feed_leader(&self, feed: &str) -> IntGauge {
+        self.0.feed_leader.with_label_values(&[feed])
+    }
+
+    pub(crate) fn gaps_detected(&self, feed: &str) -> IntCounter {
+        self.0.gaps_detected.with_label_values(&[feed])
+    }
+
+    pub(crate) fn gap_unfilled(&self, feed: &str) -> Gauge {
+        self.0.gap_unfilled.with_label_values(&[feed])
+    }
+
+    pub(crate) fn backfill_records(&self, feed: &str, outcome: RecordOutcome) -> IntCounter {
+        self.0
+            .backfill_records
+            .with_label_values(&[feed, outcome.as_str()])
+    }
+
+    pub(crate) fn backfill_requests(&self, feed: &str, status: RequestStatus) -> IntCounter {
+        self.0
+            .backfill_requests
+            .with_label_values(&[feed, status.as_str()])
+    }
+
+    pub(crate) fn backfill_request_duration(&self, feed: &str) -> Histogram {
+        self.0.backfill_request_duration.with_label_values(&[feed])
+    }
+
+    pub(crate) fn source_token_requests(&self, feed: &str, outcome: TokenOutcome) -> IntCounter {
+        self.0
+            .source_token_requests
+            .with_label_values(&[feed, outcome.as_str()])
+    }
+
+    pub(crate) fn backfill_chunks(&self, feed: &str, state: ChunkState) -> IntGauge {
+        self.0
+            .backfill_chunks
+            .with_label_values(&[feed, state.as_str()])
+    }
+
+    pub(crate) fn backfill_last_success(&self, feed: &str) -> Gauge {
+        self.0.backfill_last_success.with_label_values(&[feed])
+    }
+
+    pub(crate) fn relay_messages(&self, feed: &str, outcome: RelayOutcome) -> IntCounter {
+        self.0
+            .relay_messages
+            .with_label_values(&[feed, outcome.as_str()])
+    }
+
+    pub(crate) fn aws_requests(&self, call: AwsOperation, outcome: AwsOutcome) -> IntCounter {
+        self.0
+            .aws_requests
+            .with_label_values(&[call.service(), call.operation(), outcome.as_str()])
+    }
+
+    pub(crate) fn rejected_input(
+        &self,
+        feed: &str,
+        source: InputSource,
+        reason: Rejection,
+    ) -> IntCounter {
+        self.0
+            .rejected_input
+            .with_label_values(&[feed, source.as_str(), reason.as_str()])
+    }
+
+    pub(crate) fn task_restarts(&self, kind: TaskKind) -> IntCounter {
+        self.0.task_restarts.with_label_values(&[kind.as_str()])
+    }
+
+    pub(crate) fn audit_runs(&self, feed: &str, outcome: AuditOutcome) -> IntCounter {
+        self.0
+            .audit_runs
+            .with_label_values(&[feed, outcome.as_str()])
+    }
+
+    pub(crate) fn audit_missing(&self, feed: &str) -> IntCounter {
+        self.0.audit_missing.with_label_values(&[feed])
+    }
+
+    pub(crate) fn audit_verified_until(&self, feed: &str) -> Gauge {
+        self.0.audit_verified_until.with_label_values(&[feed])
+    }
+
+    pub(crate) fn ledger_ids(&self, feed: &str) -> IntGauge {
+        self.0.ledger_ids.with_label_values(&[feed])
+    }
+
+    pub(crate) fn feed_partitions(&self, feed: &str, state: PartitionState) -> IntGauge {
+        self.0
+            .feed_partitions
+            .with_label_values(&[feed, state.as_str()])
+    }
+
+    pub(crate) fn feed_oldest_partition_freshness(&self, feed: &str) -> Gauge {
+        self.0
+            .feed_oldest_partition_freshness
+            .with_label_values(&[feed])
+    }
+
+    pub(crate) fn partition_listings(&self, feed: &str, outcome: ListingOutcome) -> IntCounter {
+        self.0
+            .partition_listings
+            .with_label_values(&[feed, outcome.as_str()])
+    }
+
+    pub(crate) fn shape_checks(&self, feed: &str, outcome: ShapeOutcome) -> IntCounter {
+        self.0
+            .shape_checks
+            .with_label_values(&[feed, outcome.as_str()])
+    }
+
+    pub(crate) fn shape_mismatch(&self, feed: &str) -> IntGauge {
+        self.0.shape_mismatch.with_label_values(&[feed])
+    }
+
+    pub(crate) fn state_write_failures(&self, reason: WriteFailure) -> IntCounter {
+        self.0
+            .state_write_failures
+            .with_label_values(&[reason.as_str()])
+    }
+
+    /// `gapwatch_ready`.
+    pub(crate) fn ready(&self) -> &IntGauge {
+        &self.0.up
     }
 }
 
@@ -694,14 +927,19 @@ mod tests {
         m.backfill_last_success
             .with_label_values(&["orders"])
             .set(1.0);
-        m.aws("sqs", "ReceiveMessage", AwsOutcome::Ok);
+        Series(&m)
+            .aws_requests(AwsOperation::SqsReceiveMessage, AwsOutcome::Ok)
+            .inc();
         m.init_audit("orders");
         m.audit_verified_until
             .with_label_values(&["orders"])
             .set(1.0);
         m.ledger_ids.with_label_values(&["orders"]).set(3);
         m.init_shape("orders");
-        m.shape_checked("orders", ShapeOutcome::Mismatch);
+        Series(&m)
+            .shape_checks("orders", ShapeOutcome::Mismatch)
+            .inc();
+        Series(&m).shape_mismatch("orders").set(1);
         let text = m.render();
         for family in [
             "gapwatch_build_info",

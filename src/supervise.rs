@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::health::Health;
+use crate::internal_events::TaskRestarted;
 use crate::metrics::{Metrics, TaskKind};
 
 /// Restarts allowed within [`BUDGET_WINDOW`] before liveness fails.
@@ -105,9 +106,7 @@ impl Supervisor {
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.metrics
-            .task_restarts
-            .with_label_values(&[kind.as_str()]);
+        self.metrics.init_task(kind);
         let this = self.clone();
         let name = format!("{kind} {name}").trim().to_string();
         let inner = tracker.clone();
@@ -131,7 +130,9 @@ impl Supervisor {
                 let reason = match result {
                     Ok(()) if stop.is_cancelled() => return,
                     Ok(()) => "returned while it should still run".to_string(),
-                    Err(e) if e.is_panic() => format!("panicked: {}", panic_message(e.into_panic())),
+                    Err(e) if e.is_panic() => {
+                        format!("panicked: {}", panic_message(e.into_panic()))
+                    }
                     Err(e) => format!("stopped: {e}"),
                 };
                 if stop.is_cancelled() {
@@ -147,19 +148,22 @@ impl Supervisor {
                 while restarts.front().is_some_and(|t| now - *t > BUDGET_WINDOW) {
                     restarts.pop_front();
                 }
-                this.metrics
-                    .task_restarts
-                    .with_label_values(&[kind.as_str()])
-                    .inc();
                 let backoff = BACKOFF_BASE
                     .saturating_mul(1 << in_a_row.saturating_sub(1).min(16))
                     .min(BACKOFF_CAP);
-                if restarts.len() > RESTART_BUDGET {
+                let budget_exhausted = restarts.len() > RESTART_BUDGET;
+                if budget_exhausted {
                     this.health.task_failed(&name, &reason);
-                    tracing::error!(task = %name, %reason, restarts = restarts.len(), window_s = BUDGET_WINDOW.as_secs(), "task keeps failing: restart budget exhausted, /healthz now fails");
-                } else {
-                    tracing::error!(task = %name, %reason, restart_in_ms = backoff.as_millis() as u64, "task failed; restarting");
                 }
+                this.metrics.emit(TaskRestarted {
+                    kind,
+                    task: &name,
+                    reason: &reason,
+                    restarts: restarts.len(),
+                    window: BUDGET_WINDOW,
+                    budget_exhausted,
+                    backoff,
+                });
                 tokio::select! {
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
@@ -236,8 +240,8 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 3);
         assert_eq!(
-            metrics.task_restarts.with_label_values(&["filler"]).get(),
-            2
+            metrics.value("gapwatch_task_restarts_total{task=\"filler\"}"),
+            Some(2.0)
         );
         assert!(health.failed_tasks().is_empty());
         stop.cancel();
@@ -271,7 +275,9 @@ mod tests {
                 .is_some_and(|r| r.contains("injected panic")),
             "{failed:?}"
         );
-        assert!(metrics.task_restarts.with_label_values(&["relay"]).get() > RESTART_BUDGET as u64);
+        assert!(metrics
+            .value("gapwatch_task_restarts_total{task=\"relay\"}")
+            .is_some_and(|n| n > RESTART_BUDGET as f64));
         stop.cancel();
         tracker.close();
         tracker.wait().await;
@@ -298,8 +304,8 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 2);
         assert_eq!(
-            metrics.task_restarts.with_label_values(&["server"]).get(),
-            1
+            metrics.value("gapwatch_task_restarts_total{task=\"server\"}"),
+            Some(1.0)
         );
         stop.cancel();
         tracker.close();

@@ -18,8 +18,11 @@ use super::OWNER;
 use crate::config::{AuditConfig, FeedConfig};
 use crate::fill::plan::Window;
 use crate::fill::{Filler, GapOutcome};
+use crate::internal_events::{
+    AuditWatermarkPublished, AuditWindowFailed, AuditWindowVerified, LedgerSized,
+};
 use crate::lease::LeaseView;
-use crate::metrics::{AuditOutcome, Metrics};
+use crate::metrics::Metrics;
 use crate::store::{Gap, GapFilter, GapKind, Store, StoreError};
 
 /// The first run waits this long after start (the fillers reset chunks a
@@ -31,53 +34,6 @@ const RETRY_PASS: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 /// Finished fills looked at per run for a post-fill audit.
 const RECENT_FILLS: i64 = 100;
-
-/// One audited window, as logged and counted.
-struct WindowAudited<'a> {
-    feed: &'a str,
-    window: Window,
-    outcome: AuditOutcome,
-    missing: i64,
-    listed: i64,
-    error: Option<&'a str>,
-}
-
-impl WindowAudited<'_> {
-    fn emit(&self, metrics: &Metrics) {
-        metrics
-            .audit_runs
-            .with_label_values(&[self.feed, self.outcome.as_str()])
-            .inc();
-        let from = self.window.start.to_rfc3339();
-        let to = self.window.end.to_rfc3339();
-        match self.outcome {
-            AuditOutcome::Ok => {
-                if self.missing > 0 {
-                    metrics
-                        .audit_missing
-                        .with_label_values(&[self.feed])
-                        .inc_by(self.missing as u64);
-                    tracing::warn!(
-                        from,
-                        to,
-                        missing = self.missing,
-                        listed = self.listed,
-                        "audit found records missing; delivered"
-                    );
-                } else {
-                    tracing::info!(from, to, listed = self.listed, "audit window complete");
-                }
-            }
-            AuditOutcome::Failed => tracing::error!(
-                from,
-                to,
-                delivered = self.missing,
-                error = self.error.unwrap_or("unknown error"),
-                "audit window failed; watermark not moved"
-            ),
-        }
-    }
-}
 
 pub(crate) struct Auditor {
     feed: Arc<FeedConfig>,
@@ -333,15 +289,12 @@ impl Auditor {
             // Resumed from its checkpoint by the next run (or the next holder).
             GapOutcome::InProgress => {}
             GapOutcome::Done => {
-                WindowAudited {
+                self.metrics.emit(AuditWindowVerified {
                     feed: &feed,
                     window,
-                    outcome: AuditOutcome::Ok,
                     missing: progress.records_delivered,
                     listed,
-                    error: None,
-                }
-                .emit(&self.metrics);
+                });
                 // Due windows start at the watermark; a fill's window
                 // behind it leaves it where it is.
                 let state = self.store.audit_state(&feed, Utc::now()).await?;
@@ -352,15 +305,12 @@ impl Auditor {
                 self.publish(Some(until));
             }
             GapOutcome::Failed(reason) => {
-                WindowAudited {
+                self.metrics.emit(AuditWindowFailed {
                     feed: &feed,
                     window,
-                    outcome: AuditOutcome::Failed,
-                    missing: progress.records_delivered,
-                    listed,
-                    error: Some(&reason),
-                }
-                .emit(&self.metrics);
+                    delivered: progress.records_delivered,
+                    error: &reason,
+                });
                 // Kept as failed for the record; the next run audits the
                 // window again from the watermark.
             }
@@ -370,10 +320,10 @@ impl Auditor {
 
     fn publish(&self, verified_until: Option<DateTime<Utc>>) {
         if let Some(v) = verified_until {
-            self.metrics
-                .audit_verified_until
-                .with_label_values(&[&self.feed.name])
-                .set(v.timestamp_millis() as f64 / 1000.0);
+            self.metrics.emit(AuditWatermarkPublished {
+                feed: &self.feed.name,
+                verified_until: v,
+            });
         }
         self.published.send_replace(verified_until);
     }
@@ -401,7 +351,10 @@ pub(crate) async fn prune_ledger(store: &Store, metrics: &Metrics, feed: &FeedCo
         Err(e) => tracing::warn!(feed = %feed.name, error = %e, "cannot prune the ledger"),
     }
     match store.ledger_size(&feed.name).await {
-        Ok(n) => metrics.ledger_ids.with_label_values(&[&feed.name]).set(n),
+        Ok(n) => metrics.emit(LedgerSized {
+            feed: &feed.name,
+            ids: n,
+        }),
         Err(e) => tracing::warn!(feed = %feed.name, error = %e, "cannot read the ledger size"),
     }
 }
@@ -486,7 +439,10 @@ name = "orders"
             known.contains("newer") && known.contains("now"),
             "{known:?}"
         );
-        assert_eq!(metrics.ledger_ids.with_label_values(&["orders"]).get(), 2);
+        assert_eq!(
+            metrics.value("gapwatch_state_ledger_ids{feed=\"orders\"}"),
+            Some(2.0)
+        );
     }
 
     #[tokio::test]

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{FeedConfig, PartitionList, PartitionSource};
 use crate::fill::source::{Source, SourceError};
-use crate::metrics::{InputSource, ListingOutcome, Metrics, Rejection};
+use crate::internal_events::{PartitionListingFailed, PartitionsListed};
+use crate::metrics::Metrics;
 use crate::store::{Store, StoreError};
 
 /// The latest usable listing, as the lister hands it to the feed monitor.
@@ -154,28 +155,22 @@ impl Lister {
         loop {
             let wait = match list(&self.feed, from, &self.source).await {
                 Ok((values, unusable)) => {
-                    self.metrics.partition_listing(name, ListingOutcome::Ok);
-                    if unusable > 0 {
-                        self.metrics
-                            .reject(name, InputSource::Vendor, Rejection::BadListing);
-                        tracing::warn!(
-                            feed = name,
-                            unusable,
-                            "partition listing: elements without a usable value skipped"
-                        );
-                    }
-                    tracing::debug!(feed = name, partitions = values.len(), "partitions listed");
+                    self.metrics.emit(PartitionsListed {
+                        feed: name,
+                        partitions: values.len(),
+                        unusable,
+                    });
                     self.out.send_replace(Some(Arc::new(values)));
                     retry = RETRY_FIRST.min(from.every);
                     from.every
                 }
                 Err(e) => {
-                    self.metrics.partition_listing(name, ListingOutcome::Failed);
-                    if !matches!(e, ListingError::Source(_)) {
-                        self.metrics
-                            .reject(name, InputSource::Vendor, Rejection::BadListing);
-                    }
-                    tracing::warn!(feed = name, error = %crate::redact::text(&e.to_string()), retry_in_s = retry.as_secs(), "cannot list partitions; the partitions watched stay");
+                    self.metrics.emit(PartitionListingFailed {
+                        feed: name,
+                        bad_listing: !matches!(e, ListingError::Source(_)),
+                        error: &e.to_string(),
+                        retry_in: retry,
+                    });
                     let wait = retry;
                     retry = (retry * 2).min(from.every);
                     wait

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{AuthStyle, Secret, SourceAuth};
+use crate::internal_events::SourceTokenRequested;
 use crate::metrics::{Metrics, TokenOutcome};
 use std::sync::Arc;
 
@@ -169,14 +170,14 @@ impl OAuth2 {
             }
         }
         let result = self.fetch().await;
-        self.metrics.source_token_request(
-            &self.feed,
-            match &result {
+        self.metrics.emit(SourceTokenRequested {
+            feed: &self.feed,
+            outcome: match &result {
                 Ok(_) => TokenOutcome::Ok,
                 Err(AuthError::Refused { .. }) => TokenOutcome::Refused,
                 Err(AuthError::Transient(_)) => TokenOutcome::Error,
             },
-        );
+        });
         let (v, until) = result?;
         c.generation += 1;
         c.token = Some((v.clone(), until));

@@ -19,8 +19,12 @@ use super::sink::{Sink, SinkError};
 use super::source::{Record, Source, SourceError};
 use crate::audit::ledger::Unwritten;
 use crate::config::{BackfillConfig, FeedConfig};
+use crate::internal_events::{
+    ChunkStatesMeasured, FillChunkDone, FillChunkFailed, FillFailed, FillFinished, FillPlanned,
+    FillRecords, InputRejected, RecordRenderFailed,
+};
 use crate::lease::LeaseView;
-use crate::metrics::{ChunkState, Metrics, RecordOutcome};
+use crate::metrics::{ChunkState, InputSource, Metrics, Rejection};
 use crate::retry::{RetryPolicy, Retryable};
 use crate::store::{
     Checkpoint, Chunk, FillState, Gap, GapKind, GapState, PageCommit, PageCounts, Store,
@@ -411,15 +415,15 @@ impl Filler {
                 let windows: Vec<_> = new.iter().map(|w| (w.start, w.end)).collect();
                 let parts: Vec<&str> = partitions.iter().map(String::as_str).collect();
                 self.store.add_chunks(gap.id, &windows, &parts, now).await?;
-                tracing::info!(
-                    partition = %gap.partition,
-                    partitions = parts.len(),
-                    from = %new[0].start.to_rfc3339(),
-                    to = %new[new.len() - 1].end.to_rfc3339(),
-                    chunks = new.len() * parts.len(),
-                    following = !is_final,
-                    "fill planned"
-                );
+                self.metrics.emit(FillPlanned {
+                    feed,
+                    partition: &gap.partition,
+                    partitions: parts.len(),
+                    from: new[0].start,
+                    to: new[new.len() - 1].end,
+                    chunks: new.len() * parts.len(),
+                    following: !is_final,
+                });
             }
         }
         if gap.fill == FillState::Pending {
@@ -458,7 +462,10 @@ impl Filler {
             self.store
                 .set_fill(gap.id, FillState::Failed, Some(&reason), Utc::now())
                 .await?;
-            tracing::error!(error = %reason, "fill failed");
+            self.metrics.emit(FillFailed {
+                feed,
+                reason: &reason,
+            });
             return Ok(GapOutcome::Failed(reason));
         }
         let end = target.map(|t| t.end);
@@ -485,15 +492,15 @@ impl Filler {
                 .await?;
             let g = self.store.gap(gap.id).await?;
             let p = g.map(|g| g.progress).unwrap_or_default();
-            tracing::info!(
-                from = %gap.start.to_rfc3339(),
-                to = %gap.end.map(|e| e.to_rfc3339()).unwrap_or_default(),
-                chunks = p.chunks_total,
-                delivered = p.records_delivered,
-                duplicate = p.records_duplicate,
-                rejected = p.records_rejected,
-                "fill finished"
-            );
+            self.metrics.emit(FillFinished {
+                feed,
+                from: gap.start,
+                to: gap.end,
+                chunks: p.chunks_total,
+                delivered: p.records_delivered,
+                duplicate: p.records_duplicate,
+                rejected: p.records_rejected,
+            });
             return Ok(GapOutcome::Done);
         }
         Ok(GapOutcome::InProgress)
@@ -516,16 +523,11 @@ impl Filler {
             return;
         }
         match result {
-            Ok(FetchEnd::Done) => {
-                let now = Utc::now();
-                if !self.is_audit() {
-                    self.metrics
-                        .backfill_last_success
-                        .with_label_values(&[feed])
-                        .set(now.timestamp_millis() as f64 / 1000.0);
-                }
-                tracing::info!("chunk done");
-            }
+            Ok(FetchEnd::Done) => self.metrics.emit(FillChunkDone {
+                feed,
+                audit: self.is_audit(),
+                at: Utc::now(),
+            }),
             Ok(FetchEnd::Cancelled) => {
                 if let Err(e) = self
                     .store
@@ -558,14 +560,14 @@ impl Filler {
                 {
                     tracing::error!(error = %e, "cannot record chunk failure");
                 }
-                tracing::warn!(
+                self.metrics.emit(FillChunkFailed {
+                    feed,
                     attempts,
-                    retryable = error.is_retryable(),
+                    retryable: error.is_retryable(),
                     give_up,
-                    retry_in_s = backoff.map_or(0, |d| d.as_secs()),
-                    error = %crate::redact::text(&message),
-                    "chunk failed"
-                );
+                    retry_in: backoff,
+                    error: &message,
+                });
             }
         }
     }
@@ -609,14 +611,17 @@ impl Filler {
                     use super::source::SourceError as E;
                     let rejection = match e {
                         E::NotJson(_) | E::NoRecords { .. } | E::Pagination(_) => {
-                            Some(crate::metrics::Rejection::BadPage)
+                            Some(Rejection::BadPage)
                         }
-                        E::PageTooLarge { .. } => Some(crate::metrics::Rejection::PageTooLarge),
+                        E::PageTooLarge { .. } => Some(Rejection::PageTooLarge),
                         _ => None,
                     };
-                    if let Some(r) = rejection {
-                        self.metrics
-                            .reject(feed, crate::metrics::InputSource::Vendor, r);
+                    if let Some(reason) = rejection {
+                        self.metrics.emit(InputRejected {
+                            feed,
+                            source: InputSource::Vendor,
+                            reason,
+                        });
                     }
                     return Err(e.into());
                 }
@@ -732,8 +737,11 @@ impl Filler {
                 ..PageCounts::default()
             };
             if !self.is_audit() {
-                self.metrics
-                    .record(feed, RecordOutcome::Filtered, shaped.filtered);
+                self.metrics.emit(FillRecords {
+                    feed,
+                    filtered: shaped.filtered,
+                    ..FillRecords::default()
+                });
             }
             let next = page
                 .next
@@ -834,14 +842,12 @@ impl Filler {
                 Rendered::Filtered => shaped.filtered += 1,
                 Rendered::Failed(source_id, e) => {
                     shaped.failed += 1;
-                    self.metrics.reject(
-                        &self.feed.name,
-                        crate::metrics::InputSource::Vendor,
-                        crate::metrics::Rejection::RenderFailed,
-                    );
-                    if !std::mem::replace(warned, true) {
-                        tracing::warn!(record_id = %source_id, error = %e, "a record could not be rendered; left out, counted rejected");
-                    }
+                    self.metrics.emit(RecordRenderFailed {
+                        feed: &self.feed.name,
+                        record_id: &source_id,
+                        error: &e,
+                        first: !std::mem::replace(warned, true),
+                    });
                 }
             }
         }
@@ -859,32 +865,23 @@ impl Filler {
         if self.is_audit() {
             return;
         }
-        let feed = self.feed.name.as_str();
-        self.metrics
-            .record(feed, RecordOutcome::Delivered, c.delivered as u64);
-        self.metrics
-            .record(feed, RecordOutcome::Duplicate, c.duplicate as u64);
-        self.metrics
-            .record(feed, RecordOutcome::Rejected, c.rejected as u64);
-        self.metrics
-            .record(feed, RecordOutcome::OutOfWindow, c.out_of_window as u64);
+        self.metrics.emit(FillRecords {
+            feed: &self.feed.name,
+            delivered: c.delivered as u64,
+            duplicate: c.duplicate as u64,
+            rejected: c.rejected as u64,
+            out_of_window: c.out_of_window as u64,
+            filtered: 0,
+        });
     }
 
     async fn update_chunk_gauges(&self) {
         let feed = self.feed.name.as_str();
         match self.store.chunk_states(feed).await {
-            Ok(states) => {
-                for s in ChunkState::ALL {
-                    let n = states
-                        .iter()
-                        .find(|(state, _)| state == s)
-                        .map_or(0, |(_, n)| *n);
-                    self.metrics
-                        .backfill_chunks
-                        .with_label_values(&[feed, s.as_str()])
-                        .set(n);
-                }
-            }
+            Ok(states) => self.metrics.emit(ChunkStatesMeasured {
+                feed,
+                states: &states,
+            }),
             Err(e) => tracing::warn!(error = %e, "cannot read chunk states"),
         }
     }

@@ -13,7 +13,8 @@ use tokio::sync::Mutex;
 use super::source::Record;
 use crate::aws::classify;
 use crate::config::SinkConfig;
-use crate::metrics::{AwsOutcome, Metrics};
+use crate::internal_events::AwsRequestCompleted;
+use crate::metrics::{AwsOperation, AwsOutcome, Metrics};
 use crate::retry::{RetryPolicy, Retryable};
 use crate::store::Store;
 
@@ -353,7 +354,10 @@ impl SqsSink {
             }
             let last = match req.send().await {
                 Ok(out) => {
-                    self.metrics.aws("sqs", "SendMessageBatch", AwsOutcome::Ok);
+                    self.metrics.emit(AwsRequestCompleted {
+                        call: AwsOperation::SqsSendMessageBatch,
+                        outcome: AwsOutcome::Ok,
+                    });
                     let mut retry = Vec::new();
                     let failed: std::collections::HashMap<String, _> =
                         out.failed.into_iter().map(|f| (f.id.clone(), f)).collect();
@@ -375,7 +379,10 @@ impl SqsSink {
                 }
                 Err(e) => {
                     let f = classify(&e);
-                    self.metrics.aws("sqs", "SendMessageBatch", f.outcome);
+                    self.metrics.emit(AwsRequestCompleted {
+                        call: AwsOperation::SqsSendMessageBatch,
+                        outcome: f.outcome,
+                    });
                     if !f.retryable {
                         return Err(SinkError::Sqs {
                             message: f.to_string(),

@@ -20,7 +20,8 @@ use super::plan::{query_window, Window};
 use super::quota::{self, QuotaHint};
 use super::template::{Var, Vars};
 use crate::config::{Method, SourceConfig};
-use crate::metrics::Metrics;
+use crate::internal_events::SourceRequestCompleted;
+use crate::metrics::{Metrics, RequestStatus};
 use crate::retry::{parse_retry_after, RetryPolicy};
 
 /// One record from the source, with the id and event time read from it.
@@ -67,10 +68,6 @@ pub(crate) enum SourceError {
     #[error("source answered {status} (in source.fail_on): {body}")]
     FailOn { status: u16, body: String },
 }
-
-/// The label `gapwatch_backfill_requests_total` counts a 2xx answer under
-/// when `source.error_when` found an error in its body.
-const ERROR_BODY: &str = "error_body";
 
 impl crate::retry::Retryable for SourceError {
     /// Whether the chunk is worth another try later. Transient answers were
@@ -403,8 +400,7 @@ impl Source {
                             // the request again, not counted as a retry; a
                             // second 401 is the answer.
                             if i.auth.rejected(c).await {
-                                self.count(status.as_str());
-                                self.observe_duration(started);
+                                self.completed(RequestStatus::Http(status), started.elapsed());
                                 refreshed = true;
                                 attempt -= 1;
                                 continue;
@@ -425,21 +421,21 @@ impl Source {
                                 .map(|v| v.as_bytes().to_vec()),
                         };
                         let body = read_capped(resp, i.config.max_page_bytes).await;
-                        self.observe_duration(started);
+                        let elapsed = started.elapsed();
                         match body {
                             Ok(b) => {
                                 let json: Value = match serde_json::from_slice(&b) {
                                     Ok(v) => v,
                                     Err(e) => {
-                                        self.count(status.as_str());
+                                        self.completed(RequestStatus::Http(status), elapsed);
                                         return Err(SourceError::NotJson(e.to_string()));
                                     }
                                 };
                                 if !self.is_error_body(&json) {
-                                    self.count(status.as_str());
+                                    self.completed(RequestStatus::Http(status), elapsed);
                                     return Ok(Some((json, headers)));
                                 }
-                                self.count(ERROR_BODY);
+                                self.completed(RequestStatus::ErrorBody, elapsed);
                                 // The body is the vendor's: it may echo what
                                 // the request carried, so it is not quoted.
                                 (
@@ -450,17 +446,16 @@ impl Source {
                                 )
                             }
                             Err(BodyError::TooLarge { max }) => {
-                                self.count(status.as_str());
+                                self.completed(RequestStatus::Http(status), elapsed);
                                 return Err(SourceError::PageTooLarge { max });
                             }
                             Err(e @ BodyError::Read(_)) => {
-                                self.count(status.as_str());
+                                self.completed(RequestStatus::Http(status), elapsed);
                                 (None, e.to_string())
                             }
                         }
                     } else {
-                        self.count(status.as_str());
-                        self.observe_duration(started);
+                        self.completed(RequestStatus::Http(status), started.elapsed());
                         let retry_after = resp
                             .headers()
                             .get(reqwest::header::RETRY_AFTER)
@@ -492,8 +487,7 @@ impl Source {
                 }
                 Err(e) => {
                     drop(in_flight);
-                    self.observe_duration(started);
-                    self.count("error");
+                    self.completed(RequestStatus::Error, started.elapsed());
                     // Without the URL: its query may carry a secret.
                     (None, e.without_url().to_string())
                 }
@@ -521,12 +515,13 @@ impl Source {
         }
     }
 
-    fn count(&self, status: &str) {
-        self.inner
-            .metrics
-            .backfill_requests
-            .with_label_values(&[&self.inner.feed, status])
-            .inc();
+    /// One request ended: counted by how, and timed.
+    fn completed(&self, status: RequestStatus, elapsed: Duration) {
+        self.inner.metrics.emit(SourceRequestCompleted {
+            feed: &self.inner.feed,
+            status,
+            elapsed,
+        });
     }
 
     /// Sleeps before the next attempt, or gives up once retries ran out.
@@ -549,14 +544,6 @@ impl Source {
                 last,
             }),
         }
-    }
-
-    fn observe_duration(&self, started: Instant) {
-        self.inner
-            .metrics
-            .backfill_request_duration
-            .with_label_values(&[&self.inner.feed])
-            .observe(started.elapsed().as_secs_f64());
     }
 
     /// Decodes a page body: records, their ids and times, and the next cursor.

@@ -18,93 +18,13 @@ use super::check::{check, ShapeReport, ShapeStatus, SLACK};
 use super::sample::{LiveMessage, Sampler};
 use crate::config::{FeedConfig, ShapeConfig};
 use crate::fill::source::Source;
+use crate::internal_events::{RepeatLog, ShapeChecked, ShapeVerdictRestored};
 use crate::lease::LeaseView;
-use crate::metrics::{Metrics, ShapeOutcome};
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 /// After a message is taken, the save waits this long for others to join it.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
-/// The same result (outcome and first path, or reason) is logged once per
-/// this long; repeats in between go to the debug level.
-const LOG_REPEAT: Duration = Duration::from_secs(3600);
-
-/// One check's result, as logged and counted (one place for both).
-struct ShapeChecked<'a> {
-    report: &'a ShapeReport,
-}
-
-impl ShapeChecked<'_> {
-    fn emit(&self, metrics: &Metrics, log: &mut RepeatLog) {
-        let r = self.report;
-        metrics.shape_checked(&r.feed, r.outcome);
-        let first = r.first();
-        let signature = format!(
-            "{}|{}|{}",
-            r.outcome.as_str(),
-            first.map_or("", |(_, f)| f.path.as_str()),
-            r.reason.as_deref().unwrap_or("")
-        );
-        let Some(repeated) = log.admit(signature, Instant::now()) else {
-            tracing::debug!(outcome = %r.outcome, compared = r.compared, "shape check (same result as logged before)");
-            return;
-        };
-        let reason = r.reason.as_deref().unwrap_or("");
-        match (r.outcome, first) {
-            (ShapeOutcome::Mismatch, Some((record_id, f))) => tracing::warn!(
-                outcome = %r.outcome,
-                record_id,
-                part = f.part.as_str(),
-                path = %f.path,
-                live = f.live.as_deref().unwrap_or("(absent)"),
-                recovered = f.recovered.as_deref().unwrap_or("(absent)"),
-                compared = r.compared,
-                differing = r.compared - r.matched,
-                repeated,
-                "shape check: recovered messages would differ from live ones"
-            ),
-            (ShapeOutcome::Unavailable, _) => tracing::info!(
-                outcome = %r.outcome,
-                reason,
-                sampled = r.sampled,
-                requests = r.requests,
-                repeated,
-                "shape check could not compare"
-            ),
-            _ => tracing::info!(
-                outcome = %r.outcome,
-                compared = r.compared,
-                not_found = r.not_found,
-                requests = r.requests,
-                repeated,
-                "shape check: recovered messages look live"
-            ),
-        }
-    }
-}
-
-/// Logs a result when it differs from the last one logged, or once per
-/// [`LOG_REPEAT`] when it does not.
-#[derive(Default)]
-struct RepeatLog {
-    last: Option<(String, Instant)>,
-    suppressed: u64,
-}
-
-impl RepeatLog {
-    /// `Some(repeats suppressed since the last line)` when this one is logged.
-    fn admit(&mut self, signature: String, now: Instant) -> Option<u64> {
-        match &self.last {
-            Some((s, at)) if *s == signature && now.duration_since(*at) < LOG_REPEAT => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some((signature, now));
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
 
 pub(crate) struct ShapeChecker {
     feed: Arc<FeedConfig>,
@@ -213,7 +133,10 @@ impl ShapeChecker {
         }
         match self.store.shape_check(&feed).await {
             Ok(Some(status)) => {
-                self.metrics.shape_verdict(&feed, status.outcome);
+                self.metrics.emit(ShapeVerdictRestored {
+                    feed: &feed,
+                    outcome: status.outcome,
+                });
                 self.published.send_replace(Some(status));
             }
             Ok(None) => {}
@@ -282,7 +205,10 @@ impl ShapeChecker {
         let sample = self.sample().await;
         let report = check(&self.feed, &self.source, &sample, Utc::now()).await;
         self.checked = true;
-        ShapeChecked { report: &report }.emit(&self.metrics, &mut self.log);
+        self.metrics.emit(ShapeChecked {
+            report: &report,
+            log: &mut self.log,
+        });
         let status = report.status();
         if let Err(e) = self.store.save_shape_check(&self.feed.name, &status).await {
             tracing::warn!(error = %e, "cannot save the shape check");
@@ -404,33 +330,5 @@ name = "orders"
         c.checked = true;
         let last = started + Duration::from_secs(10);
         assert_eq!(c.due(started, Some(last)), last + hour);
-    }
-
-    #[test]
-    fn repeated_results_are_logged_once_per_hour() {
-        let mut log = RepeatLog::default();
-        let t0 = Instant::now();
-        assert_eq!(log.admit("mismatch|/a|".into(), t0), Some(0));
-        assert_eq!(
-            log.admit("mismatch|/a|".into(), t0 + Duration::from_secs(60)),
-            None
-        );
-        assert_eq!(
-            log.admit("mismatch|/a|".into(), t0 + Duration::from_secs(120)),
-            None
-        );
-        // Another result is logged at once, the same one again after an hour.
-        assert_eq!(
-            log.admit("match||".into(), t0 + Duration::from_secs(180)),
-            Some(2)
-        );
-        assert_eq!(
-            log.admit("match||".into(), t0 + Duration::from_secs(200)),
-            None
-        );
-        assert_eq!(
-            log.admit("match||".into(), t0 + Duration::from_secs(180) + LOG_REPEAT),
-            Some(1)
-        );
     }
 }

@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::config::StateUrl;
 use crate::detector::DetectorState;
-use crate::metrics::{WriteFailure, WriteFailures};
+use crate::internal_events::StateWriteFailed;
+use crate::metrics::{Metrics, WriteFailure};
 use postgres::PgStore;
 use sqlite::SqliteStore;
 
@@ -44,7 +45,8 @@ struct Writes {
     /// on a full disk some small writes still fit in pages the database has
     /// already, and one of them says nothing about the next.
     disk_full: Mutex<Option<(String, std::time::Instant)>>,
-    failures: Mutex<Option<WriteFailures>>,
+    /// Where failed writes are counted (the daemon's metrics).
+    metrics: Mutex<Option<Arc<Metrics>>>,
 }
 
 /// See [`Writes::disk_full`]: longer than a feed monitor's longest pause
@@ -67,8 +69,8 @@ impl Writes {
             Err(e) => {
                 let reason = e.write_failure();
                 let Some(reason) = reason else { return };
-                if let Some(f) = &*self.failures.lock().unwrap_or_else(|e| e.into_inner()) {
-                    f.inc(reason);
+                if let Some(m) = &*self.metrics.lock().unwrap_or_else(|e| e.into_inner()) {
+                    m.emit(StateWriteFailed { reason });
                 }
                 if reason == WriteFailure::DiskFull {
                     let mut full = self.disk_full.lock().unwrap_or_else(|e| e.into_inner());
@@ -201,12 +203,13 @@ impl Store {
     }
 
     /// Counts failed writes in `gapwatch_state_write_failures_total`.
-    pub(crate) fn count_write_failures(self, failures: WriteFailures) -> Store {
+    pub(crate) fn count_write_failures(self, metrics: Arc<Metrics>) -> Store {
+        metrics.init_state_writes();
         *self
             .writes
-            .failures
+            .metrics
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(failures);
+            .unwrap_or_else(|e| e.into_inner()) = Some(metrics);
         self
     }
 

@@ -32,7 +32,10 @@ use crate::aws::{classify, queue_name, AwsFailure};
 use crate::config::{Config, MonitorConfig, WatchMode};
 use crate::feed::{FeedHandle, FeedStatus};
 use crate::health::Health;
-use crate::metrics::{AwsOutcome, Metrics, QueueState};
+use crate::internal_events::{
+    AwsRequestCompleted, QueueBacklogRead, QueueOldestAgeRead, QueueUnreadable,
+};
+use crate::metrics::{AwsOperation, AwsOutcome, Metrics};
 use crate::observe::Observation;
 use crate::retry::RetryPolicy;
 
@@ -343,32 +346,17 @@ impl QueueWatcher {
                 q.schedule.succeeded(now);
                 q.last_ok = Some(now);
                 q.unusable = false;
-                for (state, n) in [
-                    (QueueState::Visible, b.visible),
-                    (QueueState::InFlight, b.in_flight),
-                    (QueueState::Delayed, b.delayed),
-                ] {
-                    match n {
-                        Some(n) => self
-                            .metrics
-                            .queue_messages
-                            .with_label_values(&[&q.name, state.as_str()])
-                            .set(n),
-                        None => {
-                            let _ = self
-                                .metrics
-                                .queue_messages
-                                .remove_label_values(&[&q.name, state.as_str()]);
-                        }
-                    }
-                }
                 q.backlog = match (b.visible, b.in_flight, b.delayed) {
                     (Some(v), Some(f), Some(d)) => Some(v + f + d),
                     _ => None,
                 };
-                if self.health.set_problem(&q.name, None) {
-                    tracing::info!(queue = %q.name, "queue is readable again");
-                }
+                self.metrics.emit(QueueBacklogRead {
+                    queue: &q.name,
+                    visible: b.visible,
+                    in_flight: b.in_flight,
+                    delayed: b.delayed,
+                    readable_again: self.health.set_problem(&q.name, None),
+                });
             }
             Err(f) if f.retryable => {
                 q.schedule.failed(now, true);
@@ -380,20 +368,13 @@ impl QueueWatcher {
                 q.schedule.failed(now, false);
                 q.unusable = true;
                 q.backlog = None;
-                for state in QueueState::ALL {
-                    let _ = self
-                        .metrics
-                        .queue_messages
-                        .remove_label_values(&[&q.name, state.as_str()]);
-                }
-                let _ = self
-                    .metrics
-                    .queue_oldest_age
-                    .remove_label_values(&[&q.name]);
                 let problem = format!("GetQueueAttributes: {f}");
-                if self.health.set_problem(&q.name, Some(problem)) {
-                    tracing::error!(queue = %q.name, error = %f, retry_in_s = q.schedule.next.saturating_duration_since(now).as_secs(), "queue cannot be read; retrying slowly");
-                }
+                self.metrics.emit(QueueUnreadable {
+                    queue: &q.name,
+                    error: &f,
+                    retry_in_s: q.schedule.next.saturating_duration_since(now).as_secs(),
+                    log: self.health.set_problem(&q.name, Some(problem)),
+                });
             }
         }
     }
@@ -472,13 +453,10 @@ impl QueueWatcher {
                 continue;
             }
             let points = series.get(&age_id(i)).unwrap_or(&none);
-            let gauge = &self.metrics.queue_oldest_age;
-            match inflow::oldest_age(points, settled, q.backlog == Some(0)) {
-                Some(age) => gauge.with_label_values(&[&q.name]).set(age),
-                None => {
-                    let _ = gauge.remove_label_values(&[&q.name]);
-                }
-            }
+            self.metrics.emit(QueueOldestAgeRead {
+                queue: &q.name,
+                seconds: inflow::oldest_age(points, settled, q.backlog == Some(0)),
+            });
         }
 
         let stale_after = self.stale_after();
@@ -577,7 +555,10 @@ async fn get_backlog(
         .await;
     match r {
         Ok(out) => {
-            metrics.aws("sqs", "GetQueueAttributes", AwsOutcome::Ok);
+            metrics.emit(AwsRequestCompleted {
+                call: AwsOperation::SqsGetQueueAttributes,
+                outcome: AwsOutcome::Ok,
+            });
             let attrs = out.attributes.unwrap_or_default();
             let get = |k: A| attrs.get(&k).and_then(|v| v.parse::<i64>().ok());
             Ok(Backlog {
@@ -588,7 +569,10 @@ async fn get_backlog(
         }
         Err(e) => {
             let f = classify(&e);
-            metrics.aws("sqs", "GetQueueAttributes", f.outcome);
+            metrics.emit(AwsRequestCompleted {
+                call: AwsOperation::SqsGetQueueAttributes,
+                outcome: f.outcome,
+            });
             Err(f)
         }
     }
@@ -618,12 +602,18 @@ async fn get_metric_data(
                 .await;
             let page = match r {
                 Ok(page) => {
-                    metrics.aws("cloudwatch", "GetMetricData", AwsOutcome::Ok);
+                    metrics.emit(AwsRequestCompleted {
+                        call: AwsOperation::CloudWatchGetMetricData,
+                        outcome: AwsOutcome::Ok,
+                    });
                     page
                 }
                 Err(e) => {
                     let f = classify(&e);
-                    metrics.aws("cloudwatch", "GetMetricData", f.outcome);
+                    metrics.emit(AwsRequestCompleted {
+                        call: AwsOperation::CloudWatchGetMetricData,
+                        outcome: f.outcome,
+                    });
                     return Err(f);
                 }
             };

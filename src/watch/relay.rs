@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay_queues::{message_size, Entry, Message, RelayQueues, MAX_BATCH_BYTES};
 use crate::aws::AwsFailure;
-use crate::metrics::{InputSource, Metrics, RelayOutcome};
+use crate::internal_events::{ForwardFailure, InputRejected, RelayForwardFailed, RelayForwarded};
+use crate::metrics::{InputSource, Metrics};
 use crate::observe::{Extractor, Observation};
 use crate::retry::RetryPolicy;
 use crate::shape::{Attribute, LiveMessage, Sampler};
@@ -277,17 +278,15 @@ impl<Q: RelayQueues> Relay<Q> {
         // One question to the sampler a batch: it takes one message per spacing.
         let mut sample = self.sampler.as_ref().filter(|s| s.wants(now));
         for group in size_groups(&msgs) {
+            // What fails is counted (and logged) by `forward`.
             let forwarded = self.forward(&group).await;
-            let failed = group.len() - forwarded.len();
-            if failed > 0 {
-                self.metrics
-                    .relay(&self.feed, RelayOutcome::Failed, failed as u64);
-            }
             if forwarded.is_empty() {
                 continue;
             }
-            self.metrics
-                .relay(&self.feed, RelayOutcome::Forwarded, forwarded.len() as u64);
+            self.metrics.emit(RelayForwarded {
+                feed: &self.feed,
+                count: forwarded.len(),
+            });
             for m in forwarded {
                 let ex = self.extractor.extract(&m.body, &m.message_id, m.sent);
                 if ex.problems.is_empty() {
@@ -295,8 +294,12 @@ impl<Q: RelayQueues> Relay<Q> {
                         s.offer(live_message(m, &ex.observation, now));
                     }
                 }
-                for p in ex.problems {
-                    self.metrics.reject(&self.feed, InputSource::Queue, p);
+                for reason in ex.problems {
+                    self.metrics.emit(InputRejected {
+                        feed: &self.feed,
+                        source: InputSource::Queue,
+                        reason,
+                    });
                 }
                 observed.push(ex.observation);
                 done.insert(m.message_id.as_str());
@@ -325,7 +328,8 @@ impl<Q: RelayQueues> Relay<Q> {
         }
     }
 
-    /// Returns the messages that reached the destination.
+    /// Returns the messages that reached the destination; those that did
+    /// not are counted and logged here, by why.
     async fn forward<'a>(&self, group: &[&'a Message]) -> Vec<&'a Message> {
         let mut pending: Vec<&Message> = group.to_vec();
         let mut done = Vec::with_capacity(group.len());
@@ -337,9 +341,14 @@ impl<Q: RelayQueues> Relay<Q> {
                         match e {
                             Entry::Ok => done.push(*m),
                             Entry::Retry(_) => retry.push(*m),
-                            Entry::Fatal(reason) => {
-                                tracing::error!(feed = %self.feed, message_id = %m.message_id, %reason, "destination refused a message; it stays in the vendor queue");
-                            }
+                            Entry::Fatal(reason) => self.metrics.emit(RelayForwardFailed {
+                                feed: &self.feed,
+                                count: 1,
+                                cause: ForwardFailure::Refused {
+                                    message_id: &m.message_id,
+                                    reason: &reason,
+                                },
+                            }),
                         }
                     }
                     pending = retry;
@@ -348,7 +357,11 @@ impl<Q: RelayQueues> Relay<Q> {
                     tracing::warn!(feed = %self.feed, error = %e, attempt, "forward failed; retrying");
                 }
                 Err(e) => {
-                    tracing::error!(feed = %self.feed, error = %e, "forward failed; messages stay in the vendor queue");
+                    self.metrics.emit(RelayForwardFailed {
+                        feed: &self.feed,
+                        count: pending.len(),
+                        cause: ForwardFailure::Call(&e),
+                    });
                     return done;
                 }
             }
@@ -361,7 +374,11 @@ impl<Q: RelayQueues> Relay<Q> {
             }
         }
         if !pending.is_empty() {
-            tracing::error!(feed = %self.feed, count = pending.len(), "forward kept failing; messages stay in the vendor queue");
+            self.metrics.emit(RelayForwardFailed {
+                feed: &self.feed,
+                count: pending.len(),
+                cause: ForwardFailure::KeptFailing,
+            });
         }
         done
     }

@@ -12,7 +12,8 @@ use aws_sdk_sqs::types::{
 use chrono::{DateTime, TimeZone, Utc};
 
 use crate::aws::{classify, AwsFailure};
-use crate::metrics::{AwsOutcome, Metrics};
+use crate::internal_events::AwsRequestCompleted;
+use crate::metrics::{AwsOperation, AwsOutcome, Metrics};
 
 /// A message received from the vendor queue.
 #[derive(Clone, Debug, PartialEq)]
@@ -120,24 +121,19 @@ impl SqsQueues {
 
     fn count<T, E, R>(
         &self,
-        op: &str,
+        call: AwsOperation,
         r: &Result<T, aws_sdk_sqs::error::SdkError<E, R>>,
     ) -> Option<AwsFailure>
     where
         E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
         R: std::fmt::Debug,
     {
-        match r {
-            Ok(_) => {
-                self.metrics.aws("sqs", op, AwsOutcome::Ok);
-                None
-            }
-            Err(e) => {
-                let f = classify(e);
-                self.metrics.aws("sqs", op, f.outcome);
-                Some(f)
-            }
-        }
+        let failure = r.as_ref().err().map(classify);
+        self.metrics.emit(AwsRequestCompleted {
+            call,
+            outcome: failure.as_ref().map_or(AwsOutcome::Ok, |f| f.outcome),
+        });
+        failure
     }
 }
 
@@ -155,7 +151,7 @@ impl RelayQueues for SqsQueues {
             .message_attribute_names("All")
             .send()
             .await;
-        if let Some(f) = self.count("ReceiveMessage", &r) {
+        if let Some(f) = self.count(AwsOperation::SqsReceiveMessage, &r) {
             return Err(f);
         }
         let out = r.map_err(|e| classify(&e))?;
@@ -209,7 +205,7 @@ impl RelayQueues for SqsQueues {
             })?);
         }
         let r = req.send().await;
-        if let Some(f) = self.count("SendMessageBatch", &r) {
+        if let Some(f) = self.count(AwsOperation::SqsSendMessageBatch, &r) {
             return Err(f);
         }
         let out = r.map_err(|e| classify(&e))?;
@@ -255,7 +251,7 @@ impl RelayQueues for SqsQueues {
             );
         }
         let r = req.send().await;
-        if let Some(f) = self.count("DeleteMessageBatch", &r) {
+        if let Some(f) = self.count(AwsOperation::SqsDeleteMessageBatch, &r) {
             return Err(f);
         }
         let out = r.map_err(|e| classify(&e))?;

@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 use super::*;
 use crate::aws::AwsFailure;
 use crate::config::{WatchConfig, WatchMode};
-use crate::metrics::AwsOutcome;
+use crate::metrics::{AwsOutcome, RelayOutcome};
 use crate::timefmt::TimeFormat;
 
 /// An in-memory queue pair whose forward answers are scripted per call.
@@ -102,9 +102,8 @@ fn relay(
 }
 
 fn counter(m: &Metrics, outcome: RelayOutcome) -> u64 {
-    m.relay_messages
-        .with_label_values(&["orders", outcome.as_str()])
-        .get()
+    let series = format!("gapwatch_relay_messages_total{{feed=\"orders\",outcome=\"{outcome}\"}}");
+    m.value(&series).unwrap_or(0.0) as u64
 }
 
 #[tokio::test]
@@ -174,11 +173,10 @@ async fn throttled_calls_are_retried_until_they_pass() {
     assert_eq!(counter(&metrics, RelayOutcome::Forwarded), 1);
     // The body is not JSON: forwarded all the same, and counted.
     assert_eq!(
-        metrics
-            .rejected_input
-            .with_label_values(&["orders", "queue", "body_not_json"])
-            .get(),
-        1
+        metrics.value(
+            "gapwatch_rejected_input_total{feed=\"orders\",reason=\"body_not_json\",source=\"queue\"}"
+        ),
+        Some(1.0)
     );
 }
 
