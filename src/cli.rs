@@ -219,7 +219,10 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
                 from,
                 to,
             };
-            backfill(config.load(env)?, &interval, dry_run, json).await
+            let span = tracing::info_span!("feed", feed = %interval.feed);
+            backfill(config.load(env)?, &interval, dry_run, json)
+                .instrument(span)
+                .await
         }
         Command::Audit {
             config,
@@ -236,11 +239,17 @@ async fn dispatch(command: Command, env: &HashMap<String, String>) -> anyhow::Re
                 from,
                 to,
             };
-            audit(config.load(env)?, &interval, dry_run, json).await
+            let span = tracing::info_span!("feed", feed = %interval.feed);
+            audit(config.load(env)?, &interval, dry_run, json)
+                .instrument(span)
+                .await
         }
         Command::CheckShape { config, feed, json } => {
             // Whatever keeps the check from running is "cannot tell", not a mismatch.
-            let result = async { check_shape(config.load(env)?, &feed, json).await }.await;
+            let span = tracing::info_span!("feed", feed = %feed);
+            let result = async { check_shape(config.load(env)?, &feed, json).await }
+                .instrument(span)
+                .await;
             Ok(result.unwrap_or_else(|e| {
                 eprintln!("error: {e:#}");
                 ExitCode::from(SHAPE_UNAVAILABLE)
@@ -556,10 +565,7 @@ async fn backfill(
     }
     let outcome = loop {
         let gap = store.gap(gap_id).await?.context("the gap vanished")?;
-        let outcome = filler
-            .fill_gap(&gap, &cancel)
-            .instrument(tracing::info_span!("feed", feed = %feed))
-            .await?;
+        let outcome = filler.fill_gap(&gap, &cancel).await?;
         if outcome != GapOutcome::InProgress || cancel.is_cancelled() {
             break outcome;
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::api::{self, AppState};
 use crate::audit::Auditor;
@@ -87,6 +88,8 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             config.state.edge_ids.get(),
             crate::watch::inflow::clock_lag(&config.monitor, feed.watch.mode),
         )
+        // The span its tasks run in (see `crate::supervise`).
+        .instrument(tracing::info_span!("feed", feed = %feed.name))
         .await
         .with_context(|| format!("restoring feed {}", feed.name))?;
         let lease = leases[&feed.name].clone();

@@ -338,7 +338,7 @@ impl FeedMonitor {
                     }
                     retired.push(s.partition.clone());
                     if let Some((id, start)) = s.open_gap {
-                        tracing::info!(feed = %config.name, partition = %s.partition, gap_id = id, "partition no longer watched; its open gap closes now");
+                        tracing::info!(partition = %s.partition, gap_id = id, "partition no longer watched; its open gap closes now");
                         unsaved.push_back(Pending {
                             partition: Arc::from(s.partition.as_str()),
                             event: GapEvent::Closed { start, end: now },
@@ -490,7 +490,7 @@ impl FeedMonitor {
         self.last_partitions_save_at = None;
         self.tick(self.now()).await;
         self.flush_ledger(true).await;
-        tracing::debug!(feed = %self.config.name, "feed monitor stopped");
+        tracing::debug!("feed monitor stopped");
     }
 
     /// Observes what queued up while the monitor waited on the store, so
@@ -581,7 +581,10 @@ impl FeedMonitor {
         match result {
             Ok(_) => {
                 if self.store_failures > 0 {
-                    tracing::info!(feed = %self.config.name, failures = self.store_failures, "state store reachable again");
+                    tracing::info!(
+                        failures = self.store_failures,
+                        "state store reachable again"
+                    );
                 }
                 self.store_failures = 0;
                 self.store_retry_at = None;
@@ -622,7 +625,7 @@ impl FeedMonitor {
             Ok(Some(s)) => s,
             Ok(None) => return,
             Err(e) => {
-                tracing::debug!(feed = %self.config.name, error = %e, "cannot read the shared feed state");
+                tracing::debug!(error = %e, "cannot read the shared feed state");
                 return;
             }
         };
@@ -716,7 +719,7 @@ impl FeedMonitor {
                 let saved = self.store.remember_live(&feed, Some(gap_id), &edge).await;
                 self.store_outcome(&saved);
                 if let Err(e) = saved {
-                    tracing::warn!(feed = %feed, error = %e, "cannot save edge ids");
+                    tracing::warn!(error = %e, "cannot save edge ids");
                     return false;
                 }
                 if gap.is_none() {
@@ -846,7 +849,10 @@ impl FeedMonitor {
             return Some(key);
         }
         if let Some(key) = self.add_lane(partition, now) {
-            tracing::info!(feed = %self.config.name, partition, "partition watched from its first live record (not listed yet)");
+            tracing::info!(
+                partition,
+                "partition watched from its first live record (not listed yet)"
+            );
             return Some(key);
         }
         self.metrics.emit(PartitionNotWatched {
@@ -934,7 +940,7 @@ impl FeedMonitor {
         };
         let result = ledger.flush(&self.store, &self.config.name, force).await;
         if let Err(e) = &result {
-            tracing::warn!(feed = %self.config.name, pending = ledger.len(), error = %e, "cannot write the ledger; retrying");
+            tracing::warn!(pending = ledger.len(), error = %e, "cannot write the ledger; retrying");
         }
         self.store_outcome(&result);
     }
@@ -1003,7 +1009,11 @@ impl FeedMonitor {
                 continue;
             }
             if self.lanes.len() >= max {
-                tracing::warn!(feed = %self.config.name, max, listed = list.len(), "more partitions listed than partitions.max; the rest are not watched");
+                tracing::warn!(
+                    max,
+                    listed = list.len(),
+                    "more partitions listed than partitions.max; the rest are not watched"
+                );
                 break;
             }
             self.lanes
@@ -1027,7 +1037,7 @@ impl FeedMonitor {
             self.dirty.remove(key);
             self.retired.push(key.to_string());
             if let Some(start) = state.open_gap_start {
-                tracing::info!(feed = %self.config.name, partition = %key, "partition no longer listed; its open gap closes now");
+                tracing::info!(partition = %key, "partition no longer listed; its open gap closes now");
                 self.unsaved.push_back(Pending {
                     partition: key.clone(),
                     event: GapEvent::Closed { start, end: now },
@@ -1041,7 +1051,6 @@ impl FeedMonitor {
         self.members_changed = true;
         self.summary_at = None;
         tracing::info!(
-            feed = %self.config.name,
             listed = list.len(),
             watched = self.lanes.len(),
             added,
@@ -1072,7 +1081,7 @@ impl FeedMonitor {
                 });
             }
             Err(e) => {
-                tracing::warn!(feed = %self.config.name, error = %e, "cannot compute unfilled seconds")
+                tracing::warn!(error = %e, "cannot compute unfilled seconds")
             }
         }
     }
@@ -1111,7 +1120,7 @@ impl FeedMonitor {
                     self.settled(&partition);
                 }
                 Err(e) => {
-                    tracing::error!(feed = %self.config.name, partition = %partition, error = %e, "cannot save gap event; retrying");
+                    tracing::error!(partition = %partition, error = %e, "cannot save gap event; retrying");
                     break;
                 }
             }
@@ -1233,7 +1242,7 @@ impl FeedMonitor {
                     lane.data.after_edge = (left > 0).then_some((gap_id, left));
                 }
                 Err(e) => {
-                    tracing::error!(feed = %self.config.name, error = %e, "cannot save edge ids; retrying");
+                    tracing::error!(error = %e, "cannot save edge ids; retrying");
                     lane.data.after_pending.splice(0..0, ids);
                     self.after_ready.insert(key);
                     failed = true;
@@ -1263,7 +1272,7 @@ impl FeedMonitor {
                 self.last_save_at = Some(Instant::now());
             }
             Err(e) => {
-                tracing::error!(feed = %self.config.name, error = %e, "cannot save last event")
+                tracing::error!(error = %e, "cannot save last event")
             }
         }
     }
@@ -1296,7 +1305,7 @@ impl FeedMonitor {
                 self.last_partitions_save_at = Some(Instant::now());
             }
             Err(e) => {
-                tracing::error!(feed = %self.config.name, partitions = rows.len(), error = %e, "cannot save the partitions' newest events")
+                tracing::error!(partitions = rows.len(), error = %e, "cannot save the partitions' newest events")
             }
         }
     }
@@ -1315,7 +1324,7 @@ impl FeedMonitor {
         match result {
             Ok(_) => self.retired.clear(),
             Err(e) => {
-                tracing::warn!(feed = %self.config.name, error = %e, "cannot forget retired partitions")
+                tracing::warn!(error = %e, "cannot forget retired partitions")
             }
         }
     }

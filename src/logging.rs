@@ -110,15 +110,38 @@ fn merged(own: Map<String, Value>, mut from_spans: Map<String, Value>) -> Value 
 /// them.
 #[cfg(test)]
 pub(crate) fn capture(f: impl FnOnce()) -> Vec<Map<String, Value>> {
-    let buf = tests::Buffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(buf.clone())
-        .json()
-        .event_format(SpanFieldsJson::default())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    buf.lines()
+    let capture = Capture::start();
+    f();
+    capture.lines()
+}
+
+/// What this thread logs while it lives (a current-thread runtime's tasks
+/// included), as [`capture`] reads it.
+#[cfg(test)]
+pub(crate) struct Capture {
+    buf: tests::Buffer,
+    _guard: tracing::subscriber::DefaultGuard,
+}
+
+#[cfg(test)]
+impl Capture {
+    pub(crate) fn start() -> Capture {
+        let buf = tests::Buffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(buf.clone())
+            .json()
+            .event_format(SpanFieldsJson::default())
+            .finish();
+        Capture {
+            _guard: tracing::subscriber::set_default(subscriber),
+            buf,
+        }
+    }
+
+    pub(crate) fn lines(&self) -> Vec<Map<String, Value>> {
+        self.buf.lines()
+    }
 }
 
 #[cfg(test)]
@@ -211,21 +234,13 @@ mod tests {
 
     #[tokio::test]
     async fn an_instrumented_task_logs_its_span_fields() {
-        let buf = Buffer::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(buf.clone())
-            .json()
-            .event_format(SpanFieldsJson::default())
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let capture = Capture::start();
         tokio::spawn(
             async { tracing::info!("fill finished") }
                 .instrument(tracing::info_span!("gap", gap_id = 42)),
         )
         .await
         .unwrap();
-        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-        let line: Value = serde_json::from_str(text.trim()).unwrap();
-        assert_eq!(line["gap_id"], 42);
+        assert_eq!(capture.lines()[0]["gap_id"], 42);
     }
 }

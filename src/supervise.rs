@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::health::Health;
 use crate::internal_events::TaskRestarted;
@@ -94,7 +95,9 @@ impl Supervisor {
 
     /// Runs `make()` on `tracker` until `stop` is cancelled and the task has
     /// returned; restarts it whenever it panics or returns before that.
-    /// `name` tells instances apart in logs and health (e.g. the feed).
+    /// `name` tells instances apart in logs and health: the feed the task
+    /// works for, or "" for a task of the whole process. Every run is in the
+    /// task's span ([`task_span`]), and so is every line logged about it.
     pub(crate) fn spawn<F, Fut>(
         &self,
         tracker: &TaskTracker,
@@ -108,9 +111,10 @@ impl Supervisor {
     {
         self.metrics.init_task(kind);
         let this = self.clone();
-        let name = format!("{kind} {name}").trim().to_string();
         let inner = tracker.clone();
-        tracker.spawn(async move {
+        let span = task_span(kind, name);
+        let name = format!("{kind} {name}").trim().to_string();
+        let supervised = async move {
             let mut restarts: VecDeque<Instant> = VecDeque::new();
             let mut in_a_row: u32 = 0;
             let mut start: u32 = 0;
@@ -119,14 +123,13 @@ impl Supervisor {
                 start = start.saturating_add(1);
                 let task = make();
                 let began = Instant::now();
-                let result = inner
-                    .spawn(async move {
-                        if inject {
-                            panic!("injected panic ({FAULT_ENV})");
-                        }
-                        task.await
-                    })
-                    .await;
+                let run = async move {
+                    if inject {
+                        panic!("injected panic ({FAULT_ENV})");
+                    }
+                    task.await
+                };
+                let result = inner.spawn(run.in_current_span()).await;
                 let reason = match result {
                     Ok(()) if stop.is_cancelled() => return,
                     Ok(()) => "returned while it should still run".to_string(),
@@ -169,7 +172,18 @@ impl Supervisor {
                     _ = tokio::time::sleep(backoff) => {}
                 }
             }
-        });
+        };
+        tracker.spawn(supervised.instrument(span));
+    }
+}
+
+/// A task's span: `feed` for a feed's task (its log lines then carry the
+/// feed without repeating it), else `task` with its kind.
+fn task_span(kind: TaskKind, feed: &str) -> tracing::Span {
+    if feed.is_empty() {
+        tracing::info_span!("task", task = %kind)
+    } else {
+        tracing::info_span!("feed", feed = %feed)
     }
 }
 
@@ -281,6 +295,63 @@ mod tests {
         stop.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_feed_task_and_its_restarts_log_in_the_feed_span() {
+        let capture = crate::logging::Capture::start();
+        let metrics = Arc::new(Metrics::new());
+        let sup = Supervisor::new(metrics, Arc::new(Health::default()), None);
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (r, s) = (runs.clone(), stop.clone());
+        sup.spawn(
+            &tracker,
+            TaskKind::Relay,
+            "orders",
+            stop.clone(),
+            move || {
+                let first = r.fetch_add(1, Ordering::SeqCst) == 0;
+                let s = s.clone();
+                async move {
+                    tracing::info!("relay started");
+                    if !first {
+                        s.cancelled().await;
+                    }
+                }
+            },
+        );
+        sup.spawn(
+            &tracker,
+            TaskKind::QueueWatcher,
+            "",
+            stop.clone(),
+            || async {
+                tracing::info!("queue watcher started");
+            },
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        let lines = capture.lines();
+        let feeds = |message: &str, task: &str| -> Vec<serde_json::Value> {
+            lines
+                .iter()
+                .filter(|l| l["message"] == message)
+                .filter(|l| l.get("task").is_none_or(|t| t == task))
+                .map(|l| l.get("feed").cloned().unwrap_or_default())
+                .collect()
+        };
+        assert_eq!(feeds("relay started", ""), ["orders", "orders"]);
+        assert_eq!(feeds("task failed; restarting", "relay orders"), ["orders"]);
+        let watcher = lines
+            .iter()
+            .find(|l| l["message"] == "queue watcher started")
+            .unwrap();
+        assert_eq!(watcher["task"], "queue_watcher");
+        assert!(watcher.get("feed").is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -85,7 +85,8 @@ impl Auditor {
     }
 
     pub(crate) async fn run(&mut self, cancel: CancellationToken) {
-        let span = tracing::info_span!("audit", feed = %self.feed.name);
+        // Inside its feed's span (see `crate::supervise`).
+        let span = tracing::info_span!("audit");
         async move {
             // The ledger is complete from the feed monitor's start on: the
             // audit's first window starts here, not at the first run.
@@ -345,17 +346,17 @@ pub(crate) async fn prune_ledger(store: &Store, metrics: &Metrics, feed: &FeedCo
     let before = Utc::now() - retention;
     match store.prune_ledger(&feed.name, before).await {
         Ok(n) if n > 0 => {
-            tracing::info!(feed = %feed.name, pruned = n, before = %before.to_rfc3339(), "ledger pruned")
+            tracing::info!(pruned = n, before = %before.to_rfc3339(), "ledger pruned")
         }
         Ok(_) => {}
-        Err(e) => tracing::warn!(feed = %feed.name, error = %e, "cannot prune the ledger"),
+        Err(e) => tracing::warn!(error = %e, "cannot prune the ledger"),
     }
     match store.ledger_size(&feed.name).await {
         Ok(n) => metrics.emit(LedgerSized {
             feed: &feed.name,
             ids: n,
         }),
-        Err(e) => tracing::warn!(feed = %feed.name, error = %e, "cannot read the ledger size"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the ledger size"),
     }
 }
 

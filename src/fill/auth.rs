@@ -181,7 +181,7 @@ impl OAuth2 {
         let (v, until) = result?;
         c.generation += 1;
         c.token = Some((v.clone(), until));
-        tracing::debug!(feed = %self.feed, generation = c.generation, "source access token fetched");
+        tracing::debug!(generation = c.generation, "source access token fetched");
         Ok(Credential {
             header: Some(v),
             generation: c.generation,

@@ -10,7 +10,6 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use super::pagination::PageCursor;
 use super::plan::{self, Window};
@@ -249,12 +248,8 @@ impl Filler {
     /// retry by hand) and whenever the next piece of work falls due (a chunk's
     /// retry, the next follow step, the instant a closed gap's last window is
     /// settled), so recovery ends as early as the settle delay allows.
+    /// Runs in its feed's span (see [`crate::supervise`]).
     pub(crate) async fn run(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
-        let span = tracing::info_span!("feed", feed = %self.feed.name);
-        self.run_loop(wakeup, cancel).instrument(span).await
-    }
-
-    async fn run_loop(&self, wakeup: Arc<Notify>, cancel: CancellationToken) {
         let feed = self.feed.name.clone();
         let mut lease = self.lease.clone();
         match self.store.reset_running(&feed, Utc::now()).await {

@@ -329,7 +329,6 @@ impl Source {
                     .until
                     .saturating_duration_since(tokio::time::Instant::now());
                 tracing::info!(
-                    feed = %self.inner.feed,
                     wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     "the vendor's rate-limit headers say its quota is spent; requests wait for the reset"
                 );
@@ -509,7 +508,7 @@ impl Source {
             // jq's message quotes the vendor's body, which may echo what the
             // request carried: not logged.
             Err(_) => {
-                tracing::debug!(feed = %self.inner.feed, "source.error_when failed on a page; taken as not an error");
+                tracing::debug!("source.error_when failed on a page; taken as not an error");
                 false
             }
         }
@@ -535,7 +534,7 @@ impl Source {
         let delay = i.policy.delay(attempt, retry_after, &mut rand::rng());
         match delay {
             Some(d) => {
-                tracing::debug!(feed = %i.feed, attempt, delay_ms = d.as_millis() as u64, error = %crate::redact::text(&last), "source request failed; retrying");
+                tracing::debug!(attempt, delay_ms = d.as_millis() as u64, error = %crate::redact::text(&last), "source request failed; retrying");
                 tokio::time::sleep(d).await;
                 Ok(())
             }

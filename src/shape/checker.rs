@@ -81,7 +81,8 @@ impl ShapeChecker {
     }
 
     pub(crate) async fn run(&mut self, cancel: CancellationToken) {
-        let span = tracing::info_span!("shape", feed = %self.feed.name);
+        // Inside its feed's span (see `crate::supervise`).
+        let span = tracing::info_span!("shape");
         async move {
             self.restore().await;
             let started = Instant::now();

@@ -176,9 +176,9 @@ impl<Q: RelayQueues> Relay<Q> {
     /// visibility timeout, so nothing is lost. Batches already received are
     /// forwarded and deleted before returning.
     pub(crate) async fn run(&self, cancel: CancellationToken) {
-        tracing::info!(feed = %self.feed, pollers = self.pollers, "relay started");
+        tracing::info!(pollers = self.pollers, "relay started");
         futures::future::join_all((0..self.pollers).map(|_| self.poll(&cancel))).await;
-        tracing::info!(feed = %self.feed, "relay stopped");
+        tracing::info!("relay stopped");
     }
 
     /// One loop: receives while fewer than [`IN_HAND`] batches are being
@@ -207,7 +207,7 @@ impl<Q: RelayQueues> Relay<Q> {
                     match received {
                         Ok(msgs) => {
                             if failures > 0 {
-                                tracing::info!(feed = %self.feed, "receiving from the vendor queue again");
+                                tracing::info!("receiving from the vendor queue again");
                             }
                             failures = 0;
                             if !msgs.is_empty() {
@@ -219,7 +219,7 @@ impl<Q: RelayQueues> Relay<Q> {
                             // One line per failure streak, then every 10th, so a dead
                             // queue does not flood the log.
                             if failures == 1 || failures.is_multiple_of(10) {
-                                tracing::error!(feed = %self.feed, error = %e, failures, retryable = e.retryable, "cannot receive from the vendor queue");
+                                tracing::error!(error = %e, failures, retryable = e.retryable, "cannot receive from the vendor queue");
                             }
                             let attempt = failures.min(self.policy.max_retries);
                             let delay = self
@@ -260,7 +260,11 @@ impl<Q: RelayQueues> Relay<Q> {
         let (done, waiting): (Vec<_>, Vec<_>) =
             copies.into_iter().partition(|m| self.seen.was_forwarded(m));
         if !done.is_empty() || !waiting.is_empty() {
-            tracing::debug!(feed = %self.feed, deleted = done.len(), left = waiting.len(), "the vendor queue delivered messages twice; forwarded once");
+            tracing::debug!(
+                deleted = done.len(),
+                left = waiting.len(),
+                "the vendor queue delivered messages twice; forwarded once"
+            );
         }
         forwarded.extend(done);
         self.delete_batch(forwarded).await;
@@ -306,7 +310,7 @@ impl<Q: RelayQueues> Relay<Q> {
             }
         }
         if !observed.is_empty() && self.observations.send(observed).await.is_err() {
-            tracing::warn!(feed = %self.feed, "feed monitor is gone; observations dropped");
+            tracing::warn!("feed monitor is gone; observations dropped");
         }
         if done.len() == msgs.len() {
             return msgs;
@@ -354,7 +358,7 @@ impl<Q: RelayQueues> Relay<Q> {
                     pending = retry;
                 }
                 Err(e) if e.retryable => {
-                    tracing::warn!(feed = %self.feed, error = %e, attempt, "forward failed; retrying");
+                    tracing::warn!(error = %e, attempt, "forward failed; retrying");
                 }
                 Err(e) => {
                     self.metrics.emit(RelayForwardFailed {
@@ -395,17 +399,17 @@ impl<Q: RelayQueues> Relay<Q> {
                             Entry::Ok => None,
                             Entry::Retry(_) => Some(*m),
                             Entry::Fatal(reason) => {
-                                tracing::error!(feed = %self.feed, message_id = %m.message_id, %reason, "cannot delete a forwarded message; it will be delivered again");
+                                tracing::error!(message_id = %m.message_id, %reason, "cannot delete a forwarded message; it will be delivered again");
                                 None
                             }
                         })
                         .collect();
                 }
                 Err(e) if e.retryable => {
-                    tracing::warn!(feed = %self.feed, error = %e, attempt, "delete failed; retrying");
+                    tracing::warn!(error = %e, attempt, "delete failed; retrying");
                 }
                 Err(e) => {
-                    tracing::error!(feed = %self.feed, error = %e, count = pending.len(), "cannot delete forwarded messages; they will be delivered again");
+                    tracing::error!(error = %e, count = pending.len(), "cannot delete forwarded messages; they will be delivered again");
                     return;
                 }
             }
@@ -417,7 +421,10 @@ impl<Q: RelayQueues> Relay<Q> {
                 tokio::time::sleep(d).await;
             }
         }
-        tracing::error!(feed = %self.feed, count = pending.len(), "delete kept failing; forwarded messages will be delivered again");
+        tracing::error!(
+            count = pending.len(),
+            "delete kept failing; forwarded messages will be delivered again"
+        );
     }
 }
 
