@@ -525,6 +525,18 @@ struct ReportedObservation {
     partition: Option<serde_json::Value>,
 }
 
+/// Why one reported observation is refused (listed in the answer's `errors`).
+#[derive(Debug, thiserror::Error)]
+enum ObservationError {
+    /// Not an object of the expected fields.
+    #[error("{0}")]
+    Shape(serde_json::Error),
+    #[error("id must be a non-empty string or a number")]
+    Id,
+    #[error("event_time: {0}")]
+    EventTime(crate::timefmt::TimeParseError),
+}
+
 /// A reported body larger than this is not sampled (SQS's own limit).
 const MAX_SAMPLED_BODY: usize = 1024 * 1024;
 
@@ -644,10 +656,9 @@ async fn observations(
     let mut errors = Vec::new();
     for (i, item) in items.into_iter().enumerate() {
         let parsed = serde_json::from_value::<ReportedObservation>(item)
-            .map_err(|e| e.to_string())
+            .map_err(ObservationError::Shape)
             .and_then(|o| {
-                let id = crate::observe::id_string(&o.id)
-                    .ok_or_else(|| "id must be a non-empty string or a number".to_string())?;
+                let id = crate::observe::id_string(&o.id).ok_or(ObservationError::Id)?;
                 let event_time = match &o.event_time {
                     // RFC 3339 strings are always understood; numbers follow the feed's format.
                     serde_json::Value::String(_) => crate::timefmt::TimeFormat::Rfc3339
@@ -655,7 +666,7 @@ async fn observations(
                         .or_else(|_| format.parse_json(&o.event_time)),
                     _ => format.parse_json(&o.event_time),
                 }
-                .map_err(|e| format!("event_time: {e}"))?;
+                .map_err(ObservationError::EventTime)?;
                 // Without a usable partition value it is observed for the
                 // feed as a whole only (counted below).
                 let partition = o

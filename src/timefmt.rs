@@ -176,12 +176,12 @@ impl TimeFormat {
             (TimeFormat::UnixS | TimeFormat::UnixMs, other) => {
                 Err(self.wrong_type("a number or numeric string", other))
             }
-            (TimeFormat::Pattern(p), Value::String(s)) => {
-                p.parse(s.trim()).map_err(|reason| self.invalid(v, reason))
-            }
+            (TimeFormat::Pattern(p), Value::String(s)) => p
+                .parse(s.trim())
+                .map_err(|reason| self.invalid(v, reason.to_string())),
             (TimeFormat::Pattern(p), Value::Number(n)) => p
                 .parse(&n.to_string())
-                .map_err(|reason| self.invalid(v, reason)),
+                .map_err(|reason| self.invalid(v, reason.to_string())),
             (TimeFormat::Pattern(_), other) => Err(self.wrong_type("a string", other)),
         }
     }
@@ -433,7 +433,7 @@ impl Strftime {
                     written,
                     reason: match back {
                         Ok(b) => b.to_rfc3339_opts(SecondsFormat::Millis, true),
-                        Err(e) => e,
+                        Err(e) => e.to_string(),
                     },
                 });
             }
@@ -449,10 +449,9 @@ impl Strftime {
         out
     }
 
-    fn parse(self, s: &str) -> Result<DateTime<Utc>, String> {
+    fn parse(self, s: &str) -> chrono::ParseResult<DateTime<Utc>> {
         let mut p = Parsed::new();
-        chrono::format::parse(&mut p, s, StrftimeItems::new(self.pattern))
-            .map_err(|e| e.to_string())?;
+        chrono::format::parse(&mut p, s, StrftimeItems::new(self.pattern))?;
         let fill = |p: &mut Parsed| -> chrono::format::ParseResult<()> {
             if p.timestamp().is_none() {
                 if p.hour_div_12().is_none() && p.hour_mod_12().is_none() {
@@ -467,10 +466,8 @@ impl Strftime {
             }
             Ok(())
         };
-        fill(&mut p).map_err(|e| e.to_string())?;
-        p.to_datetime()
-            .map(|t| t.with_timezone(&Utc))
-            .map_err(|e| e.to_string())
+        fill(&mut p)?;
+        p.to_datetime().map(|t| t.with_timezone(&Utc))
     }
 }
 

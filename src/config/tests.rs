@@ -62,8 +62,16 @@ fn env() -> HashMap<String, String> {
     ])
 }
 
-fn load(text: &str) -> Result<Config, String> {
-    Config::from_toml(text, &env()).map_err(|e| e.to_string())
+fn load(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, &env())
+}
+
+/// What `check-config` says about a config that does not load.
+fn load_err(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("the config loads:\n{text}"),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[test]
@@ -168,7 +176,9 @@ fn invalid_values_name_their_key() {
     for (from, to, want) in cases {
         assert!(GOOD.contains(from), "test case does not apply: {from}");
         let text = GOOD.replacen(from, to, 1);
-        let err = load(&text).expect_err(&format!("{to} should be refused"));
+        let err = load(&text)
+            .expect_err(&format!("{to} should be refused"))
+            .to_string();
         assert!(err.contains(want), "for {to:?}: wanted {want:?} in:\n{err}");
         for secret in ["admin-s3cret", "vendor-s3cret", "key-s3cret"] {
             assert!(!err.contains(secret), "{secret} leaked in: {err}");
@@ -195,7 +205,7 @@ fn a_window_in_the_path_alone_is_enough() {
 fn duplicate_feed_names_are_refused() {
     let second = GOOD.split("[[feeds]]").nth(1).unwrap();
     let text = format!("{GOOD}\n[[feeds]]{second}");
-    let err = load(&text).unwrap_err();
+    let err = load_err(&text);
     assert!(
         err.contains("feeds[1].name: duplicate feed name \"orders\""),
         "{err}"
@@ -207,7 +217,7 @@ fn all_problems_are_reported_at_once() {
     let text = GOOD
         .replace("max_silence = \"5m\"", "max_silence = \"0s\"")
         .replace("chunk = \"1h\"", "chunk = \"x\"");
-    let err = load(&text).unwrap_err();
+    let err = load_err(&text);
     assert!(err.contains("max_silence"), "{err}");
     assert!(err.contains("backfill.chunk"), "{err}");
 }
@@ -241,7 +251,7 @@ name = "clicks"
 [feeds.watch]
 mode = "report"
 "#;
-    let err = load(text).unwrap_err();
+    let err = load_err(text);
     assert!(
         err.contains("feeds[0].watch.mode: report mode needs server.report_token"),
         "{err}"
@@ -263,7 +273,7 @@ mode = "passive"
 [feeds.freshness]
 max_silence = "30s"
 "#;
-    let err = load(text).unwrap_err();
+    let err = load_err(text);
     assert!(
         err.contains("feeds[0].watch.mode: passive mode reads CloudWatch"),
         "{err}"
@@ -294,7 +304,7 @@ path = "/tmp/same.ndjson"
         feed("a"),
         feed("b")
     );
-    let err = load(&text).unwrap_err();
+    let err = load_err(&text);
     assert!(err.contains("feeds[1].backfill.sink.path: /tmp/same.ndjson is already the file sink of another feed"), "{err}");
 }
 
@@ -314,7 +324,7 @@ fn a_postgres_state_url_is_accepted_and_its_password_never_shown() {
         "url = \"sqlite:///tmp/gapwatch-test/state.db\"",
         "url = \"postgres://u:pg-s3cret@[bad\"",
     );
-    let err = load(&bad).unwrap_err();
+    let err = load_err(&bad);
     assert!(
         err.contains("state.url") && !err.contains("pg-s3cret"),
         "{err}"
@@ -498,12 +508,12 @@ fn the_audit_section_defaults_and_is_checked() {
         ("every = \"0s\"", "feeds[0].audit.every"),
         ("often = \"1m\"", "unknown field `often`"),
     ] {
-        let err = load(&format!("{GOOD}\n  [feeds.audit]\n  {audit}\n")).unwrap_err();
+        let err = load_err(&format!("{GOOD}\n  [feeds.audit]\n  {audit}\n"));
         assert!(err.contains(key), "{audit}: {err}");
     }
     // Without a backfill section there is nothing to list records with.
     let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
-    let err = load(&format!("{no_backfill}\n  [feeds.audit]\n")).unwrap_err();
+    let err = load_err(&format!("{no_backfill}\n  [feeds.audit]\n"));
     assert!(
         err.contains("feeds[0].audit: needs [feeds.backfill]"),
         "{err}"
@@ -583,7 +593,7 @@ fn a_program_that_does_not_compile_names_its_key_and_position() {
 ",
         1,
     );
-    let err = load(&text).unwrap_err();
+    let err = load_err(&text);
     assert!(
         err.contains("feeds[0].backfill.render: jq program does not compile at line 1, column"),
         "{err}"
@@ -612,7 +622,7 @@ fn envelope_fields_need_an_envelope() {
   [feeds.freshness]",
         1,
     );
-    let err = load(&text).unwrap_err();
+    let err = load_err(&text);
     assert!(
         err.contains("feeds[0].watch.envelope_fields: needs watch.envelope"),
         "{err}"
@@ -627,7 +637,7 @@ fn envelope_fields_need_an_envelope() {
   [feeds.freshness]",
         1,
     );
-    let err = load(&text).unwrap_err();
+    let err = load_err(&text);
     assert!(err.contains("envelope"), "{err}");
 }
 
@@ -670,14 +680,13 @@ fn source_auth_secrets_are_redacted_and_errors_name_the_key() {
         ),
     ];
     for (auth, want) in bad {
-        let e = load(&with_auth(auth)).unwrap_err();
+        let e = load_err(&with_auth(auth));
         assert!(e.contains(want), "{auth}: {e}");
         assert!(!e.contains("vendor-s3cret"), "{e}");
     }
-    let e = load(&with_auth(
+    let e = load_err(&with_auth(
         r#"{ type = "api_key", token = "vendor-s3cret" }"#,
-    ))
-    .unwrap_err();
+    ));
     assert!(e.contains("auth"), "{e}");
     assert!(!e.contains("vendor-s3cret"), "{e}");
 }
@@ -695,9 +704,9 @@ fn status_lists_name_the_key_of_a_bad_status() {
         c.feeds[0].backfill.as_ref().unwrap().source.empty_on,
         vec![404]
     );
-    let e = load(&add("retry_on = [200]")).unwrap_err();
+    let e = load_err(&add("retry_on = [200]"));
     assert!(e.contains("feeds[0].backfill.source.retry_on[0]:"), "{e}");
-    let e = load(&add("empty_on = [404]\n    fail_on = [404]")).unwrap_err();
+    let e = load_err(&add("empty_on = [404]\n    fail_on = [404]"));
     assert!(
         e.contains("feeds[0].backfill.source.empty_on: status 404 is also in fail_on"),
         "{e}"
@@ -798,7 +807,9 @@ fn partition_errors_name_their_key() {
         ),
     ];
     for (partitions, want) in cases {
-        let err = load(&partitioned(partitions)).expect_err(partitions);
+        let err = load(&partitioned(partitions))
+            .expect_err(partitions)
+            .to_string();
         assert!(
             err.contains(want),
             "for {partitions:?}: wanted {want:?} in:\n{err}"
@@ -806,20 +817,18 @@ fn partition_errors_name_their_key() {
     }
     // The source must name the partition it asks for, and only a
     // partitioned feed has one.
-    let err = load(&format!(
+    let err = load_err(&format!(
         "{GOOD}\n  [feeds.partitions]\n  key = \"/s\"\n  values = [\"a\"]\n"
-    ))
-    .unwrap_err();
+    ));
     assert!(
         err.contains("feeds[0].backfill.source.url: the feed is partitioned: name {partition}"),
         "{err}"
     );
-    let err = load(&GOOD.replacen(
+    let err = load_err(&GOOD.replacen(
         "limit = \"500\"",
         "limit = \"500\", store = \"{partition}\"",
         1,
-    ))
-    .unwrap_err();
+    ));
     assert!(
         err.contains("feeds[0].backfill.source.query.store: {partition} needs [feeds.partitions]"),
         "{err}"
@@ -852,16 +861,15 @@ fn partition_errors_name_their_key() {
             "",
             1,
         );
-    let err = load(&passive).unwrap_err();
+    let err = load_err(&passive);
     assert!(
         err.contains("feeds[0].partitions: needs each record's partition value"),
         "{err}"
     );
     let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
-    let err = load(&format!(
+    let err = load_err(&format!(
         "{no_backfill}\n  [feeds.partitions]\n  key = \"/s\"\n  from = {{ url = \"https://x.example/s\" }}\n"
-    ))
-    .unwrap_err();
+    ));
     assert!(
         err.contains("feeds[0].partitions.from: needs [feeds.backfill]"),
         "{err}"
@@ -915,20 +923,20 @@ fn the_shape_check_runs_by_default_where_it_can_and_is_checked() {
         ),
         ("often = \"1m\"", "unknown field `often`"),
     ] {
-        let err = load(&format!("{GOOD}\n  [feeds.shape]\n  {shape}\n")).unwrap_err();
+        let err = load_err(&format!("{GOOD}\n  [feeds.shape]\n  {shape}\n"));
         assert!(err.contains(key), "{shape}: {err}");
     }
     // Where it cannot run: off by default, an error when asked for.
     let no_pointers = GOOD.replacen("  record_id = \"/id\"\n", "", 1);
     assert!(load(&no_pointers).unwrap().feeds[0].shape.is_none());
-    let err = load(&format!("{no_pointers}\n  [feeds.shape]\n")).unwrap_err();
+    let err = load_err(&format!("{no_pointers}\n  [feeds.shape]\n"));
     assert!(
         err.contains("feeds[0].shape: relay mode needs watch.record_id and watch.event_time"),
         "{err}"
     );
     let no_backfill = GOOD.split("  [feeds.backfill]").next().unwrap();
     assert!(load(no_backfill).unwrap().feeds[0].shape.is_none());
-    let err = load(&format!("{no_backfill}\n  [feeds.shape]\n")).unwrap_err();
+    let err = load_err(&format!("{no_backfill}\n  [feeds.shape]\n"));
     assert!(
         err.contains("feeds[0].shape: needs [feeds.backfill]"),
         "{err}"
@@ -1035,14 +1043,13 @@ fn request_template_errors_name_their_key() {
         ),
     ];
     for (lines, want) in cases {
-        let e = load(&with_request(lines)).expect_err(lines);
+        let e = load(&with_request(lines)).expect_err(lines).to_string();
         assert!(e.contains(want), "for {lines:?}: wanted {want:?} in:\n{e}");
         for secret in ["admin-s3cret", "vendor-s3cret", "key-s3cret"] {
             assert!(!e.contains(secret), "{secret} leaked in: {e}");
         }
     }
-    let e = load(&GOOD.replace("Bearer ${VENDOR_TOKEN}", "Bearer ${VENDOR_TOKEN} {until}"))
-        .unwrap_err();
+    let e = load_err(&GOOD.replace("Bearer ${VENDOR_TOKEN}", "Bearer ${VENDOR_TOKEN} {until}"));
     assert!(
         e.contains("feeds[0].backfill.source.headers.Authorization: unknown placeholder {until}"),
         "{e}"
@@ -1083,12 +1090,11 @@ fn a_strftime_time_format_derives_its_resolution() {
     assert_eq!(s.record_time_format, s.time_format);
 
     // One day per request ({start} only): a chunk of more would skip days.
-    let e = load(
+    let e = load_err(
         &day("    time_format = \"%Y-%m-%d\"")
             .replacen("\n    time_format = \"rfc3339\"", "", 1)
             .replace("chunk = \"1h\"", "chunk = \"2d\""),
-    )
-    .unwrap_err();
+    );
     assert!(
         e.contains("feeds[0].backfill.chunk: must be at most 1d (the resolution of time_format \"%Y-%m-%d\")"),
         "{e}"
@@ -1107,17 +1113,15 @@ fn a_strftime_time_format_derives_its_resolution() {
             "feeds[0].backfill.source.time_format: unknown time format \"yyyy-MM-dd\"",
         ),
     ] {
-        let e = load(&GOOD.replace(
+        let e = load_err(&GOOD.replace(
             "time_format = \"rfc3339\"",
             &format!("time_format = \"{format}\""),
-        ))
-        .unwrap_err();
+        ));
         assert!(e.contains(want), "{format}: {e}");
     }
-    let e = load(&GOOD.replace(
+    let e = load_err(&GOOD.replace(
         "event_time_format = \"rfc3339\"",
         "event_time_format = \"%d.%m\"",
-    ))
-    .unwrap_err();
+    ));
     assert!(e.contains("feeds[0].watch.event_time_format:"), "{e}");
 }

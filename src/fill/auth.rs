@@ -34,6 +34,16 @@ pub(crate) enum AuthError {
     Transient(String),
 }
 
+/// Why `source.auth` cannot be used (config validation catches most of it;
+/// this is what is left: a value that is no valid header value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AuthConfigError {
+    #[error("source.auth.token is not a valid header value")]
+    BadToken,
+    #[error("source.auth credentials are not a valid header value")]
+    BadCredentials,
+}
+
 /// The credential one request was sent with; `generation` tells a 401 for an
 /// old token from one for the token just fetched.
 pub(crate) struct Credential {
@@ -92,16 +102,16 @@ impl Auth {
         config: Option<&SourceAuth>,
         client: reqwest::Client,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, AuthConfigError> {
         Ok(match config {
             None => Auth::None,
             Some(SourceAuth::Bearer { token }) => Auth::Static(
                 sensitive(&format!("Bearer {}", token.expose()))
-                    .ok_or("source.auth.token is not a valid header value")?,
+                    .ok_or(AuthConfigError::BadToken)?,
             ),
             Some(SourceAuth::Basic { username, password }) => Auth::Static(
                 basic(username.expose(), password.expose())
-                    .ok_or("source.auth credentials are not a valid header value")?,
+                    .ok_or(AuthConfigError::BadCredentials)?,
             ),
             Some(SourceAuth::Oauth2ClientCredentials {
                 token_url,

@@ -52,8 +52,11 @@ pub(crate) enum BuildError {
         feed: String,
         source: source::SourceError,
     },
-    #[error("feed {feed}: backfill sink: {message}")]
-    Sink { feed: String, message: String },
+    #[error("feed {feed}: backfill sink: {source}")]
+    Sink {
+        feed: String,
+        source: sink::SinkBuildError,
+    },
 }
 
 /// Builds a feed's fill pipeline (source, sink, filler) from its config:
@@ -79,9 +82,9 @@ pub(crate) async fn build_filler(
     })?;
     let sink = sink::Sink::new(&b.sink, &feed.name, sqs, metrics.clone(), store)
         .await
-        .map_err(|message| BuildError::Sink {
+        .map_err(|source| BuildError::Sink {
             feed: feed.name.clone(),
-            message,
+            source,
         })?;
     Ok(Filler::new(
         feed.clone(),

@@ -16,7 +16,7 @@ use crate::config::SinkConfig;
 use crate::internal_events::AwsRequestCompleted;
 use crate::metrics::{AwsOperation, AwsOutcome, Metrics};
 use crate::retry::{RetryPolicy, Retryable};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Why a sink could not deliver (part of) a batch. What it did deliver
 /// before is in the [`Delivery`] and is committed all the same.
@@ -40,6 +40,47 @@ pub(crate) enum SinkError {
         path: String,
         source: std::io::Error,
         cut_failed: Option<std::io::Error>,
+    },
+}
+
+/// Why a sink cannot be built from its config (when the daemon or a
+/// one-off fill starts).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SinkBuildError {
+    #[error("the sqs sink needs AWS")]
+    NoAws,
+    #[error("invalid header name {0:?}")]
+    HeaderName(String),
+    #[error("invalid value for header {0:?}")]
+    HeaderValue(String),
+    #[error("{0}")]
+    Client(reqwest::Error),
+    /// The file sink's committed length could not be read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("cannot create {}: {source}", dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Another process (the daemon, another `gapwatch backfill`) writes the
+    /// file: two writers would interleave and cut each other's pages.
+    #[error("{} is in use by another gapwatch process (use the daemon's POST /api/v1/backfills)", path.display())]
+    Locked { path: PathBuf },
+    #[error("cannot stat {}: {source}", path.display())]
+    Stat {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot truncate {}: {source}", path.display())]
+    Truncate {
+        path: PathBuf,
+        source: std::io::Error,
     },
 }
 
@@ -94,7 +135,7 @@ impl Sink {
         sqs: Option<aws_sdk_sqs::Client>,
         metrics: Arc<Metrics>,
         store: &Store,
-    ) -> Result<Sink, String> {
+    ) -> Result<Sink, SinkBuildError> {
         Ok(match config {
             SinkConfig::Sqs {
                 queue_url,
@@ -102,7 +143,7 @@ impl Sink {
                 in_flight,
             } => Sink::Sqs(SqsSink {
                 in_flight: in_flight.get(),
-                client: sqs.ok_or("the sqs sink needs AWS")?,
+                client: sqs.ok_or(SinkBuildError::NoAws)?,
                 queue_url: queue_url.clone(),
                 fifo: queue_url.ends_with(".fifo"),
                 group_id: message_group_id.clone().unwrap_or_else(|| feed.to_string()),
@@ -118,9 +159,9 @@ impl Sink {
                 let mut h = HeaderMap::new();
                 for (k, v) in headers {
                     let name = HeaderName::from_bytes(k.as_bytes())
-                        .map_err(|_| format!("invalid header name {k:?}"))?;
+                        .map_err(|_| SinkBuildError::HeaderName(k.clone()))?;
                     let mut value = HeaderValue::from_str(v.expose())
-                        .map_err(|_| format!("invalid value for header {k:?}"))?;
+                        .map_err(|_| SinkBuildError::HeaderValue(k.clone()))?;
                     value.set_sensitive(true);
                     h.insert(name, value);
                 }
@@ -132,7 +173,7 @@ impl Sink {
                         // records would count as delivered without arriving.
                         .redirect(reqwest::redirect::Policy::none())
                         .build()
-                        .map_err(|e| e.to_string())?,
+                        .map_err(SinkBuildError::Client)?,
                     url: url.clone(),
                     batch: batch.get(),
                     policy: RetryPolicy {
@@ -143,10 +184,7 @@ impl Sink {
                 })
             }
             SinkConfig::File { path } => {
-                let committed = store
-                    .sink_offset(feed, &path.to_string_lossy())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let committed = store.sink_offset(feed, &path.to_string_lossy()).await?;
                 Sink::File(FileSink::open(path.clone(), committed).await?)
             }
         })
@@ -541,31 +579,42 @@ pub(crate) struct FileState {
 
 impl FileSink {
     /// `committed`: the length checkpointed by the last committed page, if any.
-    pub(crate) async fn open(path: PathBuf, committed: Option<u64>) -> Result<Self, String> {
+    pub(crate) async fn open(
+        path: PathBuf,
+        committed: Option<u64>,
+    ) -> Result<Self, SinkBuildError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+                .map_err(|source| SinkBuildError::CreateDir {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?;
         }
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-        file.try_lock().map_err(|_| {
-            format!(
-                "{} is in use by another gapwatch process (use the daemon's POST /api/v1/backfills)",
-                path.display()
-            )
-        })?;
+            .map_err(|source| SinkBuildError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        file.try_lock()
+            .map_err(|_| SinkBuildError::Locked { path: path.clone() })?;
         let mut len = file
             .metadata()
-            .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
+            .map_err(|source| SinkBuildError::Stat {
+                path: path.clone(),
+                source,
+            })?
             .len();
         if let Some(committed) = committed.filter(|c| *c < len) {
             file.set_len(committed)
                 .and_then(|()| file.sync_all())
-                .map_err(|e| format!("cannot truncate {}: {e}", path.display()))?;
+                .map_err(|source| SinkBuildError::Truncate {
+                    path: path.clone(),
+                    source,
+                })?;
             tracing::warn!(
                 path = %path.display(),
                 dropped_bytes = len - committed,

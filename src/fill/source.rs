@@ -13,7 +13,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use url::Url;
 
-use super::auth::{Auth, AuthError};
+use super::auth::{Auth, AuthConfigError, AuthError};
 use super::body::{error_text, read_capped, BodyError};
 use super::pagination::{resolve_url, PageCursor, PageRequest, PageView, PaginationError};
 use super::plan::{query_window, Window};
@@ -59,6 +59,8 @@ pub(crate) enum SourceError {
     Pagination(#[from] PaginationError),
     #[error("cannot build the request: {0}")]
     Request(String),
+    #[error("cannot build the request: {0}")]
+    AuthConfig(#[from] AuthConfigError),
     /// Raise `source.max_page_bytes` or ask for smaller pages (`limit`).
     #[error("page is larger than source.max_page_bytes ({max} bytes)")]
     PageTooLarge { max: u64 },
@@ -83,6 +85,7 @@ impl crate::retry::Retryable for SourceError {
             SourceError::NoRecords { .. }
             | SourceError::Pagination(_)
             | SourceError::Request(_)
+            | SourceError::AuthConfig(_)
             | SourceError::PageTooLarge { .. }
             | SourceError::Auth(AuthError::Refused { .. })
             | SourceError::FailOn { .. } => false,
@@ -164,8 +167,7 @@ impl Source {
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             // Start without a burst: the vendor's limit is usually a sliding window.
             .allow_burst(NonZeroU32::MIN);
-        let auth = Auth::new(feed, config.auth.as_ref(), client.clone(), metrics.clone())
-            .map_err(SourceError::Request)?;
+        let auth = Auth::new(feed, config.auth.as_ref(), client.clone(), metrics.clone())?;
         Ok(Self {
             inner: Arc::new(Inner {
                 feed: feed.to_string(),

@@ -317,7 +317,7 @@ mod tests {
         ];
         for (v, want) in bad {
             let p: Pagination = serde_json::from_value(v.clone()).unwrap();
-            let err = p.validate().unwrap_err();
+            let err = p.validate().unwrap_err().to_string();
             assert!(err.contains(want), "{v}: {err}");
         }
     }

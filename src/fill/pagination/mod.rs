@@ -177,6 +177,26 @@ pub(crate) enum PaginationError {
     BadHeader { name: String },
 }
 
+/// Why a `pagination` table is refused (see [`Pagination::validate`]): the
+/// message names the key inside the table; config prefixes the path to it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum PaginationConfigError {
+    #[error("cursor style needs one of cursor (pointer into the body), cursor_from_last_record (pointer into the last record) or cursor_header (a response header)")]
+    NoCursor,
+    #[error(
+        "cursor, cursor_from_last_record and cursor_header are mutually exclusive: set exactly one"
+    )]
+    SeveralCursors,
+    #[error("{key}: {value:?} is not a JSON pointer (use \"\" for the whole value or start with '/', e.g. \"/{value}\")")]
+    NotAPointer { key: &'static str, value: String },
+    #[error("{key}: must not be empty")]
+    EmptyParam { key: &'static str },
+    #[error("{key}: {value:?} is not an HTTP header name")]
+    NotAHeader { key: &'static str, value: String },
+    #[error("{key}: must be greater than 0")]
+    Zero { key: &'static str },
+}
+
 impl crate::retry::Retryable for PaginationError {
     fn is_retryable(&self) -> bool {
         false
@@ -194,7 +214,7 @@ impl Pagination {
     /// caller prefixes the path to it. Whether the page is placed at all
     /// (`param`, or `{cursor}` in the request) is the caller's to check: it
     /// sees the request.
-    pub(crate) fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), PaginationConfigError> {
         match self {
             Pagination::None | Pagination::LinkHeader => Ok(()),
             Pagination::Cursor {
@@ -211,12 +231,8 @@ impl Pagination {
                 ];
                 match sources.iter().filter(|s| **s).count() {
                     1 => {}
-                    0 => {
-                        return Err("cursor style needs one of cursor (pointer into the body), cursor_from_last_record (pointer into the last record) or cursor_header (a response header)".to_owned())
-                    }
-                    _ => {
-                        return Err("cursor, cursor_from_last_record and cursor_header are mutually exclusive: set exactly one".to_owned())
-                    }
+                    0 => return Err(PaginationConfigError::NoCursor),
+                    _ => return Err(PaginationConfigError::SeveralCursors),
                 }
                 check_pointer("cursor", cursor.as_deref())?;
                 check_pointer(
@@ -237,7 +253,7 @@ impl Pagination {
                 check_param("param", param.as_deref())?;
                 check_param("size_param", size_param.as_deref())?;
                 if *size == 0 {
-                    return Err("size: must be greater than 0".to_owned());
+                    return Err(PaginationConfigError::Zero { key: "size" });
                 }
                 Ok(())
             }
@@ -250,7 +266,7 @@ impl Pagination {
                 check_param("param", param.as_deref())?;
                 check_param("limit_param", limit_param.as_deref())?;
                 if *limit == 0 {
-                    return Err("limit: must be greater than 0".to_owned());
+                    return Err(PaginationConfigError::Zero { key: "limit" });
                 }
                 Ok(())
             }
@@ -461,28 +477,34 @@ pub(super) fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn check_pointer(key: &str, p: Option<&str>) -> Result<(), String> {
+fn check_pointer(key: &'static str, p: Option<&str>) -> Result<(), PaginationConfigError> {
     match p {
-        Some(p) if !p.is_empty() && !p.starts_with('/') => Err(format!(
-            "{key}: {p:?} is not a JSON pointer (use \"\" for the whole value or start with '/', e.g. \"/{p}\")"
-        )),
+        Some(p) if !p.is_empty() && !p.starts_with('/') => {
+            Err(PaginationConfigError::NotAPointer {
+                key,
+                value: p.to_owned(),
+            })
+        }
         _ => Ok(()),
     }
 }
 
-fn check_param(key: &str, p: Option<&str>) -> Result<(), String> {
+fn check_param(key: &'static str, p: Option<&str>) -> Result<(), PaginationConfigError> {
     match p {
-        Some(p) if p.trim().is_empty() => Err(format!("{key}: must not be empty")),
+        Some(p) if p.trim().is_empty() => Err(PaginationConfigError::EmptyParam { key }),
         _ => Ok(()),
     }
 }
 
 /// An HTTP field name: one or more token characters (RFC 9110 §5.6.2).
-fn check_header(key: &str, h: Option<&str>) -> Result<(), String> {
+fn check_header(key: &'static str, h: Option<&str>) -> Result<(), PaginationConfigError> {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     match h {
         Some(h) if h.is_empty() || !h.bytes().all(token) => {
-            Err(format!("{key}: {h:?} is not an HTTP header name"))
+            Err(PaginationConfigError::NotAHeader {
+                key,
+                value: h.to_owned(),
+            })
         }
         _ => Ok(()),
     }
@@ -680,7 +702,7 @@ mod tests {
         ];
         for (v, want) in bad {
             let p: Pagination = serde_json::from_value(v.clone()).unwrap();
-            let err = p.validate().unwrap_err();
+            let err = p.validate().unwrap_err().to_string();
             assert!(err.contains(want), "{v}: {err}");
         }
         // "" is the whole value: a last record that is itself the id.
