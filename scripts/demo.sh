@@ -159,6 +159,12 @@ for _ in $(seq 120); do
 done
 say "verified until $vu"
 
+# The shape check: live messages gapwatch sampled, looked up again through the
+# vendor's API and wrapped as a recovery would: the app could not tell them apart.
+say ">>> shape check: sampled live messages vs the same records as gapwatch would recover them"
+shape_rc=0
+"$ROOT/target/debug/gapwatch" check-shape --feed orders --config "$ROOT/config/demo.toml" || shape_rc=$?
+
 say "stopping the vendor and letting the app drain its queue"
 curl -s -X POST -H 'content-type: application/json' -d '{"rate": 0}' "$VENDOR_URL/control/rate" >/dev/null
 prev=-1
@@ -190,8 +196,9 @@ say "audit: ${audit_runs:-0} windows verified, ${audit_missing:-0} records found
 say "duplicates: $duplicates, missing: $missing"
 "$ROOT/target/debug/gapwatch" gaps --config "$ROOT/config/demo.toml"
 if [ "$duplicates" -eq 0 ] && [ "$missing" -eq 0 ] && [ "$produced" -gt 0 ] \
-   && [ "${audit_missing:-0}" = "$dropped" ] && [ "$dropped_delivered" -eq "$dropped" ]; then
-  say "CHECK PASSED: every vendor record reached the app exactly once; the audit found and delivered exactly the $dropped lost ones"
+   && [ "${audit_missing:-0}" = "$dropped" ] && [ "$dropped_delivered" -eq "$dropped" ] \
+   && [ "$shape_rc" -eq 0 ]; then
+  say "CHECK PASSED: every vendor record reached the app exactly once; the audit found and delivered exactly the $dropped lost ones; recovered messages have the live shape"
 else
   say "CHECK FAILED"
   exit 1
