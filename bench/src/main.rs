@@ -37,6 +37,7 @@ use table::Figure;
 const ALL: &[&str] = &[
     "detection",
     "fill",
+    "file",
     "sqs",
     "sqs-latency",
     "span",
@@ -249,6 +250,7 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         figures.push(detection::relay(env, sizes.detection_reps).await?);
     }
     if wanted("fill")
+        || wanted("file")
         || wanted("sqs")
         || wanted("sqs-latency")
         || wanted("rate")
@@ -260,7 +262,8 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
             table::thousands(sizes.big_fill as f64)
         ));
         let history = fill::History::start(env, sizes.big_fill).await?;
-        if wanted("fill") {
+        // `file`: figure 2's file-sink fills alone (fast; `fill` also runs the SQS ones).
+        if wanted("fill") || wanted("file") {
             let label = |n: u64| {
                 if n >= 1_000_000 {
                     format!("{}M", n / 1_000_000)
