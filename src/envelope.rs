@@ -59,14 +59,24 @@ impl Envelope {
 
     /// `record` wrapped as a live message: `fields` first (what the vendor's
     /// envelopes carry), then a fresh id and `time`, then the record itself.
+    #[cfg(test)]
     pub(crate) fn wrap(
         self,
         record: Value,
         time: DateTime<Utc>,
         fields: &Map<String, Value>,
     ) -> Value {
-        match self {
-            Envelope::None => record,
+        match self.template(fields) {
+            Some(t) => t.wrap(record, time),
+            None => record,
+        }
+    }
+
+    /// The envelope's constant part, built once per feed: its keys in the
+    /// order the service writes them, `fields` merged in. `None` for no envelope.
+    pub(crate) fn template(self, fields: &Map<String, Value>) -> Option<EnvelopeTemplate> {
+        let mut m = match self {
+            Envelope::None => return None,
             Envelope::EventBridge => {
                 let mut m = Map::with_capacity(9);
                 m.insert("version".into(), Value::from("0"));
@@ -77,16 +87,7 @@ impl Envelope {
                 m.insert("time".into(), Value::Null);
                 m.insert("region".into(), Value::from(""));
                 m.insert("resources".into(), Value::Array(Vec::new()));
-                for (k, v) in fields {
-                    m.insert(k.clone(), v.clone());
-                }
-                m.insert("id".into(), Value::from(fresh_id()));
-                m.insert(
-                    "time".into(),
-                    Value::from(time.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                );
-                m.insert("detail".into(), record);
-                Value::Object(m)
+                m
             }
             Envelope::Sns => {
                 let mut m = Map::with_capacity(10);
@@ -96,18 +97,51 @@ impl Envelope {
                 m.insert("Message".into(), Value::Null);
                 m.insert("Timestamp".into(), Value::Null);
                 m.insert("SignatureVersion".into(), Value::from("1"));
-                for (k, v) in fields {
-                    m.insert(k.clone(), v.clone());
-                }
+                m
+            }
+        };
+        for (k, v) in fields {
+            m.insert(k.clone(), v.clone());
+        }
+        Some(EnvelopeTemplate {
+            kind: self,
+            base: m,
+        })
+    }
+}
+
+/// An envelope ready to be put around records (see [`Envelope::template`]):
+/// per record, a clone of the constant part and three values set in place.
+#[derive(Debug, Clone)]
+pub(crate) struct EnvelopeTemplate {
+    kind: Envelope,
+    base: Map<String, Value>,
+}
+
+impl EnvelopeTemplate {
+    /// `record` wrapped: a fresh id, `time`, and the record.
+    pub(crate) fn wrap(&self, record: Value, time: DateTime<Utc>) -> Value {
+        let mut m = self.base.clone();
+        match self.kind {
+            Envelope::None => return record,
+            Envelope::EventBridge => {
+                m.insert("id".into(), Value::from(fresh_id()));
+                m.insert(
+                    "time".into(),
+                    Value::from(time.to_rfc3339_opts(SecondsFormat::Secs, true)),
+                );
+                m.insert("detail".into(), record);
+            }
+            Envelope::Sns => {
                 m.insert("MessageId".into(), Value::from(fresh_id()));
                 m.insert("Message".into(), Value::from(record.to_string()));
                 m.insert(
                     "Timestamp".into(),
                     Value::from(time.to_rfc3339_opts(SecondsFormat::Millis, true)),
                 );
-                Value::Object(m)
             }
         }
+        Value::Object(m)
     }
 }
 

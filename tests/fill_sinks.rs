@@ -125,6 +125,71 @@ async fn an_http_sink_with_batch_1_posts_each_rendered_record() {
     assert!(peer.state.records.lock().unwrap().is_empty());
 }
 
+/// The next page is asked for while this one is delivered: against a sink
+/// that takes 300 ms per POST, the vendor has already served page k + 1 by the
+/// time page k's POST is answered (one page at a time, it would have served
+/// exactly k). Every record still arrives once, in page order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_page_is_fetched_while_a_page_is_delivered() {
+    use std::sync::{Arc, Mutex};
+    let sim = Arc::new(vendor());
+    /// Per POST: vendor requests served when it was answered, its records.
+    type Posts = Arc<Mutex<Vec<(u64, Vec<serde_json::Value>)>>>;
+    let posts: Posts = Arc::default();
+    let app = axum::Router::new().route(
+        "/slow",
+        axum::routing::post({
+            let (sim, posts) = (sim.clone(), posts.clone());
+            move |axum::Json(v): axum::Json<Vec<serde_json::Value>>| async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let served = sim.get("/control/stats").await["served_requests"]
+                    .as_u64()
+                    .unwrap();
+                posts.lock().unwrap().push((served, v));
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/slow", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!("    type = \"http\"\n    url = \"{url}\"\n");
+    // Pages of 4 records.
+    let config =
+        config(&sim.base, dir.path(), &sink, "").replace(r#"limit = "50""#, r#"limit = "4""#);
+    let gw = Gapwatch::start(dir.path(), &config, &[("VENDOR_TOKEN", TOKEN)]);
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::seconds(40);
+    let before = sim.get("/control/stats").await["served_requests"]
+        .as_u64()
+        .unwrap();
+    let id = backfill(&gw, from, to).await;
+    wait_fill(&gw, id, "done", Duration::from_secs(60)).await;
+    let posts = posts.lock().unwrap().clone();
+    assert!(posts.len() >= 5, "{} pages posted", posts.len());
+    // One chunk (chunk = 2m, concurrency 1), pages of 4: POST k carries
+    // page k, and page k + 1 was requested before its answer.
+    for (k, (served, _)) in posts.iter().enumerate().take(posts.len() - 1) {
+        let page = k as u64 + 1;
+        assert!(
+            served - before > page,
+            "page {}: the vendor had served {} pages when its delivery ended",
+            page,
+            served - before
+        );
+    }
+    let got: Vec<String> = posts
+        .iter()
+        .flat_map(|(_, v)| v.iter().map(|r| r["id"].as_str().unwrap().to_string()))
+        .collect();
+    let mut want = vendor_ids(&sim, from, to).await;
+    want.sort();
+    let mut sorted = got.clone();
+    sorted.sort();
+    assert_eq!(sorted, want, "every record once");
+}
+
 /// A 301 from the HTTP sink is a failed delivery: nothing counts as
 /// delivered, the fill fails saying why, and the redirect is not followed
 /// (following it would turn the POST into a GET and drop the records).

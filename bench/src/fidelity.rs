@@ -35,7 +35,7 @@ pub async fn render_cost(env: &Env, history: &History, n: u64) -> Result<Vec<Fig
     let (from, to) = history.interval(n);
     let mut results: Vec<(&str, FillResult)> = Vec::new();
     for (shape, watch, backfill, id_at) in SHAPES {
-        let name = format!("fidelity-{shape}");
+        let name = format!("fidelity-{shape}-{n}");
         let dir = env.dir(&name)?;
         let path = dir.join("recovered.ndjson");
         let spec = FillSpec {
@@ -68,6 +68,7 @@ pub async fn render_cost(env: &Env, history: &History, n: u64) -> Result<Vec<Fig
     }
     let per_10k = |r: &FillResult| r.gapwatch_cpu / r.delivered as f64 * 10_000.0 * 1000.0;
     let base = per_10k(&results[0].1);
+    let base_n = results[0].1.delivered as f64;
     let mut figures = Vec::new();
     for (shape, r) in &results {
         figures.push(Figure::new(
@@ -88,7 +89,10 @@ pub async fn render_cost(env: &Env, history: &History, n: u64) -> Result<Vec<Fig
     }
     let cost = |i: usize| per_10k(&results[i].1) - base;
     figures.push(Figure::new(
-        "11. render cost per 10,000 records",
+        &format!(
+            "11. render cost per 10,000 records ({} records)",
+            thousands(base_n)
+        ),
         format!(
             "EventBridge envelope {:.1} CPU-ms, jq render {:.1} CPU-ms (bare fill {:.1} CPU-ms)",
             cost(1),

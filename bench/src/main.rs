@@ -307,7 +307,11 @@ async fn measure(args: &Args, env: &Env) -> Result<()> {
         }
         if wanted("fidelity") {
             progress("11. fill into the file sink as listed, EventBridge-wrapped, jq-rendered");
-            figures.extend(fidelity::render_cost(env, &history, sizes.small_fill).await?);
+            // Both sizes of figure 2: the short fill carries the start-up, the
+            // long one is the steady rate.
+            for n in [sizes.small_fill, sizes.big_fill] {
+                figures.extend(fidelity::render_cost(env, &history, n).await?);
+            }
         }
         if wanted("state") {
             progress("10. state store: the same fill on SQLite and on Postgres, rows and bytes");

@@ -10,12 +10,14 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::pagination::PageCursor;
 use super::plan::{self, Window};
 use super::render::{Rendered, Renderer};
 use super::sink::{Sink, SinkError};
-use super::source::{Record, Source, SourceError};
+use super::source::{Page, Record, Source, SourceError};
 use crate::audit::ledger::Unwritten;
 use crate::config::{BackfillConfig, FeedConfig};
 use crate::internal_events::{
@@ -588,6 +590,9 @@ impl Filler {
         let mut warned_rejection = false;
         let mut warned_out_of_window = false;
         let mut warned_render = false;
+        // The next page, asked for while this one is rendered, delivered and
+        // committed (its checkpoint still moves only after that commit).
+        let mut next_page: Option<AbortOnDropHandle<Result<Page, SourceError>>> = None;
         loop {
             if cancel.is_cancelled() {
                 return Ok(FetchEnd::Cancelled);
@@ -596,9 +601,21 @@ impl Filler {
             if pages > max_pages {
                 return Err(ChunkError::TooManyPages { max: max_pages });
             }
+            let fetch = async {
+                match next_page.take() {
+                    Some(task) => task.await.unwrap_or_else(|e| {
+                        Err(SourceError::Request(format!("page fetch stopped: {e}")))
+                    }),
+                    None => {
+                        source
+                            .page(chunk.start, chunk.end, &chunk.partition, &at)
+                            .await
+                    }
+                }
+            };
             let page = tokio::select! {
                 _ = cancel.cancelled() => return Ok(FetchEnd::Cancelled),
-                page = source.page(chunk.start, chunk.end, &chunk.partition, &at) => page,
+                page = fetch => page,
             };
             let page = match page {
                 Ok(p) => p,
@@ -621,6 +638,14 @@ impl Filler {
                     return Err(e.into());
                 }
             };
+            if let Some(next) = page.next.clone().filter(|_| pages < max_pages) {
+                let (source, partition) = (source.clone(), chunk.partition.clone());
+                let (start, end) = (chunk.start, chunk.end);
+                next_page = Some(AbortOnDropHandle::new(tokio::spawn(
+                    async move { source.page(start, end, &partition, &next).await }
+                        .instrument(tracing::Span::current()),
+                )));
+            }
             if page.rejected > 0 && !warned_rejection {
                 warned_rejection = true;
                 tracing::warn!(

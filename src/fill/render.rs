@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use super::source::Record;
 use crate::config::{Envelope, FeedConfig};
+use crate::envelope::EnvelopeTemplate;
 use crate::jq::{Program, RunError};
 use crate::observe::id_string;
 
@@ -42,7 +43,8 @@ pub(crate) struct Renderer {
     render: Option<Program>,
     attributes: Vec<(String, Program)>,
     envelope: Envelope,
-    envelope_fields: serde_json::Map<String, Value>,
+    /// The envelope's constant part, built once (`None`: no envelope).
+    template: Option<EnvelopeTemplate>,
     live_record_id: Option<String>,
 }
 
@@ -56,7 +58,7 @@ impl Renderer {
                 .map(|b| b.attributes.clone().into_iter().collect())
                 .unwrap_or_default(),
             envelope: feed.watch.envelope,
-            envelope_fields: feed.watch.envelope_fields.clone(),
+            template: feed.watch.envelope.template(&feed.watch.envelope_fields),
             live_record_id: feed.watch.record_id.clone(),
         }
     }
@@ -122,7 +124,10 @@ impl Renderer {
         if let Some(id) = live_id {
             record.id = id;
         }
-        record.raw = self.envelope.wrap(body, record.time, &self.envelope_fields);
+        record.raw = match &self.template {
+            Some(t) => t.wrap(body, record.time),
+            None => body,
+        };
         record.attributes = attributes;
         Ok(true)
     }
@@ -214,7 +219,8 @@ mod tests {
     fn eventbridge_wraps_after_render_and_reads_the_id_inside() {
         let r = Renderer {
             envelope: Envelope::EventBridge,
-            envelope_fields: json!({"detail-type": "order"}).as_object().unwrap().clone(),
+            template: Envelope::EventBridge
+                .template(json!({"detail-type": "order"}).as_object().unwrap()),
             live_record_id: Some("/id".into()),
             ..Renderer::default()
         };
