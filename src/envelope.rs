@@ -12,6 +12,7 @@
 //! envelopes carry: `detail-type`, `source`, `TopicArn` …).
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
@@ -67,14 +68,18 @@ impl Envelope {
         fields: &Map<String, Value>,
     ) -> Value {
         match self.template(fields) {
-            Some(t) => t.wrap(record, time),
+            Some(t) => Message {
+                body: &record,
+                envelope: Some(&t.wrap(time)),
+            }
+            .to_value(),
             None => record,
         }
     }
 
     /// The envelope's constant part, built once per feed: its keys in the
     /// order the service writes them, `fields` merged in. `None` for no envelope.
-    pub(crate) fn template(self, fields: &Map<String, Value>) -> Option<EnvelopeTemplate> {
+    pub(crate) fn template(self, fields: &Map<String, Value>) -> Option<Arc<EnvelopeTemplate>> {
         let mut m = match self {
             Envelope::None => return None,
             Envelope::EventBridge => {
@@ -103,45 +108,91 @@ impl Envelope {
         for (k, v) in fields {
             m.insert(k.clone(), v.clone());
         }
-        Some(EnvelopeTemplate {
+        if self == Envelope::EventBridge {
+            // The record comes last, after any field of the vendor's own.
+            m.insert("detail".into(), Value::Null);
+        }
+        Some(Arc::new(EnvelopeTemplate {
             kind: self,
             base: m,
-        })
+        }))
     }
 }
 
 /// An envelope ready to be put around records (see [`Envelope::template`]):
-/// per record, a clone of the constant part and three values set in place.
-#[derive(Debug, Clone)]
+/// the constant part, built once per feed and shared by every record's
+/// [`Wrapped`], which adds only its own id and time.
+#[derive(Debug, PartialEq)]
 pub(crate) struct EnvelopeTemplate {
     kind: Envelope,
     base: Map<String, Value>,
 }
 
 impl EnvelopeTemplate {
-    /// `record` wrapped: a fresh id, `time`, and the record.
-    pub(crate) fn wrap(&self, record: Value, time: DateTime<Utc>) -> Value {
-        let mut m = self.base.clone();
-        match self.kind {
-            Envelope::None => return record,
-            Envelope::EventBridge => {
-                m.insert("id".into(), Value::from(fresh_id()));
-                m.insert(
-                    "time".into(),
-                    Value::from(time.to_rfc3339_opts(SecondsFormat::Secs, true)),
-                );
-                m.insert("detail".into(), record);
-            }
-            Envelope::Sns => {
-                m.insert("MessageId".into(), Value::from(fresh_id()));
-                m.insert("Message".into(), Value::from(record.to_string()));
-                m.insert(
-                    "Timestamp".into(),
-                    Value::from(time.to_rfc3339_opts(SecondsFormat::Millis, true)),
-                );
+    /// The envelope of one record with event time `time`: a fresh id and the time.
+    pub(crate) fn wrap(self: &Arc<Self>, time: DateTime<Utc>) -> Wrapped {
+        let format = match self.kind {
+            Envelope::Sns => SecondsFormat::Millis,
+            _ => SecondsFormat::Secs,
+        };
+        Wrapped {
+            template: Arc::clone(self),
+            id: fresh_id(),
+            time: time.to_rfc3339_opts(format, true),
+        }
+    }
+}
+
+/// One recovered record's envelope. It is written around the record when the
+/// message is serialized ([`Message`]): no per-record copy of the constant part.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Wrapped {
+    template: Arc<EnvelopeTemplate>,
+    id: String,
+    time: String,
+}
+
+/// A message body as a sink sends it: the record, in its envelope if it has one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Message<'a> {
+    pub(crate) body: &'a Value,
+    pub(crate) envelope: Option<&'a Wrapped>,
+}
+
+impl Message<'_> {
+    /// The message as a JSON value (for comparisons; sinks serialize it directly).
+    pub(crate) fn to_value(self) -> Value {
+        match self.envelope {
+            None => self.body.clone(),
+            // Serializing a Value-backed message into a Value cannot fail.
+            Some(_) => serde_json::to_value(self).unwrap_or(Value::Null),
+        }
+    }
+}
+
+impl Serialize for Message<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let Some(w) = self.envelope else {
+            return self.body.serialize(s);
+        };
+        let kind = w.template.kind;
+        let mut m = s.serialize_map(Some(w.template.base.len()))?;
+        // The template holds every key in its place; three are this record's.
+        for (k, v) in &w.template.base {
+            match (kind, k.as_str()) {
+                (Envelope::EventBridge, "id") | (Envelope::Sns, "MessageId") => {
+                    m.serialize_entry(k, &w.id)?
+                }
+                (Envelope::EventBridge, "time") | (Envelope::Sns, "Timestamp") => {
+                    m.serialize_entry(k, &w.time)?
+                }
+                (Envelope::EventBridge, "detail") => m.serialize_entry(k, self.body)?,
+                (Envelope::Sns, "Message") => m.serialize_entry(k, &self.body.to_string())?,
+                _ => m.serialize_entry(k, v)?,
             }
         }
-        Value::Object(m)
+        m.end()
     }
 }
 
@@ -221,6 +272,36 @@ mod tests {
         assert_eq!(msg["Timestamp"], "2026-03-01T12:00:05.000Z");
         assert_eq!(msg["TopicArn"], "arn:aws:sns:us-east-1:1:orders");
         assert_eq!(Envelope::Sns.open(&msg).unwrap().as_ref(), &rec);
+    }
+
+    #[test]
+    fn a_vendor_field_goes_before_the_record_and_text_matches_value() {
+        let fields = json!({"source": "partner.acme", "tenant": "t-1"});
+        let rec = json!({"id": "o-2"});
+        let eb = Envelope::EventBridge
+            .template(fields.as_object().unwrap())
+            .unwrap();
+        let w = eb.wrap(t());
+        let msg = Message {
+            body: &rec,
+            envelope: Some(&w),
+        };
+        let v = msg.to_value();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys[keys.len() - 2..], ["tenant", "detail"]);
+        assert_eq!(v["source"], "partner.acme");
+        assert_eq!(serde_json::to_string(&msg).unwrap(), v.to_string());
+        let sns = Envelope::Sns.template(&Map::new()).unwrap();
+        let w = sns.wrap(t());
+        let msg = Message {
+            body: &rec,
+            envelope: Some(&w),
+        };
+        assert_eq!(
+            serde_json::to_string(&msg).unwrap(),
+            msg.to_value().to_string()
+        );
+        assert_eq!(msg.to_value()["Message"], r#"{"id":"o-2"}"#);
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! with like. Without a live pointer (live ids are SQS MessageIds), or for a
 //! record sent as listed that lacks it, the source's `record_id` stays the id.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::source::Record;
@@ -44,7 +46,7 @@ pub(crate) struct Renderer {
     attributes: Vec<(String, Program)>,
     envelope: Envelope,
     /// The envelope's constant part, built once (`None`: no envelope).
-    template: Option<EnvelopeTemplate>,
+    template: Option<Arc<EnvelopeTemplate>>,
     live_record_id: Option<String>,
 }
 
@@ -124,10 +126,8 @@ impl Renderer {
         if let Some(id) = live_id {
             record.id = id;
         }
-        record.raw = match &self.template {
-            Some(t) => t.wrap(body, record.time),
-            None => body,
-        };
+        record.raw = body;
+        record.envelope = self.template.as_ref().map(|t| t.wrap(record.time));
         record.attributes = attributes;
         Ok(true)
     }
@@ -146,6 +146,7 @@ mod tests {
             time: Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
             raw,
             attributes: Vec::new(),
+            envelope: None,
         }
     }
 
@@ -228,9 +229,15 @@ mod tests {
             panic!()
         };
         assert_eq!(m.id, "o-9");
-        assert_eq!(m.raw["detail"], json!({"id": "o-9"}));
-        assert_eq!(m.raw["detail-type"], "order");
-        assert_eq!(m.raw["time"], "2026-01-01T00:00:00Z");
+        let sent = m.message().to_value();
+        assert_eq!(sent["detail"], json!({"id": "o-9"}));
+        assert_eq!(sent["detail-type"], "order");
+        assert_eq!(sent["time"], "2026-01-01T00:00:00Z");
+        assert_eq!(
+            serde_json::to_string(&m.message()).unwrap(),
+            sent.to_string(),
+            "what a sink writes is the message"
+        );
         let Rendered::Failed(_, e) = r.apply(rec(json!({"other": 1}))) else {
             panic!()
         };

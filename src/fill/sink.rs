@@ -248,7 +248,30 @@ fn sqs_size(r: &Record) -> usize {
         .iter()
         .map(|(k, v)| k.len() + v.len() + 6)
         .sum();
-    r.raw.to_string().len() + r.id.len() + 128 + attributes
+    message_len(r) + r.id.len() + 128 + attributes
+}
+
+/// The message body a sink sends for `r`, as text.
+fn message_text(r: &Record) -> String {
+    // Serializing a Value-backed message cannot fail.
+    serde_json::to_string(&r.message()).unwrap_or_default()
+}
+
+/// Bytes of [`message_text`], without keeping the text.
+fn message_len(r: &Record) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, &r.message());
+    n.0
 }
 
 /// Consecutive runs of at most 10 records and 256 KiB; a record too large
@@ -315,11 +338,11 @@ impl SqsSink {
                     i,
                     format!(
                         "record is {} bytes, over SQS's 256 KiB limit",
-                        r.raw.to_string().len()
+                        message_len(r)
                     ),
                 ));
             } else {
-                batch.push((i, r.raw.to_string()));
+                batch.push((i, message_text(r)));
             }
         }
         if !batch.is_empty() {
@@ -490,9 +513,13 @@ impl HttpSink {
         while let Some(part) = stack.pop() {
             let single = self.batch == 1 && part.len() == 1;
             let body = if single {
-                records[part[0]].raw.clone()
+                records[part[0]].message().to_value()
             } else {
-                serde_json::Value::Array(part.iter().map(|&i| records[i].raw.clone()).collect())
+                serde_json::Value::Array(
+                    part.iter()
+                        .map(|&i| records[i].message().to_value())
+                        .collect(),
+                )
             };
             let mut attempt = 0;
             loop {
@@ -635,7 +662,7 @@ impl FileSink {
         let mut buf = Vec::with_capacity(records.len() * 128);
         for r in records {
             // Serializing a serde_json::Value cannot fail.
-            let _ = serde_json::to_writer(&mut buf, &r.raw);
+            let _ = serde_json::to_writer(&mut buf, &r.message());
             buf.push(b'\n');
         }
         let mut state = self.state.clone().lock_owned().await;
@@ -699,6 +726,7 @@ mod tests {
             time: chrono::Utc::now(),
             raw: serde_json::json!({ "id": i, "pad": "x".repeat(bytes) }),
             attributes: Vec::new(),
+            envelope: None,
         };
         let small: Vec<Record> = (0..25).map(|i| rec(i, 10)).collect();
         assert_eq!(sqs_batches(&small), vec![0..10, 10..20, 20..25]);
@@ -721,6 +749,7 @@ mod tests {
             time: chrono::Utc::now(),
             raw: serde_json::json!({ "id": i }),
             attributes: Vec::new(),
+            envelope: None,
         };
         let d = sink.deliver(&[rec(1), rec(2)]).await;
         assert_eq!(d.delivered, vec![0, 1]);

@@ -20,6 +20,7 @@ use super::plan::{query_window, Window};
 use super::quota::{self, QuotaHint};
 use super::template::{Var, Vars};
 use crate::config::{Method, SourceConfig};
+use crate::envelope::{Message, Wrapped};
 use crate::internal_events::SourceRequestCompleted;
 use crate::metrics::{Metrics, RequestStatus};
 use crate::retry::{parse_retry_after, RetryPolicy};
@@ -29,9 +30,23 @@ use crate::retry::{parse_retry_after, RetryPolicy};
 pub(crate) struct Record {
     pub(crate) id: String,
     pub(crate) time: DateTime<Utc>,
+    /// The record as listed; once rendered, the message body (inside
+    /// `envelope`, if the feed has one).
     pub(crate) raw: Value,
     /// Message attributes of the rendered message (`backfill.attributes`).
     pub(crate) attributes: Vec<(String, String)>,
+    /// The envelope the message goes out in (`watch.envelope`), once rendered.
+    pub(crate) envelope: Option<Wrapped>,
+}
+
+impl Record {
+    /// The message a sink sends for this record.
+    pub(crate) fn message(&self) -> Message<'_> {
+        Message {
+            body: &self.raw,
+            envelope: self.envelope.as_ref(),
+        }
+    }
 }
 
 /// A decoded page.
@@ -602,6 +617,7 @@ impl Source {
                     time,
                     raw: r.clone(),
                     attributes: Vec::new(),
+                    envelope: None,
                 }),
                 (id, time) => {
                     rejected += 1;

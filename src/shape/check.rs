@@ -245,10 +245,11 @@ pub(crate) fn compare(live: &LiveMessage, recovered: &Record, rules: &Rules<'_>)
         // Sampled bodies are JSON; a stored one that is not still compares.
         Err(_) => Value::String(live.body.clone()),
     };
-    let mut findings: Vec<Finding> = body_differences(&body, &recovered.raw, rules, MAX_FINDINGS)
-        .into_iter()
-        .map(|d| finding(Part::Body, d))
-        .collect();
+    let mut findings: Vec<Finding> =
+        body_differences(&body, &recovered.message().to_value(), rules, MAX_FINDINGS)
+            .into_iter()
+            .map(|d| finding(Part::Body, d))
+            .collect();
     let attributes: BTreeMap<String, Attribute> = recovered
         .attributes
         .iter()
@@ -538,6 +539,7 @@ mod tests {
             time: at_ms(0),
             raw: json!({"event": "order", "link": "https://api.example/v1?token=0ther", "data": {"id": "r-1", "x": "y".repeat(300)}}),
             attributes: vec![("event-type".into(), "order".into())],
+            envelope: None,
         };
         let rules = Rules {
             ignore: &[],
