@@ -594,3 +594,152 @@ async fn the_audit_lists_every_partition_and_heals_each() {
         "audit: {missing} missing records delivered across 5 stores, verified until {verified_until}"
     );
 }
+
+/// A report feed of stores `values`, filled per store into an NDJSON file;
+/// `source_extra` is added to `[feeds.backfill.source]`.
+fn file_config(vendor: &str, dir: &std::path::Path, values: &str, source_extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{{port}}"
+admin_token = "{ADMIN}"
+
+[state]
+url = "sqlite://{state}"
+
+[[feeds]]
+name = "orders"
+  [feeds.watch]
+  mode = "report"
+  [feeds.partitions]
+  key = "/store_id"
+  values = [{values}]
+  [feeds.shape]
+  enabled = false
+  [feeds.backfill]
+  auto = true
+  chunk = "2m"
+  settle = "1s"
+  concurrency = 2
+    [feeds.backfill.source]
+    url = "{vendor}/v1/stores/{{partition}}/events"
+    query = {{ since = "{{start}}", until = "{{end}}", limit = "40" }}
+    time_format = "rfc3339"
+    records = "/data"
+    record_id = "/id"
+    record_time = "/created_at"
+    rate_limit = "200/s"
+    timeout = "10s"
+    max_retries = 2
+    pagination = {{ type = "cursor", cursor = "/next_cursor", param = "cursor" }}
+{source_extra}
+    [feeds.backfill.sink]
+    type = "file"
+    path = "{file}"
+"#,
+        state = dir.join("state.db").display(),
+        file = dir.join("recovered.ndjson").display(),
+    )
+}
+
+/// Ids in the file sink's output, with how often each was written.
+fn file_ids(dir: &std::path::Path) -> HashMap<String, usize> {
+    let mut ids = HashMap::new();
+    let text = std::fs::read_to_string(dir.join("recovered.ndjson")).unwrap_or_default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("one JSON record per line");
+        *ids.entry(v["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    ids
+}
+
+/// A store the vendor answers 404 for (one it no longer knows): with
+/// `empty_on = [404]` its windows are empty and the fill ends done, every
+/// record of the other stores once; without it, that store's chunks fail
+/// saying 404 and the other stores' records still arrive, once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_answering_404_is_empty_with_empty_on_and_fails_alone_without() {
+    let sim = VendorSim::start(&[
+        "--stores",
+        "2",
+        "--rate",
+        "0",
+        "--history",
+        "120",
+        "--history-span",
+        "4m",
+    ]);
+    let to = Utc::now() - chrono::Duration::seconds(5);
+    let from = to - chrono::Duration::minutes(5);
+    let v = sim
+        .get(&format!(
+            "/control/records?from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        ))
+        .await;
+    let want: BTreeSet<String> = v["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap().to_string())
+        .collect();
+    assert!(want.len() >= 100, "history in the window: {v}");
+    let values = r#""s1", "s2", "s9""#;
+
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gapwatch::start(
+        dir.path(),
+        &file_config(&sim.base, dir.path(), values, "    empty_on = [404]"),
+        &[],
+    );
+    let id = start_backfill(&gw, ADMIN, "orders", from, to).await;
+    let gap = wait_fill(&gw, id, "done", Duration::from_secs(60)).await;
+    let chunks = gap["chunks"].as_array().unwrap();
+    let of_s9: Vec<_> = chunks
+        .iter()
+        .filter(|c| c["partition"] == "s9")
+        .cloned()
+        .collect();
+    assert!(!of_s9.is_empty(), "s9 has chunks of its own: {gap}");
+    assert!(of_s9.iter().all(|c| c["state"] == "done"), "{gap}");
+    let got = file_ids(dir.path());
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "written twice: {twice:?}");
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), want);
+    let stats = sim.get("/control/stats").await;
+    assert!(
+        stats["requests_by_store"]["s9"].as_u64().unwrap_or(0) >= 1,
+        "s9 was asked: {stats}"
+    );
+    drop(gw);
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let gw2 = Gapwatch::start(
+        dir2.path(),
+        &file_config(&sim.base, dir2.path(), values, ""),
+        &[],
+    );
+    let id = start_backfill(&gw2, ADMIN, "orders", from, to).await;
+    let gap = wait_fill(&gw2, id, "failed", Duration::from_secs(60)).await;
+    let chunks = gap["chunks"].as_array().unwrap();
+    for c in chunks {
+        let (part, state) = (c["partition"].as_str().unwrap(), &c["state"]);
+        if part == "s9" {
+            assert_eq!(state, "failed", "{c}");
+            assert!(c["last_error"].as_str().unwrap().contains("404"), "{c}");
+        } else {
+            assert_eq!(state, "done", "{c}");
+        }
+    }
+    let got = file_ids(dir2.path());
+    assert!(got.values().all(|n| *n == 1), "each once: {got:?}");
+    assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), want);
+    eprintln!(
+        "{} records of s1 and s2 once each; s9: {} chunks empty with empty_on, failed without ({})",
+        want.len(),
+        of_s9.len(),
+        gap["last_error"]
+    );
+}
