@@ -595,9 +595,15 @@ async fn the_audit_lists_every_partition_and_heals_each() {
     );
 }
 
-/// A report feed of stores `values`, filled per store into an NDJSON file;
-/// `source_extra` is added to `[feeds.backfill.source]`.
-fn file_config(vendor: &str, dir: &std::path::Path, values: &str, source_extra: &str) -> String {
+/// A report feed of stores (`partitions`: the body of `[feeds.partitions]`
+/// after its key), filled per store into an NDJSON file; `source_extra` is
+/// added to `[feeds.backfill.source]`.
+fn file_config(
+    vendor: &str,
+    dir: &std::path::Path,
+    partitions: &str,
+    source_extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -613,7 +619,7 @@ name = "orders"
   mode = "report"
   [feeds.partitions]
   key = "/store_id"
-  values = [{values}]
+  {partitions}
   [feeds.shape]
   enabled = false
   [feeds.backfill]
@@ -686,7 +692,7 @@ async fn a_store_answering_404_is_empty_with_empty_on_and_fails_alone_without() 
         .map(|i| i.as_str().unwrap().to_string())
         .collect();
     assert!(want.len() >= 100, "history in the window: {v}");
-    let values = r#""s1", "s2", "s9""#;
+    let values = r#"values = ["s1", "s2", "s9"]"#;
 
     let dir = tempfile::tempdir().unwrap();
     let gw = Gapwatch::start(
@@ -742,4 +748,93 @@ async fn a_store_answering_404_is_empty_with_empty_on_and_fails_alone_without() 
         of_s9.len(),
         gap["last_error"]
     );
+}
+
+/// A vendor listing its stores a page at a time (two per page), by cursor
+/// or by next link: every page is read, so all five stores are watched, and
+/// a fill of the feed asks each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_of_several_pages_is_read_to_its_end() {
+    let sim = VendorSim::start(&[
+        "--stores",
+        "5",
+        "--rate",
+        "0",
+        "--history",
+        "100",
+        "--history-span",
+        "4m",
+    ]);
+    let five: BTreeSet<String> = (1..=5).map(|k| format!("s{k}")).collect();
+    let pagings = [
+        r#"cursor = "/next_cursor", param = "after""#,
+        r#"next = "/links/next""#,
+    ];
+    for (round, paging) in pagings.iter().enumerate() {
+        let listing_before = sim.get("/control/stats").await["requests_by_store"]["(listing)"]
+            .as_u64()
+            .unwrap_or(0);
+        let dir = tempfile::tempdir().unwrap();
+        let from = format!(
+            r#"from = {{ url = "{}/v1/stores?limit=2", records = "/stores", value = "/id", {paging} }}"#,
+            sim.base
+        );
+        let gw = Gapwatch::start(
+            dir.path(),
+            &file_config(&sim.base, dir.path(), &from, ""),
+            &[],
+        );
+        let watched = eventually(Duration::from_secs(30), "five stores listed", || async {
+            let (_, v) = gw.get("/api/v1/feeds/orders/partitions").await;
+            let names: BTreeSet<String> = v["partitions"]
+                .as_array()?
+                .iter()
+                .filter_map(|p| p["partition"].as_str().map(str::to_string))
+                .collect();
+            (names.len() == 5).then_some(names)
+        })
+        .await;
+        assert_eq!(watched, five, "{paging}");
+        let stats = sim.get("/control/stats").await;
+        let pages = stats["requests_by_store"]["(listing)"].as_u64().unwrap() - listing_before;
+        assert!(
+            pages >= 3,
+            "{paging}: {pages} listing requests for 3 pages: {stats}"
+        );
+        let to = Utc::now() - chrono::Duration::seconds(5);
+        let from_t = to - chrono::Duration::minutes(5);
+        let id = start_backfill(&gw, ADMIN, "orders", from_t, to).await;
+        let gap = wait_fill(&gw, id, "done", Duration::from_secs(60)).await;
+        let asked: BTreeSet<String> = gap["chunks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c["partition"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(asked, five, "{paging}: {gap}");
+        let v = sim
+            .get(&format!(
+                "/control/records?from={}&to={}",
+                from_t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            ))
+            .await;
+        let want: BTreeSet<String> = v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect();
+        let got = file_ids(dir.path());
+        assert!(got.values().all(|n| *n == 1), "{paging}: {got:?}");
+        assert_eq!(
+            got.keys().cloned().collect::<BTreeSet<_>>(),
+            want,
+            "{paging}"
+        );
+        eprintln!(
+            "round {round} ({paging}): 5 stores from {pages} listing pages, {} records once each",
+            got.len()
+        );
+    }
 }

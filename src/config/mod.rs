@@ -191,6 +191,22 @@ pub(crate) struct PartitionSource {
     pub(crate) value: String,
     #[serde(with = "humantime_serde_compat")]
     pub(crate) every: Duration,
+    /// A listing of several pages: how each page names the next one.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub(crate) pages: Option<ListingPages>,
+}
+
+/// How a page of a partition listing leads to the next (absent, null or ""
+/// at the pointer: it was the last page).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub(crate) enum ListingPages {
+    /// `next`: JSON pointer to the next page's URL (absolute, or relative to
+    /// the page's own).
+    Next { next: String },
+    /// `cursor`: JSON pointer to a cursor, sent as the query parameter `param`
+    /// of the listing's URL.
+    Cursor { cursor: String, param: String },
 }
 
 /// A feed without a shape check is written `enabled = false`, so that the

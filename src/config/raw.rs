@@ -165,6 +165,14 @@ pub(super) struct RawPartitionSource {
     pub(crate) value: String,
     #[serde(default = "default_partitions_every")]
     pub(crate) every: String,
+    /// JSON pointer to the next page's URL in a listing page.
+    #[serde(default)]
+    pub(crate) next: Option<String>,
+    /// JSON pointer to the next page's cursor, sent as query `param`.
+    #[serde(default)]
+    pub(crate) cursor: Option<String>,
+    #[serde(default)]
+    pub(crate) param: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -751,6 +751,37 @@ fn partitions_load_from_values_or_a_listing_and_print_back() {
     let text = c.to_redacted_toml();
     assert!(text.contains("[feeds.partitions.from]"), "{text}");
     load(&text.replace("<redacted>", "x")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+
+    // A listing of several pages, by next URL or by cursor, prints back too.
+    for (paging, want) in [
+        (
+            "next = \"/links/next\"",
+            ListingPages::Next {
+                next: "/links/next".into(),
+            },
+        ),
+        (
+            "cursor = \"/next_cursor\", param = \"after\"",
+            ListingPages::Cursor {
+                cursor: "/next_cursor".into(),
+                param: "after".into(),
+            },
+        ),
+    ] {
+        let c = load(&partitioned(&format!(
+            "  key = \"/store_id\"\n  from = {{ url = \"https://api.vendor.example/v1/stores\", {paging} }}\n"
+        )))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let pages = |c: &Config| match &c.feeds[0].partitions.as_ref().unwrap().list {
+            PartitionList::From(f) => f.pages.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(pages(&c), Some(want.clone()));
+        let text = c.to_redacted_toml();
+        let again =
+            load(&text.replace("<redacted>", "x")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(pages(&again), Some(want), "{text}");
+    }
 }
 
 #[test]
@@ -800,6 +831,22 @@ fn partition_errors_name_their_key() {
         (
             "  key = \"/s\"\n  from = { url = \"https://x.example/s\", value = \"id\" }\n",
             "feeds[0].partitions.from.value: invalid JSON pointer",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"https://x.example/s\", next = \"/next\", cursor = \"/c\", param = \"c\" }\n",
+            "feeds[0].partitions.from: give next or cursor (with param), not both",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"https://x.example/s\", cursor = \"/c\" }\n",
+            "feeds[0].partitions.from.param: needed with cursor",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"https://x.example/s\", next = \"/next\", param = \"p\" }\n",
+            "feeds[0].partitions.from.param: goes with cursor",
+        ),
+        (
+            "  key = \"/s\"\n  from = { url = \"https://x.example/s\", next = \"links.next\" }\n",
+            "feeds[0].partitions.from.next: invalid JSON pointer",
         ),
         (
             "  key = \"/s\"\n  values = [\"a\"]\n  color = \"red\"\n",

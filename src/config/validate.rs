@@ -10,15 +10,15 @@ use std::time::Duration;
 use url::Url;
 
 use super::raw::{
-    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawPartitions, RawShape, RawSink,
-    RawSource,
+    RawAudit, RawAuth, RawBackfill, RawConfig, RawFeed, RawMode, RawPartitionSource, RawPartitions,
+    RawShape, RawSink, RawSource,
 };
 use super::request::Uses;
 use super::{
-    AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, MonitorConfig,
-    PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret, ServerConfig, ShapeConfig,
-    SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl, WatchConfig, WatchMode,
-    MAX_PARTITION_LEN, MAX_SHAPE_SAMPLE,
+    AuditConfig, AwsConfig, BackfillConfig, Config, FeedConfig, FreshnessConfig, ListingPages,
+    MonitorConfig, PartitionList, PartitionSource, PartitionsConfig, RateLimit, Secret,
+    ServerConfig, ShapeConfig, SinkConfig, SourceAuth, SourceConfig, StateConfig, StateUrl,
+    WatchConfig, WatchMode, MAX_PARTITION_LEN, MAX_SHAPE_SAMPLE,
 };
 use crate::detector::ActiveWindow;
 use crate::jq::Program;
@@ -531,11 +531,13 @@ impl Checker<'_> {
                 let records = self.pointer(&format!("{k}.records"), &from.records);
                 let value = self.pointer(&format!("{k}.value"), &from.value);
                 let every = self.duration(&format!("{k}.every"), &from.every, false);
+                let pages = self.listing_pages(&k, from);
                 Some(PartitionList::From(PartitionSource {
                     url: url?,
                     records: records?,
                     value: value?,
                     every: every?,
+                    pages: pages?,
                 }))
             }
         };
@@ -544,6 +546,54 @@ impl Checker<'_> {
             list: list?,
             max: max?,
         })
+    }
+
+    /// `partitions.from`'s paging: `next`, or `cursor` with `param`, or
+    /// neither (one page); `Some(None)` is a valid single-page listing.
+    fn listing_pages(
+        &mut self,
+        key: &str,
+        from: &RawPartitionSource,
+    ) -> Option<Option<ListingPages>> {
+        match (&from.next, &from.cursor, &from.param) {
+            (None, None, None) => Some(None),
+            (Some(_), Some(_), _) => {
+                self.fail(key, "give next or cursor (with param), not both");
+                None
+            }
+            (Some(next), None, param) => {
+                if param.is_some() {
+                    self.fail(
+                        &format!("{key}.param"),
+                        "goes with cursor (next is a whole URL)",
+                    );
+                }
+                let next = self.pointer(&format!("{key}.next"), next)?;
+                param.is_none().then_some(Some(ListingPages::Next { next }))
+            }
+            (None, Some(cursor), Some(param)) => {
+                let cursor = self.pointer(&format!("{key}.cursor"), cursor)?;
+                if param.is_empty() {
+                    self.fail(&format!("{key}.param"), "must name a query parameter");
+                    return None;
+                }
+                Some(Some(ListingPages::Cursor {
+                    cursor,
+                    param: param.clone(),
+                }))
+            }
+            (None, Some(_), None) => {
+                self.fail(
+                    &format!("{key}.param"),
+                    "needed with cursor: the query parameter the cursor is sent as",
+                );
+                None
+            }
+            (None, None, Some(_)) => {
+                self.fail(&format!("{key}.param"), "goes with cursor");
+                None
+            }
+        }
     }
 
     /// A fixed partition list: non-empty values (\"\" stands for the whole

@@ -15,7 +15,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FeedConfig, PartitionList, PartitionSource};
+use crate::config::{FeedConfig, ListingPages, PartitionList, PartitionSource};
 use crate::fill::source::{Source, SourceError};
 use crate::internal_events::{PartitionListingFailed, PartitionsListed};
 use crate::metrics::Metrics;
@@ -35,58 +35,160 @@ pub(crate) enum ListingError {
     NoArray { pointer: String },
     #[error("partition listing is empty (the partitions watched are kept)")]
     Empty,
+    #[error("partition listing page {page} leads back to {url} (the partitions watched are kept)")]
+    Loop { page: usize, url: String },
+    #[error("partition listing is longer than {MAX_LISTING_PAGES} pages (the partitions watched are kept)")]
+    TooManyPages,
+    #[error("partition listing page {page}: the next page's address is not a URL: {next}")]
+    BadNext { page: usize, next: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
-/// The partition values in a listing (its decoded body): the array at `records`, each
-/// element's value at `value` (strings or numbers, as live records carry
-/// them), first occurrence kept, at most `max`. Also how many elements had
-/// no usable value.
+/// Pages of one listing read at most (`partitions.max` is at most a million:
+/// pages of 1,000).
+const MAX_LISTING_PAGES: usize = 1_000;
+
+/// The partition values of a listing, page by page: each element's value at
+/// `value` (strings or numbers, as live records carry them), first
+/// occurrence kept, at most `max`; and how many elements had no usable value.
+#[derive(Debug)]
+struct Collected {
+    seen: HashSet<String>,
+    values: Vec<String>,
+    unusable: usize,
+    max: usize,
+}
+
+impl Collected {
+    fn new(max: usize) -> Self {
+        Self {
+            seen: HashSet::new(),
+            values: Vec::new(),
+            unusable: 0,
+            max,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.values.len() >= self.max
+    }
+
+    /// Adds the array at `records` of one decoded page.
+    fn add(&mut self, json: &Value, from: &PartitionSource) -> Result<(), ListingError> {
+        let Some(Value::Array(items)) = json.pointer(&from.records) else {
+            return Err(ListingError::NoArray {
+                pointer: from.records.clone(),
+            });
+        };
+        for item in items {
+            match item
+                .pointer(&from.value)
+                .and_then(crate::observe::partition_value)
+            {
+                Some(v) if !self.is_full() => {
+                    if self.seen.insert(v.clone()) {
+                        self.values.push(v);
+                    }
+                }
+                Some(_) => {}
+                None => self.unusable += 1,
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(Vec<String>, usize), ListingError> {
+        if self.values.is_empty() {
+            return Err(ListingError::Empty);
+        }
+        Ok((self.values, self.unusable))
+    }
+}
+
+/// The partition values in a one-page listing (its decoded body).
+#[cfg(test)]
 pub(crate) fn parse_listing(
     json: &Value,
     from: &PartitionSource,
     max: usize,
 ) -> Result<(Vec<String>, usize), ListingError> {
-    let Some(Value::Array(items)) = json.pointer(&from.records) else {
-        return Err(ListingError::NoArray {
-            pointer: from.records.clone(),
-        });
-    };
-    let mut seen = HashSet::with_capacity(items.len());
-    let mut out = Vec::with_capacity(items.len().min(max));
-    let mut unusable = 0;
-    for item in items {
-        match item
-            .pointer(&from.value)
-            .and_then(crate::observe::partition_value)
-        {
-            Some(v) if out.len() < max => {
-                if seen.insert(v.clone()) {
-                    out.push(v);
-                }
-            }
-            Some(_) => {}
-            None => unusable += 1,
-        }
-    }
-    if out.is_empty() {
-        return Err(ListingError::Empty);
-    }
-    Ok((out, unusable))
+    let mut c = Collected::new(max);
+    c.add(json, from)?;
+    c.finish()
 }
 
-/// Lists a feed's partitions from the vendor once.
+/// The URL of the listing's page after `page` (at `url`), if there is one.
+fn next_page(
+    page: &Value,
+    url: &url::Url,
+    from: &PartitionSource,
+    n: usize,
+) -> Result<Option<url::Url>, ListingError> {
+    let text = |pointer: &str| match page.pointer(pointer) {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    match &from.pages {
+        None => Ok(None),
+        Some(ListingPages::Next { next }) => match text(next) {
+            None => Ok(None),
+            Some(s) => url.join(&s).map(Some).map_err(|_| ListingError::BadNext {
+                page: n,
+                next: crate::redact::text(&s),
+            }),
+        },
+        Some(ListingPages::Cursor { cursor, param }) => Ok(text(cursor).map(|c| {
+            let mut next = from.url.clone();
+            let kept: Vec<(String, String)> = from
+                .url
+                .query_pairs()
+                .filter(|(k, _)| k != param)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            next.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair(param, &c);
+            next
+        })),
+    }
+}
+
+/// Lists a feed's partitions from the vendor once, every page of it.
 pub(crate) async fn list(
     feed: &FeedConfig,
     from: &PartitionSource,
     source: &Source,
 ) -> Result<(Vec<String>, usize), ListingError> {
     let max = feed.partitions.as_ref().map_or(usize::MAX, |p| p.max.get());
-    match source.get(from.url.clone()).await? {
-        Some(body) => parse_listing(&body, from, max),
-        None => Err(ListingError::Empty),
+    let mut collected = Collected::new(max);
+    let mut url = from.url.clone();
+    let mut asked = HashSet::from([url.to_string()]);
+    for n in 1..=MAX_LISTING_PAGES {
+        // An `empty_on` answer is a page without partitions: the last.
+        let Some(page) = source.get(url.clone()).await? else {
+            return collected.finish();
+        };
+        collected.add(&page, from)?;
+        if collected.is_full() {
+            return collected.finish();
+        }
+        match next_page(&page, &url, from, n)? {
+            None => return collected.finish(),
+            Some(next) => {
+                if !asked.insert(next.to_string()) {
+                    return Err(ListingError::Loop {
+                        page: n,
+                        url: crate::redact::text(next.as_str()),
+                    });
+                }
+                url = next;
+            }
+        }
     }
+    Err(ListingError::TooManyPages)
 }
 
 /// The partitions a one-off command (`gapwatch backfill`, `audit`) works
@@ -194,6 +296,7 @@ mod tests {
             records: records.into(),
             value: value.into(),
             every: Duration::from_secs(60),
+            pages: None,
         }
     }
 
@@ -214,6 +317,78 @@ mod tests {
         // A bare array of values.
         let (values, _) = parse_listing(&json(r#"["a","b"]"#), &from("", ""), 10).unwrap();
         assert_eq!(values, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn a_page_leads_to_the_next_by_url_or_by_cursor_and_the_last_to_none() {
+        let url: url::Url = "http://vendor.example/v1/stores?limit=2&after=s2"
+            .parse()
+            .unwrap();
+        let mut f = from("/stores", "/id");
+        f.url = "http://vendor.example/v1/stores?limit=2".parse().unwrap();
+        let next = |f: &PartitionSource, page: &str| next_page(&json(page), &url, f, 1);
+        assert_eq!(next(&f, r#"{"next":"/v1/stores?p=2"}"#).unwrap(), None);
+
+        f.pages = Some(ListingPages::Next {
+            next: "/links/next".into(),
+        });
+        let relative = next(&f, r#"{"links":{"next":"/v1/stores?page=2"}}"#).unwrap();
+        assert_eq!(
+            relative.unwrap().as_str(),
+            "http://vendor.example/v1/stores?page=2"
+        );
+        let absolute = next(&f, r#"{"links":{"next":"https://other.example/s?page=3"}}"#);
+        assert_eq!(
+            absolute.unwrap().unwrap().as_str(),
+            "https://other.example/s?page=3"
+        );
+        for last in [
+            r#"{"links":{"next":null}}"#,
+            r#"{"links":{"next":""}}"#,
+            "{}",
+        ] {
+            assert_eq!(next(&f, last).unwrap(), None, "{last}");
+        }
+
+        f.pages = Some(ListingPages::Cursor {
+            cursor: "/next_cursor".into(),
+            param: "after".into(),
+        });
+        // The listing's own URL with the cursor: other parameters kept, the
+        // cursor's replaced, never appended twice.
+        let cursor = next(&f, r#"{"next_cursor":"s4"}"#).unwrap().unwrap();
+        assert_eq!(
+            cursor.as_str(),
+            "http://vendor.example/v1/stores?limit=2&after=s4"
+        );
+        let numeric = next(&f, r#"{"next_cursor":40}"#).unwrap().unwrap();
+        assert_eq!(
+            numeric.as_str(),
+            "http://vendor.example/v1/stores?limit=2&after=40"
+        );
+        assert_eq!(next(&f, r#"{"next_cursor":null}"#).unwrap(), None);
+    }
+
+    #[test]
+    fn values_of_every_page_count_once_up_to_max() {
+        let f = from("/stores", "/id");
+        let mut c = Collected::new(3);
+        c.add(&json(r#"{"stores":[{"id":"a"},{"id":"b"}]}"#), &f)
+            .unwrap();
+        assert!(!c.is_full());
+        c.add(
+            &json(r#"{"stores":[{"id":"b"},{"id":"c"},{"id":"d"}]}"#),
+            &f,
+        )
+        .unwrap();
+        assert!(c.is_full());
+        assert_eq!(c.finish().unwrap().0, vec!["a", "b", "c"]);
+        let mut c = Collected::new(3);
+        c.add(&json(r#"{"stores":[{"id":"a"}]}"#), &f).unwrap();
+        assert!(matches!(
+            c.add(&json(r#"{"error":"x"}"#), &f),
+            Err(ListingError::NoArray { .. })
+        ));
     }
 
     #[test]

@@ -170,8 +170,21 @@ async fn serve(
     }
 }
 
-/// `{"stores": [{"id": "s1", "name": "Store 1"}, …]}` (`--stores`).
-pub async fn stores(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response {
+/// `GET /v1/stores` paged: `limit` stores after the store `after`.
+#[derive(Debug, serde::Deserialize)]
+pub struct StoresQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+/// `{"stores": [{"id": "s1", "name": "Store 1"}, …]}` (`--stores`); with
+/// `?limit=N` a page of N, after `?after=<id>`, with `next_cursor` (the last
+/// id, null on the last page) and `links.next` (that page's path).
+pub async fn stores(
+    State(sim): State<Arc<Sim>>,
+    headers: HeaderMap,
+    Query(q): Query<StoresQuery>,
+) -> Response {
     sim.stats.count_store_request("(listing)");
     let admitted = match admit(&sim, &headers).await {
         Ok(a) => a,
@@ -184,7 +197,20 @@ pub async fn stores(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response
             "this vendor has no stores (--stores)",
         ));
     }
-    let stores: Vec<serde_json::Value> = (0..n)
+    let first = match &q.after {
+        None => 0,
+        Some(after) => match (0..n).find(|&k| crate::history::store_name(k) == *after) {
+            Some(k) => k + 1,
+            None => {
+                return admitted.answer(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("no store {after:?} to list after"),
+                ))
+            }
+        },
+    };
+    let end = q.limit.map_or(n, |l| (first + l.max(1)).min(n));
+    let stores: Vec<serde_json::Value> = (first..end)
         .map(|k| {
             serde_json::json!({
                 "id": crate::history::store_name(k),
@@ -192,7 +218,18 @@ pub async fn stores(State(sim): State<Arc<Sim>>, headers: HeaderMap) -> Response
             })
         })
         .collect();
-    admitted.answer(json(&serde_json::json!({ "stores": stores })))
+    let Some(limit) = q.limit else {
+        return admitted.answer(json(&serde_json::json!({ "stores": stores })));
+    };
+    let next = (end < n).then(|| crate::history::store_name(end - 1));
+    let link = next
+        .as_ref()
+        .map(|after| format!("/v1/stores?limit={limit}&after={after}"));
+    admitted.answer(json(&serde_json::json!({
+        "stores": stores,
+        "next_cursor": next,
+        "links": { "next": link },
+    })))
 }
 
 fn events_page(
