@@ -63,22 +63,6 @@ fn vendor() -> VendorSim {
     ])
 }
 
-async fn vendor_ids(sim: &VendorSim, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
-    let v = sim
-        .get(&format!(
-            "/control/records?from={}&to={}",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        ))
-        .await;
-    v["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// `sink.batch = 1`: a webhook receiver gets one POST per record whose body is
 /// the rendered record itself (not an array), with its id and attributes as
 /// headers; every record of the window exactly once.

@@ -299,19 +299,7 @@ name = "orders"
     .await;
     let received = drain(&sqs, &app_q, Duration::from_secs(3)).await;
 
-    let history = sim
-        .get(&format!(
-            "/control/records?from={}&to={}",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        ))
-        .await;
-    let want: Vec<String> = history["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_str().unwrap().to_string())
-        .collect();
+    let want = vendor_ids(&sim, from, to).await;
     let mut got: HashMap<String, usize> = HashMap::new();
     for m in &received {
         let v: serde_json::Value = serde_json::from_str(m.body().unwrap()).unwrap();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -121,33 +120,6 @@ name = "{style}"
         ));
     }
     out
-}
-
-fn file_ids(path: &Path) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).expect("each line is one JSON record");
-        *ids.entry(v["id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    ids
-}
-
-async fn vendor_ids(sim: &VendorSim, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<String> {
-    let v = sim
-        .get(&format!(
-            "/control/records?from={}&to={}",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        ))
-        .await;
-    v["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().to_string())
-        .collect()
 }
 
 async fn backfill(gw: &Gapwatch, feed: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> i64 {

@@ -648,18 +648,6 @@ name = "orders"
     )
 }
 
-/// Ids in the file sink's output, with how often each was written.
-fn file_ids(dir: &std::path::Path) -> HashMap<String, usize> {
-    let mut ids = HashMap::new();
-    let text = std::fs::read_to_string(dir.join("recovered.ndjson")).unwrap_or_default();
-    for line in text.lines() {
-        let v: serde_json::Value = serde_json::from_str(line).expect("one JSON record per line");
-        *ids.entry(v["id"].as_str().unwrap().to_string())
-            .or_default() += 1;
-    }
-    ids
-}
-
 /// A store the vendor answers 404 for (one it no longer knows): with
 /// `empty_on = [404]` its windows are empty and the fill ends done, every
 /// record of the other stores once; without it, that store's chunks fail
@@ -678,20 +666,8 @@ async fn a_store_answering_404_is_empty_with_empty_on_and_fails_alone_without() 
     ]);
     let to = Utc::now() - chrono::Duration::seconds(5);
     let from = to - chrono::Duration::minutes(5);
-    let v = sim
-        .get(&format!(
-            "/control/records?from={}&to={}",
-            from.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-        ))
-        .await;
-    let want: BTreeSet<String> = v["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_str().unwrap().to_string())
-        .collect();
-    assert!(want.len() >= 100, "history in the window: {v}");
+    let want: BTreeSet<String> = vendor_ids(&sim, from, to).await.into_iter().collect();
+    assert!(want.len() >= 100, "history in the window: {want:?}");
     let values = r#"values = ["s1", "s2", "s9"]"#;
 
     let dir = tempfile::tempdir().unwrap();
@@ -710,7 +686,7 @@ async fn a_store_answering_404_is_empty_with_empty_on_and_fails_alone_without() 
         .collect();
     assert!(!of_s9.is_empty(), "s9 has chunks of its own: {gap}");
     assert!(of_s9.iter().all(|c| c["state"] == "done"), "{gap}");
-    let got = file_ids(dir.path());
+    let got = file_ids(&dir.path().join("recovered.ndjson"));
     let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "written twice: {twice:?}");
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), want);
@@ -739,7 +715,7 @@ async fn a_store_answering_404_is_empty_with_empty_on_and_fails_alone_without() 
             assert_eq!(state, "done", "{c}");
         }
     }
-    let got = file_ids(dir2.path());
+    let got = file_ids(&dir2.path().join("recovered.ndjson"));
     assert!(got.values().all(|n| *n == 1), "each once: {got:?}");
     assert_eq!(got.keys().cloned().collect::<BTreeSet<_>>(), want);
     eprintln!(
@@ -812,20 +788,8 @@ async fn a_listing_of_several_pages_is_read_to_its_end() {
             .filter_map(|c| c["partition"].as_str().map(str::to_string))
             .collect();
         assert_eq!(asked, five, "{paging}: {gap}");
-        let v = sim
-            .get(&format!(
-                "/control/records?from={}&to={}",
-                from_t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                to.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            ))
-            .await;
-        let want: BTreeSet<String> = v["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i.as_str().unwrap().to_string())
-            .collect();
-        let got = file_ids(dir.path());
+        let want: BTreeSet<String> = vendor_ids(&sim, from_t, to).await.into_iter().collect();
+        let got = file_ids(&dir.path().join("recovered.ndjson"));
         assert!(got.values().all(|n| *n == 1), "{paging}: {got:?}");
         assert_eq!(
             got.keys().cloned().collect::<BTreeSet<_>>(),
