@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::source::Record;
-use crate::config::{Envelope, FeedConfig};
+use crate::config::FeedConfig;
 use crate::envelope::EnvelopeTemplate;
 use crate::jq::{Program, RunError};
 use crate::observe::id_string;
@@ -44,8 +44,7 @@ pub(crate) struct Renderer {
     filter: Option<Program>,
     render: Option<Program>,
     attributes: Vec<(String, Program)>,
-    envelope: Envelope,
-    /// The envelope's constant part, built once (`None`: no envelope).
+    /// `watch.envelope`'s constant part, built once (`None`: no envelope).
     template: Option<Arc<EnvelopeTemplate>>,
     live_record_id: Option<String>,
 }
@@ -59,7 +58,6 @@ impl Renderer {
             attributes: b
                 .map(|b| b.attributes.clone().into_iter().collect())
                 .unwrap_or_default(),
-            envelope: feed.watch.envelope,
             template: feed.watch.envelope.template(&feed.watch.envelope_fields),
             live_record_id: feed.watch.record_id.clone(),
         }
@@ -70,7 +68,7 @@ impl Renderer {
         self.filter.is_none()
             && self.render.is_none()
             && self.attributes.is_empty()
-            && self.envelope == Envelope::None
+            && self.template.is_none()
             && self.live_record_id.is_none()
     }
 
@@ -113,7 +111,7 @@ impl Renderer {
                 Some(id) => Some(id),
                 // A record sent as listed keeps the source's id when the live
                 // pointer is not in it; a shaped one must carry the live id.
-                None if self.render.is_none() && self.envelope == Envelope::None => None,
+                None if self.render.is_none() && self.template.is_none() => None,
                 None => {
                     record.raw = body;
                     return Err(RenderError::NoRecordId {
@@ -139,6 +137,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::Envelope;
 
     fn rec(raw: Value) -> Record {
         Record {
@@ -219,7 +218,6 @@ mod tests {
     #[test]
     fn eventbridge_wraps_after_render_and_reads_the_id_inside() {
         let r = Renderer {
-            envelope: Envelope::EventBridge,
             template: Envelope::EventBridge
                 .template(json!({"detail-type": "order"}).as_object().unwrap()),
             live_record_id: Some("/id".into()),

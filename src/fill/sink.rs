@@ -242,13 +242,13 @@ impl Sink {
 
 /// Bytes a record takes in an SQS batch: its body, its record id attribute,
 /// and a margin for the other attributes and their names.
-fn sqs_size(r: &Record) -> usize {
+fn sqs_size(r: &Record, body_len: usize) -> usize {
     let attributes: usize = r
         .attributes
         .iter()
         .map(|(k, v)| k.len() + v.len() + 6)
         .sum();
-    message_len(r) + r.id.len() + 128 + attributes
+    body_len + r.id.len() + 128 + attributes
 }
 
 /// The message body a sink sends for `r`, as text.
@@ -280,7 +280,7 @@ fn sqs_batches(records: &[Record]) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let (mut start, mut size) = (0, 0);
     for (i, r) in records.iter().enumerate() {
-        let n = sqs_size(r);
+        let n = sqs_size(r, message_len(r));
         if i > start && (i - start == 10 || size + n > SQS_MAX_BYTES) {
             out.push(start..i);
             (start, size) = (i, 0);
@@ -333,16 +333,14 @@ impl SqsSink {
         let mut d = Delivery::default();
         let mut batch = Vec::with_capacity(records.len());
         for (i, r) in records.iter().enumerate() {
-            if sqs_size(r) > SQS_MAX_BYTES {
+            let body = message_text(r);
+            if sqs_size(r, body.len()) > SQS_MAX_BYTES {
                 d.rejected.push((
                     i,
-                    format!(
-                        "record is {} bytes, over SQS's 256 KiB limit",
-                        message_len(r)
-                    ),
+                    format!("record is {} bytes, over SQS's 256 KiB limit", body.len()),
                 ));
             } else {
-                batch.push((i, message_text(r)));
+                batch.push((i, body));
             }
         }
         if !batch.is_empty() {
