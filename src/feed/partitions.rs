@@ -106,18 +106,6 @@ impl Collected {
     }
 }
 
-/// The partition values in a one-page listing (its decoded body).
-#[cfg(test)]
-pub(crate) fn parse_listing(
-    json: &Value,
-    from: &PartitionSource,
-    max: usize,
-) -> Result<(Vec<String>, usize), ListingError> {
-    let mut c = Collected::new(max);
-    c.add(json, from)?;
-    c.finish()
-}
-
 /// The URL of the listing's page after `page` (at `url`), if there is one.
 fn next_page(
     page: &Value,
@@ -302,6 +290,17 @@ mod tests {
 
     fn json(text: &str) -> Value {
         serde_json::from_str(text).unwrap()
+    }
+
+    /// The partition values in a one-page listing (its decoded body).
+    fn parse_listing(
+        json: &Value,
+        from: &PartitionSource,
+        max: usize,
+    ) -> Result<(Vec<String>, usize), ListingError> {
+        let mut c = Collected::new(max);
+        c.add(json, from)?;
+        c.finish()
     }
 
     #[test]
