@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{FeedConfig, ListingPages, PartitionList, PartitionSource};
+use crate::fill::pagination::resolve_url;
 use crate::fill::source::{Source, SourceError};
 use crate::internal_events::{PartitionListingFailed, PartitionsListed};
 use crate::metrics::Metrics;
@@ -39,8 +40,9 @@ pub(crate) enum ListingError {
     Loop { page: usize, url: String },
     #[error("partition listing is longer than {MAX_LISTING_PAGES} pages (the partitions watched are kept)")]
     TooManyPages,
-    #[error("partition listing page {page}: the next page's address is not a URL: {next}")]
-    BadNext { page: usize, next: String },
+    /// Redacted: the address may carry a key in its query.
+    #[error("partition listing page {page}: {reason}")]
+    BadNext { page: usize, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -122,10 +124,14 @@ fn next_page(
         None => Ok(None),
         Some(ListingPages::Next { next }) => match text(next) {
             None => Ok(None),
-            Some(s) => url.join(&s).map(Some).map_err(|_| ListingError::BadNext {
-                page: n,
-                next: crate::redact::text(&s),
-            }),
+            // As a fill's next URL: never to another origin, which would be
+            // sent the source's credentials.
+            Some(s) => resolve_url(url, &s)
+                .map(Some)
+                .map_err(|e| ListingError::BadNext {
+                    page: n,
+                    reason: crate::redact::text(&e.to_string()),
+                }),
         },
         Some(ListingPages::Cursor { cursor, param }) => Ok(text(cursor).map(|c| {
             let mut next = from.url.clone();
@@ -336,11 +342,19 @@ mod tests {
             relative.unwrap().as_str(),
             "http://vendor.example/v1/stores?page=2"
         );
-        let absolute = next(&f, r#"{"links":{"next":"https://other.example/s?page=3"}}"#);
+        let absolute = next(&f, r#"{"links":{"next":"http://vendor.example/s?page=3"}}"#);
         assert_eq!(
             absolute.unwrap().unwrap().as_str(),
-            "https://other.example/s?page=3"
+            "http://vendor.example/s?page=3"
         );
+        // Another origin would be sent the source's credentials: refused.
+        let elsewhere = next(&f, r#"{"links":{"next":"https://evil.example/s?key=k3y"}}"#);
+        let Err(e) = elsewhere else {
+            panic!("a next page on another origin is followed: {elsewhere:?}")
+        };
+        let text = e.to_string();
+        assert!(text.contains("leaves the source origin"), "{text}");
+        assert!(!text.contains("k3y"), "{text}");
         for last in [
             r#"{"links":{"next":null}}"#,
             r#"{"links":{"next":""}}"#,
